@@ -1,0 +1,81 @@
+"""The application factory: one Starlette app, one lifespan owning the database and the hub."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
+
+from gql_api.auth import Authenticator
+from gql_api.database import open_database
+from gql_api.graphql.schema import build_schema
+from gql_api.graphql.view import GraphQLView
+from gql_api.hub import MessageHub
+from gql_api.service import ChatService
+from gql_api.settings import Settings, load_settings
+
+logger = logging.getLogger(__name__)
+
+READINESS_TIMEOUT_SECONDS = 2.0
+
+
+StartupHook = Callable[[Starlette], Awaitable[None]]
+
+
+def create_app(settings: Settings | None = None, *, on_startup: Sequence[StartupHook] = ()) -> Starlette:
+    """Build the ASGI app; the database is opened when the app starts, not here.
+
+    ``on_startup`` hooks run once the database is open, before the first request.
+    """
+    settings = settings or load_settings()
+    authenticator = Authenticator(settings)
+    hub = MessageHub(settings.subscriber_queue_size)
+    chat = ChatService(hub)
+    graphql = GraphQLView(
+        build_schema(production=settings.production),
+        chat=chat,
+        authenticator=authenticator,
+        graphiql=not settings.production,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with open_database(settings) as database:
+            app.state.database = database
+            for hook in on_startup:
+                await hook(app)
+            yield
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> JSONResponse:
+        try:
+            await asyncio.wait_for(
+                request.app.state.database.command("ping"), READINESS_TIMEOUT_SECONDS
+            )
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready
+            logger.warning("Readiness check failed: %r", exc)
+            return JSONResponse({"status": "unavailable"}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    app = Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/graphql", graphql),
+            WebSocketRoute("/graphql", graphql),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.authenticator = authenticator
+    app.state.hub = hub
+    app.state.chat = chat
+    return app

@@ -1,0 +1,93 @@
+"""JWT authentication: tokens in, users out. PyJWT's errors are translated here and only here."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import jwt
+
+from gql_api.compat import parse_object_id
+from gql_api.documents import User
+from gql_api.errors import Unauthenticated
+from gql_api.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_CLAIMS = ["sub", "exp", "iat"]
+
+
+def token_from_header(value: str | None) -> str | None:
+    """The token in an ``Authorization`` value: bare (as the original API doc says) or Bearer."""
+    if not value:
+        return None
+    value = value.strip()
+    scheme, _, rest = value.partition(" ")
+    if rest and scheme.lower() == "bearer":
+        value = rest.strip()
+    return value or None
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    user_id: str
+    expires_at: datetime
+
+
+class Authenticator:
+    """Verifies tokens against the configured key, algorithm, issuer and audience."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._algorithm = settings.jwt_algorithm
+        self._verify_key = settings.verification_key()
+        self._sign_key = None if self._algorithm.startswith("RS") else settings.signing_key()
+        self._issuer = settings.jwt_issuer
+        self._audience = settings.jwt_audience
+        self._leeway = settings.jwt_leeway_seconds
+
+    def issue(self, user_id: str, ttl: timedelta = timedelta(hours=12)) -> str:
+        """Sign a token for a user (development and CLI; production tokens come from elsewhere)."""
+        if self._sign_key is None:
+            raise Unauthenticated("this service only verifies RS tokens; it cannot issue them")
+        now = datetime.now(UTC)
+        claims: dict[str, object] = {"sub": user_id, "iat": now, "exp": now + ttl}
+        if self._issuer:
+            claims["iss"] = self._issuer
+        if self._audience:
+            claims["aud"] = self._audience
+        return jwt.encode(claims, self._sign_key, algorithm=self._algorithm)
+
+    def verify(self, token: str | None) -> TokenClaims:
+        """The claims of a valid token; Unauthenticated for anything else."""
+        if not token:
+            raise Unauthenticated("Authentication required: send a JWT in the Authorization header")
+        try:
+            claims = jwt.decode(
+                token,
+                self._verify_key,
+                algorithms=[self._algorithm],
+                issuer=self._issuer,
+                audience=self._audience,
+                leeway=self._leeway,
+                options={"require": REQUIRED_CLAIMS, "verify_aud": self._audience is not None},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthenticated("Authentication required: the token has expired") from exc
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated("Authentication required: the token is not valid") from exc
+        subject = claims["sub"]
+        if not isinstance(subject, str):
+            raise Unauthenticated("Authentication required: the token's subject is not valid")
+        return TokenClaims(
+            user_id=subject, expires_at=datetime.fromtimestamp(claims["exp"], UTC)
+        )
+
+    async def authenticate(self, token: str | None) -> User:
+        """The existing user a valid token names."""
+        claims = self.verify(token)
+        object_id = parse_object_id(claims.user_id)
+        user = await User.get(object_id) if object_id is not None else None
+        if user is None:
+            raise Unauthenticated("Authentication required: the token's user does not exist")
+        return user

@@ -1,0 +1,143 @@
+"""The ``gql-api`` command line: serve, demo data, users, tokens and the schema file."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from strawberry.printer import print_schema
+
+from gql_api.app import create_app
+from gql_api.auth import Authenticator
+from gql_api.database import open_database
+from gql_api.demo import database_is_empty, ensure_demo_data
+from gql_api.errors import ApiError, ConfigurationError
+from gql_api.graphql.schema import build_schema
+from gql_api.hub import MessageHub
+from gql_api.service import ChatService
+from gql_api.settings import Settings, load_settings
+from gql_api.users import create_user, get_user
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_FILE = Path("schema.graphql")
+
+
+def schema_sdl() -> str:
+    """The schema as SDL, exactly as ``schema.graphql`` holds it."""
+    return print_schema(build_schema()) + "\n"
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> None:
+    import uvicorn
+
+    async def banner(app: Any) -> None:
+        if settings.production:
+            return
+        lines = ["", "  gql_api is running (development)", f"  GraphiQL:      http://{args.host}:{args.port}/graphql"]
+        if await database_is_empty():
+            demo = await ensure_demo_data(app.state.chat)
+            token = app.state.authenticator.issue(str(demo.users["alice"].id))
+            lines += [f"  Demo stream:   {demo.stream_id}", f"  Token (alice): {token}"]
+        lines += ["  Tokens:        gql-api demo --json", ""]
+        print("\n".join(lines), flush=True)
+
+    app = create_app(settings, on_startup=[banner])
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", lifespan="on")
+
+
+async def _with_database(settings: Settings, work: Callable[[ChatService], Awaitable[None]]) -> None:
+    async with open_database(settings):
+        await work(ChatService(MessageHub()))
+
+
+def _demo(settings: Settings, args: argparse.Namespace) -> None:
+    async def work(chat: ChatService) -> None:
+        demo = await ensure_demo_data(chat)
+        data = demo.as_json(Authenticator(settings))
+        if args.json:
+            print(json.dumps(data))
+        else:
+            print(f"Demo stream: {data['streamId']}")
+            for username, user in data["users"].items():  # type: ignore[union-attr]
+                print(f"{username}: {user['token']}")
+
+    asyncio.run(_with_database(settings, work))
+
+
+def _user_create(settings: Settings, args: argparse.Namespace) -> None:
+    async def work(chat: ChatService) -> None:
+        user = await create_user(
+            args.username, name=args.name or "", surname=args.surname or "", photo_url=args.photo_url
+        )
+        print(json.dumps({"id": str(user.id), "username": user.username}))
+
+    asyncio.run(_with_database(settings, work))
+
+
+def _token(settings: Settings, args: argparse.Namespace) -> None:
+    async def work(chat: ChatService) -> None:
+        user = await get_user(args.username)
+        print(Authenticator(settings).issue(str(user.id), ttl=timedelta(seconds=args.ttl)))
+
+    asyncio.run(_with_database(settings, work))
+
+
+def _export_schema(settings: Settings, args: argparse.Namespace) -> None:
+    Path(args.output).write_text(schema_sdl())
+    print(f"wrote {args.output}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gql-api", description="Live-stream chat API")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the API (GraphiQL at /graphql in development)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(handler=_serve)
+
+    demo = commands.add_parser("demo", help="make sure the demo data exists and print tokens")
+    demo.add_argument("--json", action="store_true", help="print the data as JSON")
+    demo.set_defaults(handler=_demo)
+
+    user = commands.add_parser("user", help="manage users").add_subparsers(dest="user_command", required=True)
+    user_create = user.add_parser("create", help="add a user")
+    user_create.add_argument("username")
+    user_create.add_argument("--name")
+    user_create.add_argument("--surname")
+    user_create.add_argument("--photo-url")
+    user_create.set_defaults(handler=_user_create)
+
+    token = commands.add_parser("token", help="print a token for an existing user")
+    token.add_argument("username")
+    token.add_argument("--ttl", type=int, default=12 * 3600, help="lifetime in seconds")
+    token.set_defaults(handler=_token)
+
+    export = commands.add_parser("export-schema", help="write the GraphQL schema as SDL")
+    export.add_argument("--output", default=str(SCHEMA_FILE))
+    export.set_defaults(handler=_export_schema)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings()
+        args.handler(settings, args)
+    except (ConfigurationError, ApiError) as exc:
+        print(f"gql-api: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Demo data for development: three users and a LIVE stream to chat in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gql_api.auth import Authenticator
+from gql_api.compat import eq
+from gql_api.documents import LiveStream, StreamStatus, User
+from gql_api.service import ChatService
+from gql_api.users import create_user, find_user
+
+DEMO_USERS = {
+    "alice": ("Alice", "Archer"),
+    "bob": ("Bob", "Baker"),
+    "carol": ("Carol", "Cooper"),
+}
+DEMO_OWNER = "carol"
+DEMO_STREAM_TITLE = "gql_api demo stream"
+
+
+@dataclass(frozen=True)
+class DemoData:
+    stream_id: str
+    users: dict[str, User]
+
+    def as_json(self, authenticator: Authenticator) -> dict[str, object]:
+        """The shape ``gql-api demo --json`` prints: the stream and a fresh token per user."""
+        return {
+            "streamId": self.stream_id,
+            "users": {
+                username: {"id": str(user.id), "token": authenticator.issue(str(user.id))}
+                for username, user in self.users.items()
+            },
+        }
+
+
+async def ensure_demo_data(chat: ChatService) -> DemoData:
+    """Create whatever part of the demo data is missing; safe to call any number of times."""
+    users: dict[str, User] = {}
+    for username, (name, surname) in DEMO_USERS.items():
+        user = await find_user(username)
+        if user is None:
+            user = await create_user(
+                username,
+                name=name,
+                surname=surname,
+                photo_url=f"https://i.pravatar.cc/300?u={username}",
+            )
+        users[username] = user
+    owner = users[DEMO_OWNER]
+    stream = await LiveStream.find_one(
+        {
+            "owner.id": eq(str(owner.id)),
+            "title": eq(DEMO_STREAM_TITLE),
+            "status": eq(StreamStatus.LIVE.value),
+        }
+    )
+    if stream is None:
+        stream = await chat.create_stream(owner, DEMO_STREAM_TITLE)
+    return DemoData(stream_id=str(stream.id), users=users)
+
+
+async def database_is_empty() -> bool:
+    """Whether no user exists yet (a fresh database)."""
+    return await User.find_one({}) is None

@@ -1,0 +1,119 @@
+"""Beanie documents: how users, streams and chat messages are stored in MongoDB.
+
+References between documents are stored as strings, not ObjectIds (see ``compat``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from beanie import Document
+from pydantic import BaseModel, Field
+from pymongo import ASCENDING, IndexModel
+
+
+def utcnow() -> datetime:
+    """Now, in UTC, truncated to the millisecond MongoDB stores, so a value reads back unchanged."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def isoformat_z(value: datetime) -> str:
+    """ISO 8601 in UTC with milliseconds and a ``Z``, as the original API wrote times."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+class StreamStatus(StrEnum):
+    LIVE = "LIVE"
+    ENDED = "ENDED"
+
+
+class MessageKind(StrEnum):
+    TEXT = "TEXT"
+    SUPERLIKE = "SUPERLIKE"
+
+
+class ProfilePhoto(BaseModel):
+    id: str
+    url: str
+    type: str = "image"
+    variants: dict[str, str] = Field(default_factory=dict)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class PublicProfile(BaseModel):
+    """A user's public face, copied into what they create so reads never need a join."""
+
+    id: str
+    username: str
+    name: str
+    surname: str
+    profile_photo: ProfilePhoto | None = None
+    availability_status: str = "available"
+
+
+class User(Document):
+    username: str
+    name: str
+    surname: str
+    profile_photo: ProfilePhoto | None = None
+    availability_status: str = "available"
+    created_at: datetime = Field(default_factory=utcnow)
+
+    class Settings:
+        name = "users"
+        indexes = [IndexModel([("username", ASCENDING)], unique=True, name="username_unique")]
+
+    def public_profile(self) -> PublicProfile:
+        return PublicProfile(
+            id=str(self.id),
+            username=self.username,
+            name=self.name,
+            surname=self.surname,
+            profile_photo=self.profile_photo,
+            availability_status=self.availability_status,
+        )
+
+
+class LiveStream(Document):
+    title: str
+    owner: PublicProfile
+    status: StreamStatus = StreamStatus.LIVE
+    superlike_count: int = 0
+    # The last sequence number handed to a message of this stream; incremented atomically.
+    last_seq: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+    ended_at: datetime | None = None
+
+    class Settings:
+        name = "live_streams"
+
+
+class ChatMessage(Document):
+    stream_id: str
+    # Per-stream total order: cursors, history pages and resume all key on (stream_id, seq).
+    seq: int
+    kind: MessageKind
+    content: str
+    sender: PublicProfile
+    client_message_id: str | None = None
+    # Unique per stream: "c:<sender>:<clientMessageId>" for retries, "s:<sender>" for the one
+    # superlike, else a fresh random key. A plain unique index, because nx-27017 ignores
+    # partial indexes (see ``compat``).
+    dedup_key: str
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+    class Settings:
+        name = "chat_messages"
+        indexes = [
+            IndexModel([("stream_id", ASCENDING), ("seq", ASCENDING)], unique=True, name="stream_seq"),
+            IndexModel(
+                [("stream_id", ASCENDING), ("dedup_key", ASCENDING)], unique=True, name="stream_dedup"
+            ),
+        ]
+
+
+DOCUMENT_MODELS: list[type[Document]] = [User, LiveStream, ChatMessage]

@@ -1,0 +1,1 @@
+"""The GraphQL front end: schema, types, context and the ASGI view."""

@@ -1,0 +1,145 @@
+"""The GraphQL schema: thin resolvers over the chat service."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator
+from datetime import datetime
+from typing import Any
+
+import strawberry
+from graphql import GraphQLError
+from strawberry.exceptions import MissingQueryError
+from strawberry.extensions import DisableIntrospection
+from strawberry.schema.config import StrawberryConfig
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
+from strawberry.types import Info
+
+from gql_api.documents import isoformat_z
+from gql_api.errors import ApiError, BadUserInput, as_api_error
+from gql_api.graphql.context import Context
+from gql_api.graphql.types import ChatMessage, ChatMessageConnection, LiveStream, User
+from gql_api.pagination import PageRequest
+
+logger = logging.getLogger(__name__)
+
+ChatInfo = Info[Context, None]
+DATETIME_SCALAR = strawberry.scalar(
+    name="DateTime",
+    description="An ISO 8601 time in UTC with milliseconds, e.g. 2026-01-15T10:30:00.000Z.",
+    serialize=isoformat_z,
+    parse_value=datetime.fromisoformat,
+)
+_REQUEST_ERRORS = (CannotGetOperationTypeError, InvalidOperationTypeError, MissingQueryError)
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(description="A page of a stream's chat history, oldest first. No arguments: the newest 50.")
+    async def chat_messages(
+        self,
+        info: ChatInfo,
+        stream_id: strawberry.ID,
+        first: int | None = None,
+        after: str | None = None,
+        last: int | None = None,
+        before: str | None = None,
+    ) -> ChatMessageConnection:
+        info.context.user  # noqa: B018 - every operation needs an authenticated caller
+        request = PageRequest.from_relay(first=first, after=after, last=last, before=before)
+        page = await info.context.chat.list_messages(str(stream_id), request)
+        return ChatMessageConnection.from_page(page)
+
+    @strawberry.field(description="A live stream, or null when there is none with this id.")
+    async def live_stream(self, info: ChatInfo, id: strawberry.ID) -> LiveStream | None:
+        info.context.user  # noqa: B018
+        stream = await info.context.chat.find_stream(str(id))
+        return LiveStream.from_document(stream) if stream else None
+
+    @strawberry.field(description="The authenticated caller.")
+    def me(self, info: ChatInfo) -> User:
+        return User.from_document(info.context.user)
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(description="Send a chat message (1 to 500 characters after trimming).")
+    async def send_chat_message(
+        self,
+        info: ChatInfo,
+        stream_id: strawberry.ID,
+        content: str,
+        client_message_id: str | None = None,
+    ) -> ChatMessage:
+        message = await info.context.chat.send_message(
+            info.context.user, str(stream_id), content, client_message_id
+        )
+        return ChatMessage.from_document(message)
+
+    @strawberry.mutation(description="Superlike a stream: once per user per stream.")
+    async def send_superlike(self, info: ChatInfo, stream_id: strawberry.ID) -> ChatMessage:
+        message = await info.context.chat.send_superlike(info.context.user, str(stream_id))
+        return ChatMessage.from_document(message)
+
+    @strawberry.mutation(description="Start a LIVE stream owned by the caller.")
+    async def create_live_stream(self, info: ChatInfo, title: str) -> LiveStream:
+        stream = await info.context.chat.create_stream(info.context.user, title)
+        return LiveStream.from_document(stream)
+
+    @strawberry.mutation(description="End a LIVE stream; only its owner may.")
+    async def end_live_stream(self, info: ChatInfo, id: strawberry.ID) -> LiveStream:
+        stream = await info.context.chat.end_stream(info.context.user, str(id))
+        return LiveStream.from_document(stream)
+
+
+@strawberry.type
+class Subscription:
+    @strawberry.subscription(
+        description="Every message created in the stream after subscribing, in order, each once."
+    )
+    async def message_added(
+        self, info: ChatInfo, stream_id: strawberry.ID
+    ) -> AsyncGenerator[ChatMessage, None]:
+        info.context.user  # noqa: B018
+        async for message in info.context.chat.subscribe(str(stream_id)):
+            yield ChatMessage.from_document(message)
+
+
+class ChatSchema(strawberry.Schema):
+    """The schema, with every error given a ``code`` and ``statusCode`` and the unexpected masked."""
+
+    def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
+        for error in errors:
+            api_error = _classify(error)
+            error.message = api_error.message
+            error.extensions = {**(error.extensions or {}), **api_error.extensions}
+            if api_error.status_code >= 500 and error.original_error is not None:
+                if api_error.code == "INTERNAL_SERVER_ERROR":
+                    logger.error("Unexpected error in %s", error.path, exc_info=error.original_error)
+                else:
+                    logger.warning("%s in %s: %s", api_error.code, error.path, error.original_error)
+            error.original_error = None
+
+
+def _classify(error: GraphQLError) -> ApiError:
+    original = error.original_error
+    if original is None or isinstance(original, (GraphQLError, *_REQUEST_ERRORS)):
+        return BadUserInput(error.message)  # syntax, validation, variables: the request is wrong
+    if error.path is None and error.nodes and not isinstance(original, ApiError):
+        return BadUserInput(error.message)  # a variable's value failed to parse
+    return as_api_error(original)
+
+
+def build_schema(*, production: bool = False) -> ChatSchema:
+    """The schema; production turns introspection and field suggestions off."""
+    extensions: list[Any] = [DisableIntrospection] if production else []
+    return ChatSchema(
+        query=Query,
+        mutation=Mutation,
+        subscription=Subscription,
+        extensions=extensions,
+        config=StrawberryConfig(
+            disable_field_suggestions=production,
+            scalar_map={datetime: DATETIME_SCALAR},
+        ),
+    )

@@ -1,0 +1,165 @@
+"""GraphQL object types, converted explicitly from the stored documents."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+
+import strawberry
+
+from gql_api import documents
+from gql_api.pagination import Page, encode_cursor
+
+
+@strawberry.enum(description="What a chat message is.")
+class MessageKind(Enum):
+    TEXT = "TEXT"
+    SUPERLIKE = "SUPERLIKE"
+
+
+@strawberry.enum(description="Whether a stream is still accepting messages.")
+class StreamStatus(Enum):
+    LIVE = "LIVE"
+    ENDED = "ENDED"
+
+
+@strawberry.type(description="One size of a profile photo.")
+class PhotoVariant:
+    size: str
+    url: str
+
+
+@strawberry.type(description="A user's profile photo and its resized variants.")
+class ProfilePhoto:
+    id: strawberry.ID
+    url: str
+    type: str
+    variants: list[PhotoVariant]
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_document(cls, photo: documents.ProfilePhoto) -> ProfilePhoto:
+        return cls(
+            id=strawberry.ID(photo.id),
+            url=photo.url,
+            type=photo.type,
+            variants=[PhotoVariant(size=size, url=url) for size, url in sorted(photo.variants.items())],
+            created_at=photo.created_at,
+            updated_at=photo.updated_at,
+        )
+
+
+@strawberry.type(description="A user's public profile.")
+class User:
+    id: strawberry.ID
+    username: str
+    name: str
+    surname: str
+    profile_photo: ProfilePhoto | None
+    availability_status: str
+
+    @classmethod
+    def from_profile(cls, profile: documents.PublicProfile) -> User:
+        return cls(
+            id=strawberry.ID(profile.id),
+            username=profile.username,
+            name=profile.name,
+            surname=profile.surname,
+            profile_photo=ProfilePhoto.from_document(profile.profile_photo)
+            if profile.profile_photo
+            else None,
+            availability_status=profile.availability_status,
+        )
+
+    @classmethod
+    def from_document(cls, user: documents.User) -> User:
+        return cls.from_profile(user.public_profile())
+
+
+@strawberry.type(description="A live stream that viewers chat in.")
+class LiveStream:
+    id: strawberry.ID
+    title: str
+    status: StreamStatus
+    owner: User
+    superlike_count: int
+    created_at: datetime
+    ended_at: datetime | None
+
+    @classmethod
+    def from_document(cls, stream: documents.LiveStream) -> LiveStream:
+        return cls(
+            id=strawberry.ID(str(stream.id)),
+            title=stream.title,
+            status=StreamStatus(stream.status.value),
+            owner=User.from_profile(stream.owner),
+            superlike_count=stream.superlike_count,
+            created_at=stream.created_at,
+            ended_at=stream.ended_at,
+        )
+
+
+@strawberry.type(description="A chat message or superlike in a live stream.")
+class ChatMessage:
+    id: strawberry.ID
+    stream_id: strawberry.ID
+    kind: MessageKind
+    content: str
+    sender: User = strawberry.field(description="The sender's public profile when the message was sent.")
+    created_at: datetime
+    updated_at: datetime
+    client_message_id: str | None
+    cursor: str = strawberry.field(
+        description="This message's position in its stream, for `after`/`before` arguments."
+    )
+
+    @classmethod
+    def from_document(cls, message: documents.ChatMessage) -> ChatMessage:
+        return cls(
+            id=strawberry.ID(str(message.id)),
+            stream_id=strawberry.ID(message.stream_id),
+            kind=MessageKind(message.kind.value),
+            content=message.content,
+            sender=User.from_profile(message.sender),
+            created_at=message.created_at,
+            updated_at=message.updated_at,
+            client_message_id=message.client_message_id,
+            cursor=encode_cursor(message.seq),
+        )
+
+
+@strawberry.type(description="Relay page information.")
+class PageInfo:
+    has_next_page: bool
+    has_previous_page: bool
+    start_cursor: str | None
+    end_cursor: str | None
+
+
+@strawberry.type(description="A chat message and its cursor.")
+class ChatMessageEdge:
+    cursor: str
+    node: ChatMessage
+
+
+@strawberry.type(description="A page of a stream's chat history, oldest first.")
+class ChatMessageConnection:
+    edges: list[ChatMessageEdge]
+    page_info: PageInfo
+
+    @classmethod
+    def from_page(cls, page: Page[documents.ChatMessage]) -> ChatMessageConnection:
+        edges = [
+            ChatMessageEdge(cursor=encode_cursor(m.seq), node=ChatMessage.from_document(m))
+            for m in page.items
+        ]
+        return cls(
+            edges=edges,
+            page_info=PageInfo(
+                has_next_page=page.has_next,
+                has_previous_page=page.has_previous,
+                start_cursor=edges[0].cursor if edges else None,
+                end_cursor=edges[-1].cursor if edges else None,
+            ),
+        )

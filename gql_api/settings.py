@@ -1,0 +1,89 @@
+"""Typed configuration, read from the environment once, in the app factory or the CLI."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gql_api.errors import ConfigurationError
+
+MIN_SECRET_BYTES = 32
+DEV_SECRET_FILE = "jwt-secret"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; environment variables use the upper-case field names."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    app_env: Literal["development", "production"] = "development"
+    mongodb_uri: SecretStr | None = None
+    mongodb_db: str = "gql_api"
+    gql_api_data_dir: Path = Path(".gql-api")
+    mongodb_server_selection_timeout_ms: int = Field(default=5000, ge=100)
+
+    jwt_secret: SecretStr | None = None
+    jwt_algorithm: Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512"] = "HS256"
+    jwt_public_key: SecretStr | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_leeway_seconds: int = Field(default=5, ge=0, le=60)
+
+    subscriber_queue_size: int = Field(default=1000, ge=1)
+
+    @property
+    def production(self) -> bool:
+        return self.app_env == "production"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.gql_api_data_dir
+
+    @model_validator(mode="after")
+    def _check_keys(self) -> Settings:
+        if self.jwt_algorithm.startswith("RS"):
+            if self.jwt_public_key is None:
+                raise ValueError(f"JWT_ALGORITHM={self.jwt_algorithm} needs JWT_PUBLIC_KEY (PEM)")
+        elif self.production:
+            secret = self.jwt_secret.get_secret_value() if self.jwt_secret else ""
+            if len(secret.encode()) < MIN_SECRET_BYTES:
+                raise ValueError(
+                    f"APP_ENV=production needs JWT_SECRET of at least {MIN_SECRET_BYTES} bytes"
+                )
+        return self
+
+    def verification_key(self) -> str:
+        """The key that verifies tokens: the public key for RS*, else the HMAC secret."""
+        if self.jwt_algorithm.startswith("RS"):
+            assert self.jwt_public_key is not None
+            return self.jwt_public_key.get_secret_value()
+        return self.signing_key()
+
+    def signing_key(self) -> str:
+        """The HMAC secret; in development it is generated once and kept in the data dir."""
+        if self.jwt_secret is not None:
+            return self.jwt_secret.get_secret_value()
+        if self.production:  # pragma: no cover - the validator refuses this earlier
+            raise ConfigurationError("JWT_SECRET is required in production")
+        path = self.data_dir / DEV_SECRET_FILE
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(48))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, turning validation errors into one clear message."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigurationError(f"invalid configuration: {problems}") from exc
