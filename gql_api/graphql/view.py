@@ -14,7 +14,7 @@ from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMessage
-from strawberry.types.unset import UnsetType
+from strawberry.types.unset import UNSET, UnsetType
 
 from gql_api.auth import Authenticator, token_from_header
 from gql_api.errors import Unauthenticated
@@ -98,4 +98,4 @@ class GraphQLView(GraphQL[Context, None]):
             )
         except Unauthenticated as exc:
             raise ConnectionRejectionError({"message": exc.message, "code": exc.code}) from exc
-        return None
+        return UNSET

@@ -1,0 +1,182 @@
+"""Shared fixtures: a real MongoDB wire-protocol server, the real app over real HTTP, small factories.
+
+The database is the embedded nx-27017 server, or the MongoDB in ``MONGODB_URI`` when set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from pydantic import SecretStr
+from starlette.applications import Starlette
+
+from gql_api.app import create_app
+from gql_api.documents import LiveStream, User
+from gql_api.embedded import EmbeddedMongo
+from gql_api.service import ChatService
+from gql_api.settings import Settings
+from gql_api.users import create_user
+
+TEST_SECRET = "test-secret-that-is-long-enough-for-hs256!"
+
+
+@pytest.fixture(scope="session")
+def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A running MongoDB wire-protocol server for the whole session."""
+    if uri := os.environ.get("MONGODB_URI"):
+        yield uri
+        return
+    embedded = EmbeddedMongo(tmp_path_factory.mktemp("embedded"))
+    uri = embedded.start()
+    yield uri
+    embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def make_settings(mongo_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Settings]:
+    """Settings for a test app on the session's database; keyword arguments override fields."""
+    database = f"gql_api_test_{uuid.uuid4().hex[:8]}"
+    data_dir = tmp_path_factory.mktemp("data")
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "mongodb_uri": SecretStr(mongo_uri),
+            "mongodb_db": database,
+            "gql_api_data_dir": data_dir,
+            "jwt_secret": SecretStr(TEST_SECRET),
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@dataclass
+class LiveServer:
+    """An app served by uvicorn on a loopback port, in the test's event loop."""
+
+    app: Starlette
+    url: str
+    ws_url: str
+
+    @property
+    def chat(self) -> ChatService:
+        return self.app.state.chat
+
+    def token(self, user: User, **kwargs: Any) -> str:
+        return self.app.state.authenticator.issue(str(user.id), **kwargs)
+
+
+@asynccontextmanager
+async def serve(app: Starlette, *, lifespan: str = "on") -> AsyncIterator[LiveServer]:
+    """Serve ``app`` with uvicorn on a free loopback port until the block ends.
+
+    The socket listens before uvicorn starts, so connections made at once wait in the backlog
+    until the app is ready; nothing has to poll for the port.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)
+    host, port = sock.getsockname()
+    server = uvicorn.Server(uvicorn.Config(app, lifespan=lifespan, log_level="warning"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        yield LiveServer(app=app, url=f"http://{host}:{port}", ws_url=f"ws://{host}:{port}/graphql")
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+@pytest.fixture(scope="session")
+async def server(make_settings: Callable[..., Settings]) -> AsyncIterator[LiveServer]:
+    """The development app on the session's database."""
+    ready = asyncio.Event()
+
+    async def mark_ready(_: Starlette) -> None:
+        ready.set()
+
+    app = create_app(make_settings(), on_startup=[mark_ready])
+    async with serve(app) as live:
+        await ready.wait()
+        yield live
+
+
+@pytest.fixture
+async def http(server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        yield client
+
+
+_usernames = itertools.count(1)
+
+
+@pytest.fixture
+def make_user(server: LiveServer) -> Callable[..., Awaitable[User]]:
+    """Create a user with a unique username."""
+
+    async def make(**kwargs: Any) -> User:
+        username = kwargs.pop("username", None) or f"user{next(_usernames)}_{uuid.uuid4().hex[:6]}"
+        kwargs.setdefault("photo_url", f"https://img.example/{username}.webp")
+        return await create_user(username, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def make_stream(server: LiveServer, make_user: Callable[..., Awaitable[User]]) -> Callable[..., Awaitable[LiveStream]]:
+    """Create a LIVE stream (owned by a new user unless ``owner`` is given)."""
+
+    async def make(owner: User | None = None, title: str = "A stream") -> LiveStream:
+        return await server.chat.create_stream(owner or await make_user(), title)
+
+    return make
+
+
+@dataclass
+class GraphQLClient:
+    """POSTs GraphQL operations to the live server as one user."""
+
+    http: httpx.AsyncClient
+    token: str | None
+
+    async def execute(self, query: str, variables: dict[str, Any] | None = None, **headers: str) -> dict[str, Any]:
+        if self.token is not None:
+            headers.setdefault("Authorization", self.token)
+        response = await self.http.post("/graphql", json={"query": query, "variables": variables or {}}, headers=headers)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    async def data(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The data of an operation that must succeed."""
+        body = await self.execute(query, variables)
+        assert "errors" not in body, body["errors"]
+        return body["data"]
+
+    async def error(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The one error of an operation that must fail."""
+        body = await self.execute(query, variables)
+        assert body.get("errors"), body
+        assert len(body["errors"]) == 1, body["errors"]
+        return body["errors"][0]
+
+
+@pytest.fixture
+def client_for(server: LiveServer, http: httpx.AsyncClient) -> Callable[[User | None], GraphQLClient]:
+    """A GraphQL client authenticated as ``user`` (anonymous for None)."""
+
+    def make(user: User | None) -> GraphQLClient:
+        return GraphQLClient(http, server.token(user) if user is not None else None)
+
+    return make

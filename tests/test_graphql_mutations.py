@@ -1,0 +1,195 @@
+"""Mutations over real HTTP: messages, superlikes and streams, with every client error."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+SEND = """
+mutation Send($streamId: ID!, $content: String!, $clientMessageId: String) {
+  sendChatMessage(streamId: $streamId, content: $content, clientMessageId: $clientMessageId) {
+    id streamId kind content clientMessageId cursor createdAt updatedAt
+    sender { id username name surname availabilityStatus
+             profilePhoto { id url type createdAt updatedAt variants { size url } } }
+  }
+}
+"""
+SUPERLIKE = "mutation($s: ID!) { sendSuperlike(streamId: $s) { id kind content sender { username } } }"
+STREAM = "query($id: ID!) { liveStream(id: $id) { id title status superlikeCount endedAt owner { username } } }"
+HISTORY = "query($s: ID!) { chatMessages(streamId: $s, last: 100) { edges { node { id kind content } } } }"
+CREATE = "mutation($t: String!) { createLiveStream(title: $t) { id title status superlikeCount createdAt endedAt owner { id username } } }"
+END = "mutation($id: ID!) { endLiveStream(id: $id) { id status endedAt } }"
+MISSING_STREAM = "64d15f9e2e6c8f4d5a123000"
+
+
+async def test_send_message_returns_the_stored_message(make_user, make_stream, client_for):
+    user = await make_user(name="John", surname="Doe")
+    stream = await make_stream()
+    client = client_for(user)
+
+    sent = (await client.data(SEND, {"streamId": str(stream.id), "content": "  Herkese selam!  "}))["sendChatMessage"]
+
+    assert sent["content"] == "Herkese selam!"
+    assert sent["kind"] == "TEXT"
+    assert sent["streamId"] == str(stream.id)
+    assert sent["clientMessageId"] is None
+    assert sent["sender"]["id"] == str(user.id)
+    assert sent["sender"]["username"] == user.username
+    assert (sent["sender"]["name"], sent["sender"]["surname"]) == ("John", "Doe")
+    assert {v["size"] for v in sent["sender"]["profilePhoto"]["variants"]} == {"40", "76"}
+    assert sent["createdAt"].endswith("Z") and sent["createdAt"] == sent["updatedAt"]
+    history = (await client.data(HISTORY, {"s": str(stream.id)}))["chatMessages"]["edges"]
+    assert [e["node"] for e in history] == [{"id": sent["id"], "kind": "TEXT", "content": "Herkese selam!"}]
+
+
+@pytest.mark.parametrize("content", ["", "   ", "x" * 501, " " + "y" * 501])
+async def test_content_outside_1_to_500_characters_is_bad_user_input(make_user, make_stream, client_for, content):
+    stream = await make_stream()
+    client = client_for(await make_user())
+
+    error = await client.error(SEND, {"streamId": str(stream.id), "content": content})
+
+    assert error["extensions"] == {"code": "BAD_USER_INPUT", "statusCode": 400}
+    assert (await client.data(HISTORY, {"s": str(stream.id)}))["chatMessages"]["edges"] == []
+
+
+async def test_content_of_exactly_500_characters_after_trimming_is_accepted(make_user, make_stream, client_for):
+    stream = await make_stream()
+    sent = await client_for(await make_user()).data(SEND, {"streamId": str(stream.id), "content": " " + "z" * 500 + " "})
+    assert len(sent["sendChatMessage"]["content"]) == 500
+
+
+@pytest.mark.parametrize("stream_id", [MISSING_STREAM, "not-an-object-id"])
+async def test_sending_to_an_unknown_stream_is_not_found(make_user, client_for, stream_id):
+    error = await client_for(await make_user()).error(SEND, {"streamId": stream_id, "content": "hi"})
+    assert error["extensions"] == {"code": "NOT_FOUND", "statusCode": 404}
+
+
+async def test_sending_to_an_ended_stream_is_a_conflict(make_user, make_stream, client_for):
+    owner = await make_user()
+    stream = await make_stream(owner)
+    await client_for(owner).data(END, {"id": str(stream.id)})
+
+    error = await client_for(await make_user()).error(SEND, {"streamId": str(stream.id), "content": "hi"})
+
+    assert error["extensions"] == {"code": "CONFLICT", "statusCode": 409}
+
+
+async def test_retry_with_the_same_client_message_id_returns_the_original(make_user, make_stream, client_for):
+    stream = await make_stream()
+    client = client_for(await make_user())
+    variables = {"streamId": str(stream.id), "content": "once", "clientMessageId": "c-1"}
+
+    first = (await client.data(SEND, variables))["sendChatMessage"]
+    again = (await client.data(SEND, variables))["sendChatMessage"]
+
+    assert again == first
+    assert first["clientMessageId"] == "c-1"
+    assert len((await client.data(HISTORY, {"s": str(stream.id)}))["chatMessages"]["edges"]) == 1
+
+
+async def test_concurrent_retries_create_one_message(make_user, make_stream, client_for):
+    stream = await make_stream()
+    client = client_for(await make_user())
+    variables = {"streamId": str(stream.id), "content": "racy", "clientMessageId": "c-race"}
+
+    results = await asyncio.gather(*(client.data(SEND, variables) for _ in range(5)))
+
+    assert len({r["sendChatMessage"]["id"] for r in results}) == 1
+    assert len((await client.data(HISTORY, {"s": str(stream.id)}))["chatMessages"]["edges"]) == 1
+
+
+async def test_client_message_id_reused_with_other_content_is_a_conflict(make_user, make_stream, client_for):
+    stream = await make_stream()
+    client = client_for(await make_user())
+    await client.data(SEND, {"streamId": str(stream.id), "content": "one", "clientMessageId": "c-2"})
+
+    error = await client.error(SEND, {"streamId": str(stream.id), "content": "two", "clientMessageId": "c-2"})
+
+    assert error["extensions"] == {"code": "CONFLICT", "statusCode": 409}
+    edges = (await client.data(HISTORY, {"s": str(stream.id)}))["chatMessages"]["edges"]
+    assert [e["node"]["content"] for e in edges] == ["one"]
+
+
+async def test_the_same_client_message_id_from_another_user_is_another_message(make_user, make_stream, client_for):
+    stream = await make_stream()
+    variables = {"streamId": str(stream.id), "content": "hello", "clientMessageId": "shared"}
+
+    a = (await client_for(await make_user()).data(SEND, variables))["sendChatMessage"]
+    b = (await client_for(await make_user()).data(SEND, variables))["sendChatMessage"]
+
+    assert a["id"] != b["id"]
+
+
+@pytest.mark.parametrize("client_message_id", ["", "x" * 65])
+async def test_client_message_id_must_be_1_to_64_characters(make_user, make_stream, client_for, client_message_id):
+    stream = await make_stream()
+    error = await client_for(await make_user()).error(
+        SEND, {"streamId": str(stream.id), "content": "hi", "clientMessageId": client_message_id}
+    )
+    assert error["extensions"] == {"code": "BAD_USER_INPUT", "statusCode": 400}
+
+
+async def test_superlike_is_a_message_and_counts_once_per_user(make_user, make_stream, client_for):
+    stream = await make_stream()
+    fan = client_for(await make_user())
+
+    like = (await fan.data(SUPERLIKE, {"s": str(stream.id)}))["sendSuperlike"]
+    second = await fan.error(SUPERLIKE, {"s": str(stream.id)})
+    await client_for(await make_user()).data(SUPERLIKE, {"s": str(stream.id)})
+
+    assert like["kind"] == "SUPERLIKE" and like["content"] == ""
+    assert second["extensions"] == {"code": "CONFLICT", "statusCode": 409}
+    assert (await fan.data(STREAM, {"id": str(stream.id)}))["liveStream"]["superlikeCount"] == 2
+    kinds = [e["node"]["kind"] for e in (await fan.data(HISTORY, {"s": str(stream.id)}))["chatMessages"]["edges"]]
+    assert kinds == ["SUPERLIKE", "SUPERLIKE"]
+
+
+async def test_superlike_errors(make_user, make_stream, client_for):
+    owner = await make_user()
+    stream = await make_stream(owner)
+    await client_for(owner).data(END, {"id": str(stream.id)})
+    client = client_for(await make_user())
+
+    assert (await client.error(SUPERLIKE, {"s": MISSING_STREAM}))["extensions"]["code"] == "NOT_FOUND"
+    assert (await client.error(SUPERLIKE, {"s": str(stream.id)}))["extensions"]["code"] == "CONFLICT"
+    assert (await client.data(STREAM, {"id": str(stream.id)}))["liveStream"]["superlikeCount"] == 0
+
+
+async def test_create_and_end_a_stream(make_user, client_for):
+    owner = await make_user()
+    client = client_for(owner)
+
+    created = (await client.data(CREATE, {"t": "  Friday night  "}))["createLiveStream"]
+    ended = (await client.data(END, {"id": created["id"]}))["endLiveStream"]
+
+    assert created["title"] == "Friday night"
+    assert created["status"] == "LIVE" and created["endedAt"] is None and created["superlikeCount"] == 0
+    assert created["owner"] == {"id": str(owner.id), "username": owner.username}
+    assert ended["status"] == "ENDED" and ended["endedAt"].endswith("Z")
+    assert (await client.data(STREAM, {"id": created["id"]}))["liveStream"]["status"] == "ENDED"
+
+
+async def test_only_the_owner_may_end_a_stream_and_only_once(make_user, make_stream, client_for):
+    owner = await make_user()
+    stream = await make_stream(owner)
+
+    forbidden = await client_for(await make_user()).error(END, {"id": str(stream.id)})
+    await client_for(owner).data(END, {"id": str(stream.id)})
+    again = await client_for(owner).error(END, {"id": str(stream.id)})
+    missing = await client_for(owner).error(END, {"id": MISSING_STREAM})
+
+    assert forbidden["extensions"] == {"code": "FORBIDDEN", "statusCode": 403}
+    assert again["extensions"] == {"code": "CONFLICT", "statusCode": 409}
+    assert missing["extensions"] == {"code": "NOT_FOUND", "statusCode": 404}
+
+
+@pytest.mark.parametrize("title", ["", "  ", "t" * 201])
+async def test_stream_title_must_be_1_to_200_characters(make_user, client_for, title):
+    error = await client_for(await make_user()).error(CREATE, {"t": title})
+    assert error["extensions"] == {"code": "BAD_USER_INPUT", "statusCode": 400}
+
+
+async def test_live_stream_query_returns_null_for_an_unknown_id(make_user, client_for):
+    assert (await client_for(await make_user()).data(STREAM, {"id": MISSING_STREAM}))["liveStream"] is None

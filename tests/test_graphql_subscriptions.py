@@ -1,0 +1,134 @@
+"""messageAdded over real websockets, through the third-party ``gql`` client, on both subprotocols."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+import websockets
+from gql import Client, GraphQLRequest
+from gql.transport.exceptions import TransportQueryError
+from gql.transport.websockets import WebsocketsTransport
+
+MESSAGE_ADDED = """
+subscription Live($s: ID!) {
+  messageAdded(streamId: $s) { id streamId kind content cursor sender { username } }
+}
+"""
+SEND = "mutation($s: ID!, $c: String!) { sendChatMessage(streamId: $s, content: $c) { id } }"
+SUBPROTOCOLS = ["graphql-transport-ws", "graphql-ws"]
+
+
+def _transport(server, token: str | None, subprotocol: str) -> WebsocketsTransport:
+    payload = {"Authorization": token} if token is not None else {}
+    return WebsocketsTransport(url=server.ws_url, init_payload=payload, subprotocols=[subprotocol])
+
+
+async def _collect(session, stream_id: str, count: int) -> list[dict[str, Any]]:
+    received = []
+    request = GraphQLRequest(MESSAGE_ADDED, variable_values={"s": stream_id})
+    async for result in session.subscribe(request):
+        received.append(result["messageAdded"])
+        if len(received) == count:
+            break
+    return received
+
+
+@pytest.mark.parametrize("subprotocol", SUBPROTOCOLS)
+async def test_subscribers_receive_new_messages_in_order_and_nothing_else(
+    server, make_user, make_stream, client_for, subprotocol
+):
+    viewer, sender = await make_user(), await make_user()
+    stream, other = await make_stream(), await make_stream()
+    async with Client(transport=_transport(server, server.token(viewer), subprotocol)) as session:
+        task = asyncio.create_task(_collect(session, str(stream.id), 5))
+        await server.app.state.hub.wait_for_subscribers(str(stream.id), 1)
+        client = client_for(sender)
+        sent = []
+        for n in range(5):
+            await client.data(SEND, {"s": str(other.id), "c": f"elsewhere {n}"})
+            sent.append((await client.data(SEND, {"s": str(stream.id), "c": f"m{n}"}))["sendChatMessage"]["id"])
+        received = await asyncio.wait_for(task, 10)
+
+    assert [m["id"] for m in received] == sent
+    assert [m["content"] for m in received] == [f"m{n}" for n in range(5)]
+    assert {m["streamId"] for m in received} == {str(stream.id)}
+    assert {m["sender"]["username"] for m in received} == {sender.username}
+    await server.app.state.hub.wait_for_subscribers(str(stream.id), 0)
+
+
+@pytest.mark.parametrize("subprotocol", SUBPROTOCOLS)
+async def test_every_subscriber_gets_each_message_once(server, make_user, make_stream, subprotocol):
+    stream = await make_stream()
+    sender = await make_user()
+    viewers = [await make_user() for _ in range(3)]
+    clients = [Client(transport=_transport(server, server.token(v), subprotocol)) for v in viewers]
+    sessions = [await c.connect_async() for c in clients]
+    try:
+        tasks = [asyncio.create_task(_collect(s, str(stream.id), 3)) for s in sessions]
+        await server.app.state.hub.wait_for_subscribers(str(stream.id), 3)
+        sent = [str((await server.chat.send_message(sender, str(stream.id), f"x{n}")).id) for n in range(3)]
+        results = await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    finally:
+        for c in clients:
+            await c.close_async()
+
+    for received in results:
+        assert [m["id"] for m in received] == sent
+
+
+async def test_superlikes_arrive_like_messages(server, make_user, make_stream):
+    stream = await make_stream()
+    fan = await make_user()
+    async with Client(transport=_transport(server, server.token(fan), "graphql-transport-ws")) as session:
+        task = asyncio.create_task(_collect(session, str(stream.id), 1))
+        await server.app.state.hub.wait_for_subscribers(str(stream.id), 1)
+        await server.chat.send_superlike(fan, str(stream.id))
+        [received] = await asyncio.wait_for(task, 10)
+
+    assert received["kind"] == "SUPERLIKE"
+
+
+@pytest.mark.parametrize("subprotocol", SUBPROTOCOLS)
+async def test_ending_the_stream_completes_the_subscription(server, make_user, make_stream, subprotocol):
+    owner = await make_user()
+    stream = await make_stream(owner)
+    async with Client(transport=_transport(server, server.token(owner), subprotocol)) as session:
+        task = asyncio.create_task(_collect(session, str(stream.id), 10))
+        await server.app.state.hub.wait_for_subscribers(str(stream.id), 1)
+        await server.chat.send_message(owner, str(stream.id), "last words")
+        await server.chat.end_stream(owner, str(stream.id))
+        received = await asyncio.wait_for(task, 10)
+
+    assert [m["content"] for m in received] == ["last words"]
+
+
+async def test_subscribing_to_an_unknown_stream_is_not_found(server, make_user):
+    user = await make_user()
+    async with Client(transport=_transport(server, server.token(user), "graphql-transport-ws")) as session:
+        with pytest.raises(TransportQueryError) as caught:
+            await asyncio.wait_for(_collect(session, "64d15f9e2e6c8f4d5a123000", 1), 10)
+
+    assert caught.value.errors[0]["extensions"] == {"code": "NOT_FOUND", "statusCode": 404}
+
+
+@pytest.mark.parametrize("subprotocol", SUBPROTOCOLS)
+@pytest.mark.parametrize("payload", [{}, {"Authorization": "garbage"}, {"authorization": "Bearer x.y.z"}])
+async def test_a_missing_or_bad_token_closes_the_socket_with_4403(server, subprotocol, payload):
+    async with websockets.connect(server.ws_url, subprotocols=[subprotocol]) as ws:
+        await ws.send(json.dumps({"type": "connection_init", "payload": payload}))
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                await asyncio.wait_for(ws.recv(), 10)
+
+    assert closed.value.rcvd.code == 4403
+
+
+@pytest.mark.parametrize("key", ["Authorization", "authorization", "AUTHORIZATION"])
+async def test_the_connection_payload_key_is_case_insensitive(server, make_user, key):
+    user = await make_user()
+    async with websockets.connect(server.ws_url, subprotocols=["graphql-transport-ws"]) as ws:
+        await ws.send(json.dumps({"type": "connection_init", "payload": {key: f"Bearer {server.token(user)}"}}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == {"type": "connection_ack"}
