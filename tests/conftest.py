@@ -28,7 +28,7 @@ from gql_api.service import ChatService
 from gql_api.settings import Settings
 from gql_api.users import create_user
 
-TEST_SECRET = "test-secret-that-is-long-enough-for-hs256!"
+TEST_SECRET = "test-secret-" + "x" * 64
 
 
 @pytest.fixture(scope="session")

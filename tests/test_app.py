@@ -1,0 +1,53 @@
+"""The app around the schema: health, readiness, GraphiQL, and what production turns off."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from gql_api.app import create_app
+from tests.conftest import LiveServer, serve
+
+INTROSPECTION = "{ __schema { queryType { name } } }"
+
+
+@pytest.fixture(scope="module")
+async def production(make_settings) -> AsyncIterator[LiveServer]:
+    """A production app; without its lifespan, so only requests that need no database work."""
+    app = create_app(make_settings(app_env="production"))
+    async with serve(app, lifespan="off") as live:
+        yield live
+
+
+async def test_health_and_readiness(http):
+    assert (await http.get("/healthz")).json() == {"status": "ok"}
+    ready = await http.get("/readyz")
+    assert ready.status_code == 200 and ready.json() == {"status": "ready"}
+
+
+async def test_graphiql_is_served_in_development(http):
+    response = await http.get("/graphql", headers={"Accept": "text/html"})
+    assert response.status_code == 200
+    assert "graphiql" in response.text.lower()
+
+
+async def test_introspection_works_in_development(http):
+    body = (await http.post("/graphql", json={"query": INTROSPECTION})).json()
+    assert body == {"data": {"__schema": {"queryType": {"name": "Query"}}}}
+
+
+async def test_production_turns_off_graphiql_introspection_and_suggestions(production):
+    async with httpx.AsyncClient(base_url=production.url) as client:
+        page = await client.get("/graphql", headers={"Accept": "text/html"})
+        introspection = (await client.post("/graphql", json={"query": INTROSPECTION})).json()
+        typename = (await client.post("/graphql", json={"query": "{ __typename }"})).json()
+        typo = (await client.post("/graphql", json={"query": "{ mee { id } }"})).json()
+
+    assert "graphiql" not in page.text.lower()
+    assert introspection["data"] is None
+    assert introspection["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert typename == {"data": {"__typename": "Query"}}
+    assert "Did you mean" not in typo["errors"][0]["message"]
+    assert typo["errors"][0]["extensions"] == {"code": "BAD_USER_INPUT", "statusCode": 400}

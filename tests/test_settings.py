@@ -1,0 +1,48 @@
+"""Settings: production refuses to start without a real secret; development makes and keeps one."""
+
+from __future__ import annotations
+
+import pytest
+
+from gql_api.errors import ConfigurationError
+from gql_api.settings import load_settings
+
+
+def test_production_requires_a_secret_of_at_least_32_bytes(monkeypatch, tmp_path):
+    monkeypatch.setenv("APP_ENV", "production")
+    monkeypatch.setenv("GQL_API_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("JWT_SECRET", raising=False)
+    with pytest.raises(ConfigurationError, match="JWT_SECRET of at least 32 bytes"):
+        load_settings()
+    monkeypatch.setenv("JWT_SECRET", "short")
+    with pytest.raises(ConfigurationError, match="JWT_SECRET"):
+        load_settings()
+    monkeypatch.setenv("JWT_SECRET", "s" * 32)
+    assert load_settings().production
+
+
+def test_rs256_requires_a_public_key(monkeypatch):
+    monkeypatch.setenv("JWT_ALGORITHM", "RS256")
+    monkeypatch.delenv("JWT_PUBLIC_KEY", raising=False)
+    with pytest.raises(ConfigurationError, match="JWT_PUBLIC_KEY"):
+        load_settings()
+
+
+def test_development_generates_a_secret_once_and_keeps_it(monkeypatch, tmp_path):
+    monkeypatch.delenv("JWT_SECRET", raising=False)
+    monkeypatch.setenv("GQL_API_DATA_DIR", str(tmp_path / "data"))
+    first = load_settings().signing_key()
+    second = load_settings().signing_key()
+    assert first == second and len(first) >= 32
+    assert (tmp_path / "data" / "jwt-secret").stat().st_mode & 0o077 == 0
+
+
+def test_environment_variables_are_read_by_name(monkeypatch):
+    monkeypatch.setenv("MONGODB_URI", "mongodb://db.example:27017")
+    monkeypatch.setenv("MONGODB_DB", "chat")
+    monkeypatch.setenv("JWT_ISSUER", "https://issuer.example")
+    settings = load_settings()
+    assert settings.mongodb_uri is not None
+    assert settings.mongodb_uri.get_secret_value() == "mongodb://db.example:27017"
+    assert "db.example" not in repr(settings)
+    assert (settings.mongodb_db, settings.jwt_issuer) == ("chat", "https://issuer.example")
