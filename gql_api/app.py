@@ -14,6 +14,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from gql_api.auth import Authenticator
 from gql_api.database import open_database
+from gql_api.delivery import open_delivery
 from gql_api.graphql.schema import build_schema
 from gql_api.graphql.view import GraphQLView
 from gql_api.hub import MessageHub
@@ -48,9 +49,13 @@ def create_app(settings: Settings | None = None, *, on_startup: Sequence[Startup
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with open_database(settings) as database:
             app.state.database = database
-            for hook in on_startup:
-                await hook(app)
-            yield
+            chat.delivery = await open_delivery(hub, database)
+            try:
+                for hook in on_startup:
+                    await hook(app)
+                yield
+            finally:
+                await chat.delivery.stop()
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})

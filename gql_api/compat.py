@@ -12,15 +12,18 @@ Everything here is also correct, and means the same, on a real MongoDB:
 - History pages range over ``(stream_id, seq)``, never over ``_id``: an ``_id`` range with an
   ``_id`` sort scans the table on nx-27017.
 - A change event's document id is read from ``documentKey._id``: nx-27017 sends
-  ``fullDocument._id`` as a dict.
+  ``fullDocument._id`` as a dict, and the rest of the document as extended JSON. Its update events carry the whole document, not
+  ``updateDescription``; its duplicate-key errors name the index but not its key pattern.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from bson import ObjectId
 from bson.errors import InvalidId
+from pymongo.errors import DuplicateKeyError
 
 
 def eq(value: Any) -> dict[str, Any]:
@@ -36,6 +39,48 @@ def parse_object_id(value: str) -> ObjectId | None:
         return None
 
 
-def change_event_document_id(event: dict[str, Any]) -> Any:
-    """The id of the document a change event is about."""
-    return event["documentKey"]["_id"]
+def change_event_document(event: dict[str, Any]) -> dict[str, Any]:
+    """The stored document an insert event carries, with its real ``_id`` and BSON types."""
+    document = _from_extended_json(event["fullDocument"])
+    document["_id"] = event["documentKey"]["_id"]
+    return document
+
+
+def _from_extended_json(value: Any) -> Any:
+    """nx-27017 sends a change event's document as extended JSON: ``{"$date": ...}`` and tagged
+    ObjectIds. Turn those back into datetimes and ObjectIds; real BSON passes through."""
+    if isinstance(value, dict):
+        if len(value) == 1 and isinstance(value.get("$date"), str):
+            moment = datetime.fromisoformat(value["$date"].replace("Z", "+00:00"))
+            return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        if value.get("__neosqlite_objectid__") is True and "id" in value:
+            return ObjectId(value["id"])
+        return {key: _from_extended_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_from_extended_json(item) for item in value]
+    return value
+
+
+def ended_stream_id(event: dict[str, Any]) -> str | None:
+    """The id of the stream an update event marked ENDED, if it did.
+
+    MongoDB reports the change in ``updateDescription``; nx-27017 sends the whole document.
+    """
+    if event.get("operationType") not in {"update", "replace"}:
+        return None
+    changed = (event.get("updateDescription") or {}).get("updatedFields") or event.get("fullDocument") or {}
+    if changed.get("status") != "ENDED":
+        return None
+    return str(event["documentKey"]["_id"])
+
+
+def is_duplicate_of(exc: DuplicateKeyError, field: str) -> bool:
+    """Whether a duplicate-key error is about an index over ``field``.
+
+    MongoDB names the index and its key pattern; nx-27017 names only its own index name,
+    which contains the field names.
+    """
+    details = exc.details or {}
+    if field in (details.get("keyPattern") or {}):
+        return True
+    return field in str(details.get("errmsg", exc))

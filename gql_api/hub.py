@@ -1,15 +1,22 @@
-"""The live-message hub: fans new messages out to the subscribers of their stream, in-process."""
+"""The live-message hub: one group per stream with subscribers in this process, fed new messages.
+
+Each group remembers the sequence number it delivered last and hands its subscribers every
+message exactly once, in sequence order: a message it has already delivered is dropped, and a
+message that skips ahead first pulls the ones it skipped from the stored history. So whatever
+feeds the hub (a change stream that resumed after an outage, or in-process calls that race) the
+subscribers see no gap and no duplicate.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from gql_api import history
 from gql_api.documents import ChatMessage
-from gql_api.errors import SubscriberTooSlow
+from gql_api.errors import ServiceUnavailable, SubscriberTooSlow
 
 logger = logging.getLogger(__name__)
 
@@ -27,10 +34,15 @@ _OVERFLOW = _Overflow()
 
 
 class Subscriber:
-    """One live subscription: a bounded queue of messages of one stream."""
+    """One live subscription: a bounded queue of one stream's messages.
 
-    def __init__(self, stream_id: str, queue_size: int) -> None:
+    ``start_seq`` is the sequence number its group had delivered when it joined: it receives
+    every later message, and can replay anything up to ``start_seq`` from history.
+    """
+
+    def __init__(self, stream_id: str, queue_size: int, start_seq: int) -> None:
         self.stream_id = stream_id
+        self.start_seq = start_seq
         self._queue: asyncio.Queue[ChatMessage | _End | _Overflow] = asyncio.Queue(queue_size)
         self.closed = False
 
@@ -41,8 +53,8 @@ class Subscriber:
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
-            # A slow reader must not hold the others up or grow memory: drop what it has
-            # not read and tell it to resubscribe.
+            # A slow reader must not hold the others up or grow memory: drop what it has not
+            # read and tell it to resubscribe with `after`.
             while not self._queue.empty():
                 self._queue.get_nowait()
             self._queue.put_nowait(_OVERFLOW)
@@ -64,49 +76,91 @@ class Subscriber:
         return item
 
 
+class _Group:
+    """The subscribers of one stream in this process, and how far the stream was delivered."""
+
+    def __init__(self, stream_id: str) -> None:
+        self.stream_id = stream_id
+        self.subscribers: set[Subscriber] = set()
+        self.last_seq = 0
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.lock = asyncio.Lock()  # one delivery (with its catch-up reads) at a time
+
+    def fan_out(self, message: ChatMessage) -> list[Subscriber]:
+        """Hand a message to every subscriber; return those that fell behind."""
+        self.last_seq = message.seq
+        return [s for s in tuple(self.subscribers) if not s.offer(message)]
+
+    async def catch_up(self, through: int | None = None) -> list[Subscriber]:
+        """Deliver stored messages after ``last_seq`` (up to ``through``) that the feed skipped."""
+        dropped: list[Subscriber] = []
+        async for message in history.replay(self.stream_id, after=self.last_seq, through=through):
+            dropped += self.fan_out(message)
+        return dropped
+
+
 class MessageHub:
-    """Subscribers grouped by stream; ``publish`` hands each new message to its stream's group."""
+    """Groups of subscribers by stream; fed by a ``Delivery`` with each new message and stream end."""
 
     def __init__(self, queue_size: int = 1000) -> None:
         self._queue_size = queue_size
-        self._streams: dict[str, set[Subscriber]] = defaultdict(set)
+        self._groups: dict[str, _Group] = {}
         self._waiters: list[tuple[str, int, asyncio.Future[None]]] = []
 
     @asynccontextmanager
     async def subscribe(self, stream_id: str) -> AsyncIterator[Subscriber]:
-        """Register a subscriber for the duration of the block."""
-        subscriber = Subscriber(stream_id, self._queue_size)
-        self._streams[stream_id].add(subscriber)
+        """Join the stream's group for the duration of the block."""
+        group = await self._group(stream_id)
+        subscriber = Subscriber(stream_id, self._queue_size, group.last_seq)
+        group.subscribers.add(subscriber)
         self._changed()
         try:
             yield subscriber
         finally:
-            group = self._streams.get(stream_id)
-            if group is not None:
-                group.discard(subscriber)
-                if not group:
-                    del self._streams[stream_id]
-            self._changed()
+            self._leave(group, subscriber)
 
-    def publish(self, message: ChatMessage) -> None:
-        """Hand a new message to every subscriber of its stream."""
-        for subscriber in tuple(self._streams.get(message.stream_id, ())):
-            if not subscriber.offer(message):
-                logger.warning("Closed a subscriber of stream %s that fell behind", message.stream_id)
-                self._streams[message.stream_id].discard(subscriber)
-                self._changed()
+    async def deliver(self, message: ChatMessage) -> None:
+        """Hand a new message to its stream's subscribers, once each, in sequence order."""
+        group = self._groups.get(message.stream_id)
+        if group is None or not await self._is_ready(group):
+            return
+        async with group.lock:
+            if message.seq <= group.last_seq:
+                return  # delivered already (a resumed feed repeats itself)
+            dropped = await group.catch_up(through=message.seq - 1)
+            dropped += group.fan_out(message)
+        self._drop(group, dropped)
 
-    def end_stream(self, stream_id: str) -> None:
-        """Complete every subscription of a stream that has ended."""
-        for subscriber in self._streams.pop(stream_id, set()):
-            subscriber.offer(_END)
+    async def end_stream(self, stream_id: str) -> None:
+        """Deliver the stream's last messages, then complete its subscriptions."""
+        group = self._groups.get(stream_id)
+        if group is None or not await self._is_ready(group):
+            return
+        async with group.lock:
+            dropped = await group.catch_up()
+            for subscriber in tuple(group.subscribers):
+                subscriber.offer(_END)
+            group.subscribers.clear()
+            if self._groups.get(stream_id) is group:
+                del self._groups[stream_id]
+        self._drop(group, dropped)
         self._changed()
 
+    async def resync(self) -> None:
+        """Deliver whatever was stored while the feed was down, to every group."""
+        for group in tuple(self._groups.values()):
+            if not await self._is_ready(group):
+                continue
+            async with group.lock:
+                dropped = await group.catch_up()
+            self._drop(group, dropped)
+
     def subscriber_count(self, stream_id: str | None = None) -> int:
-        """How many subscribers one stream (or every stream) has."""
+        """How many subscribers one stream (or every stream) has in this process."""
         if stream_id is not None:
-            return len(self._streams.get(stream_id, ()))
-        return sum(len(group) for group in self._streams.values())
+            group = self._groups.get(stream_id)
+            return len(group.subscribers) if group else 0
+        return sum(len(group.subscribers) for group in self._groups.values())
 
     async def wait_for_subscribers(self, stream_id: str, count: int) -> None:
         """Return once a stream has exactly ``count`` subscribers (for tests and tooling)."""
@@ -118,6 +172,45 @@ class MessageHub:
             await future
         finally:
             self._waiters = [w for w in self._waiters if w[2] is not future]
+
+    # -- internals -------------------------------------------------------------------------
+
+    async def _group(self, stream_id: str) -> _Group:
+        group = self._groups.get(stream_id)
+        if group is None:
+            group = self._groups[stream_id] = _Group(stream_id)
+            try:
+                group.last_seq = await history.latest_seq(stream_id)
+            except BaseException as exc:
+                del self._groups[stream_id]
+                # Joiners waiting on this group fail too; a cancelled creator is not their cancel.
+                failure = exc if isinstance(exc, Exception) else ServiceUnavailable()
+                group.ready.set_exception(failure)
+                group.ready.exception()  # mark it retrieved: the joiners re-raise it themselves
+                raise
+            group.ready.set_result(None)
+        else:
+            await asyncio.shield(group.ready)
+        return group
+
+    @staticmethod
+    async def _is_ready(group: _Group) -> bool:
+        try:
+            await asyncio.shield(group.ready)
+        except Exception:  # noqa: BLE001 - the group never started; its joiners were told
+            return False
+        return True
+
+    def _leave(self, group: _Group, subscriber: Subscriber) -> None:
+        group.subscribers.discard(subscriber)
+        if not group.subscribers and self._groups.get(group.stream_id) is group:
+            del self._groups[group.stream_id]
+        self._changed()
+
+    def _drop(self, group: _Group, subscribers: list[Subscriber]) -> None:
+        for subscriber in subscribers:
+            logger.warning("Closed a subscriber of stream %s that fell behind", group.stream_id)
+            self._leave(group, subscriber)
 
     def _changed(self) -> None:
         for stream_id, count, future in self._waiters:

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import weakref
+from collections import OrderedDict
 from collections.abc import AsyncIterator
-from typing import Any
 
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from gql_api.compat import eq, parse_object_id
+from gql_api import history
+from gql_api.compat import eq, is_duplicate_of, parse_object_id
+from gql_api.delivery import Delivery
 from gql_api.documents import ChatMessage, LiveStream, MessageKind, StreamStatus, User, utcnow
 from gql_api.errors import BadUserInput, Conflict, Forbidden, NotFound
 from gql_api.hub import MessageHub
-from gql_api.pagination import Page, PageRequest
+from gql_api.pagination import Page, PageRequest, decode_cursor
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +37,38 @@ def _require_length(field: str, value: str, maximum: int) -> str:
     return value
 
 
+class _StreamWriters:
+    """Per-stream write locks and the last sequence number this process stored, for hot streams."""
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self._capacity = capacity
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._last: OrderedDict[str, int] = OrderedDict()
+
+    def lock(self, stream_id: str) -> asyncio.Lock:
+        lock = self._locks.get(stream_id)
+        if lock is None:
+            lock = self._locks[stream_id] = asyncio.Lock()
+        return lock
+
+    def last_seq(self, stream_id: str) -> int | None:
+        return self._last.get(stream_id)
+
+    def remember(self, stream_id: str, seq: int) -> None:
+        self._last[stream_id] = seq
+        self._last.move_to_end(stream_id)
+        if len(self._last) > self._capacity:
+            self._last.popitem(last=False)
+
+
 class ChatService:
     """Streams and their messages: every rule about who may send what, and when."""
 
     def __init__(self, hub: MessageHub) -> None:
         self.hub = hub
+        # In-process until the app's lifespan opens the database and picks the real one.
+        self.delivery: Delivery = Delivery(hub)
+        self._writers = _StreamWriters()
 
     # -- streams ---------------------------------------------------------------------------
 
@@ -76,7 +107,7 @@ class ChatService:
         )
         if raw is None:
             raise Conflict("Resource cannot be changed in its current state: the stream has already ended")
-        self.hub.end_stream(stream_id)
+        await self.delivery.stream_ended(stream_id)
         return LiveStream.model_validate(raw)
 
     # -- messages --------------------------------------------------------------------------
@@ -126,69 +157,60 @@ class ChatService:
     async def list_messages(self, stream_id: str, request: PageRequest) -> Page[ChatMessage]:
         """One page of a stream's history, oldest first."""
         await self.get_stream(stream_id)
-        window: dict[str, int] = {}
-        if request.after is not None:
-            window["$gt"] = request.after
-        if request.before is not None:
-            window["$lt"] = request.before
-        query = ChatMessage.find(self._history_filter(stream_id, window))
-        query = query.sort([("seq", DESCENDING if request.from_end else ASCENDING)])
-        items = await query.limit(request.limit + 1).to_list()
+        items = await history.read_window(
+            stream_id,
+            after=request.after,
+            before=request.before,
+            limit=request.limit + 1,
+            newest_first=request.from_end,
+        )
         more = len(items) > request.limit
         items = items[: request.limit]
         if request.from_end:
             items.reverse()
             has_previous = more
-            has_next = request.before is not None and await self._exists(
+            has_next = request.before is not None and await history.exists(
                 stream_id, {"$gte": request.before}
             )
         else:
             has_next = more
-            has_previous = request.after is not None and await self._exists(
+            has_previous = request.after is not None and await history.exists(
                 stream_id, {"$lte": request.after}
             )
         return Page(items=items, has_previous=has_previous, has_next=has_next)
 
-    async def subscribe(self, stream_id: str) -> AsyncIterator[ChatMessage]:
-        """Every message created in the stream from now on, in order; ends when the stream ends."""
+    async def subscribe(self, stream_id: str, after: str | None = None) -> AsyncIterator[ChatMessage]:
+        """Every message after the cursor ``after`` (or from now), in order, each once.
+
+        Ends when the stream ends. Stored messages are replayed first, then live ones, with
+        nothing missed or repeated at the switch-over.
+        """
+        after_seq = decode_cursor(after, argument="after") if after is not None else None
+        if parse_object_id(stream_id) is None:
+            raise NotFound("Resource not found: no live stream has this id")
         async with self.hub.subscribe(stream_id) as subscriber:
-            # Registered before the check, so an end racing with the check still completes us.
+            # Joined before the check, so an end racing with the check still completes us.
             stream = await self.get_stream(stream_id)
-            if stream.status is StreamStatus.ENDED:
+            ended = stream.status is StreamStatus.ENDED
+            if after_seq is not None:
+                through = None if ended else subscriber.start_seq
+                async for message in history.replay(stream_id, after=after_seq, through=through):
+                    yield message
+            if ended:
                 return
             async for message in subscriber:
                 yield message
 
     # -- internals -------------------------------------------------------------------------
 
-    @staticmethod
-    def _history_filter(stream_id: str, seq: dict[str, int] | None = None) -> dict[str, Any]:
-        condition: dict[str, Any] = {"stream_id": eq(stream_id)}
-        if seq:
-            condition["seq"] = seq
-        return condition
-
-    async def _exists(self, stream_id: str, seq: dict[str, int]) -> bool:
-        return await ChatMessage.find_one(self._history_filter(stream_id, seq)) is not None
-
     async def _find_by_dedup_key(self, stream_id: str, dedup_key: str) -> ChatMessage | None:
         return await ChatMessage.find_one({"stream_id": eq(stream_id), "dedup_key": eq(dedup_key)})
 
-    async def _next_seq(self, stream_id: str) -> int:
-        """Reserve the stream's next sequence number; the stream must exist and be LIVE."""
-        object_id = parse_object_id(stream_id)
-        raw = None
-        if object_id is not None:
-            raw = await LiveStream.get_pymongo_collection().find_one_and_update(
-                {"_id": object_id, "status": eq(StreamStatus.LIVE.value)},
-                {"$inc": {"last_seq": 1}},
-                projection={"last_seq": True},
-                return_document=ReturnDocument.AFTER,
-            )
-        if raw is None:
-            await self.get_stream(stream_id)  # NotFound when it does not exist
+    async def _live_stream(self, stream_id: str) -> LiveStream:
+        stream = await self.get_stream(stream_id)
+        if stream.status is not StreamStatus.LIVE:
             raise Conflict("Resource cannot be changed in its current state: the stream has ended")
-        return int(raw["last_seq"])
+        return stream
 
     async def _append(
         self,
@@ -199,17 +221,37 @@ class ChatService:
         client_message_id: str | None,
         dedup_key: str,
     ) -> ChatMessage:
-        seq = await self._next_seq(stream_id)
-        message = ChatMessage(
-            stream_id=stream_id,
-            seq=seq,
-            kind=kind,
-            content=content,
-            sender=sender.public_profile(),
-            client_message_id=client_message_id,
-            dedup_key=dedup_key,
-        )
-        message.updated_at = message.created_at
-        await message.insert()
-        self.hub.publish(message)
+        """Store a message as the stream's next in sequence, then hand it to live delivery.
+
+        The sequence number is the newest stored one plus one, claimed by the unique
+        (stream_id, seq) index: a writer can only take N+1 once N is stored, so numbers have no
+        holes and are stored in order, which is what lets subscribers resume without gaps. A
+        lock per stream keeps this process's writers from colliding; another replica's writes
+        show up as a duplicate key, and the writer re-reads the newest number and tries again.
+        """
+        await self._live_stream(stream_id)
+        async with self._writers.lock(stream_id):
+            seq = self._writers.last_seq(stream_id)
+            if seq is None:
+                seq = await history.latest_seq(stream_id)
+            while True:
+                message = ChatMessage(
+                    stream_id=stream_id,
+                    seq=seq + 1,
+                    kind=kind,
+                    content=content,
+                    sender=sender.public_profile(),
+                    client_message_id=client_message_id,
+                    dedup_key=dedup_key,
+                )
+                message.updated_at = message.created_at
+                try:
+                    await message.insert()
+                    break
+                except DuplicateKeyError as exc:
+                    if not is_duplicate_of(exc, "seq"):
+                        raise
+                    seq = await history.latest_seq(stream_id)
+            self._writers.remember(stream_id, message.seq)
+        await self.delivery.message_stored(message)
         return message

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import socket
 import uuid
@@ -29,6 +30,20 @@ from gql_api.settings import Settings
 from gql_api.users import create_user
 
 TEST_SECRET = "test-secret-" + "x" * 64
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "allow_error_logs: the test provokes ERROR logs on purpose")
+
+
+@pytest.fixture(autouse=True)
+def no_error_logs(request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Fail a test during which the service logged an ERROR: a self-healing path must not hide a bug."""
+    yield
+    if request.node.get_closest_marker("allow_error_logs"):
+        return
+    errors = [r for r in caplog.get_records("call") if r.levelno >= logging.ERROR and r.name.startswith("gql_api")]
+    assert not errors, [r.getMessage() for r in errors]
 
 
 @pytest.fixture(scope="session")

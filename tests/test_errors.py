@@ -16,6 +16,7 @@ def _resolver_error(exc: Exception) -> GraphQLError:
     return GraphQLError(str(exc), path=["sendChatMessage"], original_error=exc)
 
 
+@pytest.mark.allow_error_logs
 def test_an_unexpected_exception_is_logged_with_its_traceback_and_masked(caplog):
     try:
         raise RuntimeError("secret connection string mongodb://admin:hunter2@db")

@@ -1,4 +1,4 @@
-"""The in-process hub: grouping by stream, bounded queues, completion."""
+"""The hub: per-stream groups that deliver each message once, in sequence order, gaps filled."""
 
 from __future__ import annotations
 
@@ -6,57 +6,72 @@ import asyncio
 
 import pytest
 
-from gql_api.documents import ChatMessage, MessageKind, PublicProfile
 from gql_api.errors import SubscriberTooSlow
 from gql_api.hub import MessageHub
 
-# Beanie documents can only be built once Beanie is bound to a database, which the server does.
-pytestmark = pytest.mark.usefixtures("server")
+
+async def _stored(server, make_user, stream, count: int):
+    sender = await make_user()
+    return [await server.chat.send_message(sender, str(stream.id), f"m{n}") for n in range(count)]
 
 
-def _message(stream_id: str, seq: int) -> ChatMessage:
-    sender = PublicProfile(id="u1", username="u1", name="U", surname="One")
-    return ChatMessage(stream_id=stream_id, seq=seq, kind=MessageKind.TEXT, content=f"m{seq}", sender=sender, dedup_key=f"k{seq}")
+async def test_out_of_order_and_repeated_feeds_become_one_ordered_delivery(server, make_user, make_stream):
+    stream = await make_stream()
+    hub = MessageHub()  # fed by hand here, not by the server's change stream
+    async with hub.subscribe(str(stream.id)) as subscriber:
+        messages = await _stored(server, make_user, stream, 5)
+        await hub.deliver(messages[4])  # skips 1-4: they are read from history first
+        await hub.deliver(messages[2])  # delivered already
+        await hub.deliver(messages[4])
+        await hub.end_stream(str(stream.id))
+        received = [m.seq async for m in subscriber]
+
+    assert received == [m.seq for m in messages]
 
 
-async def test_subscribers_get_their_streams_messages_in_order():
+async def test_a_late_joiner_starts_after_what_the_group_delivered(server, make_user, make_stream):
+    stream = await make_stream()
     hub = MessageHub()
-    async with hub.subscribe("a") as a, hub.subscribe("b") as b:
-        for seq in (1, 2, 3):
-            hub.publish(_message("a", seq))
-        hub.publish(_message("b", 9))
-        hub.end_stream("a")
-        hub.end_stream("b")
-        assert [m.seq async for m in a] == [1, 2, 3]
-        assert [m.seq async for m in b] == [9]
+    async with hub.subscribe(str(stream.id)) as early:
+        messages = await _stored(server, make_user, stream, 2)
+        await hub.deliver(messages[0])
+        async with hub.subscribe(str(stream.id)) as late:
+            await hub.deliver(messages[1])
+            await hub.end_stream(str(stream.id))
+            assert late.start_seq == messages[0].seq
+            assert [m.seq async for m in late] == [messages[1].seq]
+        assert [m.seq async for m in early] == [m.seq for m in messages]
 
 
-async def test_a_subscriber_that_falls_behind_is_closed_without_holding_up_the_others():
+async def test_a_subscriber_that_falls_behind_is_closed_without_holding_up_the_others(server, make_user, make_stream):
+    stream = await make_stream()
     hub = MessageHub(queue_size=2)
-    async with hub.subscribe("s") as slow, hub.subscribe("s") as fast:
-        hub.publish(_message("s", 1))
-        assert (await anext(fast)).seq == 1
-        hub.publish(_message("s", 2))
-        hub.publish(_message("s", 3))  # slow now holds 3 > 2 unread messages
-        assert hub.subscriber_count("s") == 1
-        assert [(await anext(fast)).seq, (await anext(fast)).seq] == [2, 3]
+    async with hub.subscribe(str(stream.id)) as slow, hub.subscribe(str(stream.id)) as fast:
+        messages = await _stored(server, make_user, stream, 3)
+        await hub.deliver(messages[0])
+        assert (await anext(fast)).seq == messages[0].seq
+        await hub.deliver(messages[1])
+        await hub.deliver(messages[2])  # slow now holds 3 > 2 unread messages
+        assert hub.subscriber_count(str(stream.id)) == 1
+        assert [(await anext(fast)).seq, (await anext(fast)).seq] == [messages[1].seq, messages[2].seq]
         with pytest.raises(SubscriberTooSlow):
             await anext(slow)
 
 
-async def test_leaving_the_block_unsubscribes_even_when_cancelled():
+async def test_leaving_the_block_unsubscribes_even_when_cancelled(make_stream):
+    stream = await make_stream()
     hub = MessageHub()
     entered = asyncio.Event()
 
     async def listen() -> None:
-        async with hub.subscribe("s") as subscriber:
+        async with hub.subscribe(str(stream.id)) as subscriber:
             entered.set()
             async for _ in subscriber:
                 pass
 
     task = asyncio.create_task(listen())
     await entered.wait()
-    assert hub.subscriber_count("s") == 1
+    assert hub.subscriber_count(str(stream.id)) == 1
     task.cancel()
-    await hub.wait_for_subscribers("s", 0)
+    await hub.wait_for_subscribers(str(stream.id), 0)
     assert hub.subscriber_count() == 0

@@ -95,13 +95,17 @@ class Mutation:
 @strawberry.type
 class Subscription:
     @strawberry.subscription(
-        description="Every message created in the stream after subscribing, in order, each once."
+        description=(
+            "Every message of the stream after `after` (a message cursor), or created after "
+            "subscribing when it is omitted: stored ones first, then live ones, in order, each "
+            "once. Completes when the stream ends."
+        )
     )
     async def message_added(
-        self, info: ChatInfo, stream_id: strawberry.ID
+        self, info: ChatInfo, stream_id: strawberry.ID, after: str | None = None
     ) -> AsyncGenerator[ChatMessage, None]:
         info.context.user  # noqa: B018
-        async for message in info.context.chat.subscribe(str(stream_id)):
+        async for message in info.context.chat.subscribe(str(stream_id), after):
             yield ChatMessage.from_document(message)
 
 
