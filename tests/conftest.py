@@ -9,11 +9,14 @@ import asyncio
 import itertools
 import logging
 import os
+import signal
+import sys
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -195,3 +198,50 @@ def client_for(server: LiveServer, http: httpx.AsyncClient) -> Callable[[User | 
         return GraphQLClient(http, server.token(user) if user is not None else None)
 
     return make
+
+
+@dataclass
+class ApiProcess:
+    """A ``gql-api serve`` process, run as a user runs it."""
+
+    process: asyncio.subprocess.Process
+    url: str
+    ws_url: str
+    output: list[str]
+
+
+@asynccontextmanager
+async def api_process(data_dir: Path, **env: str) -> AsyncIterator[ApiProcess]:
+    """Run ``gql-api serve`` on a free port with this data dir until the block ends.
+
+    Without ``MONGODB_URI`` in ``env`` it uses (or starts) the data dir's embedded server.
+    """
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    environment = {k: v for k, v in os.environ.items() if k not in {"MONGODB_URI", "JWT_SECRET", "APP_ENV"}}
+    environment.update({"GQL_API_DATA_DIR": str(data_dir), **env})
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gql_api", "serve", "--port", str(port),
+        env=environment, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    output: list[str] = []
+    assert process.stdout is not None
+    while not any("Uvicorn running" in line for line in output[-1:]):
+        line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
+        assert line, "gql-api serve exited:\n" + "".join(output)
+        output.append(line)
+
+    async def drain() -> None:
+        assert process.stdout is not None
+        async for raw in process.stdout:
+            output.append(raw.decode())
+
+    drainer = asyncio.create_task(drain())
+    try:
+        yield ApiProcess(process, f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/graphql", output)
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGINT)
+        await asyncio.wait_for(process.wait(), 30)
+        await drainer

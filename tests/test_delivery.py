@@ -1,0 +1,182 @@
+"""Live delivery across processes, through database restarts, and resumed from a cursor."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from gql import Client, GraphQLRequest
+from gql.transport.websockets import WebsocketsTransport
+
+from gql_api.embedded import EmbeddedMongo
+from gql_api.pagination import decode_cursor, encode_cursor
+from tests.conftest import api_process
+
+MESSAGE_ADDED = """
+subscription Live($s: ID!, $after: String) {
+  messageAdded(streamId: $s, after: $after) { id content cursor }
+}
+"""
+SEND = "mutation($s: ID!, $c: String!) { sendChatMessage(streamId: $s, content: $c) { id cursor } }"
+HISTORY = "query($s: ID!) { chatMessages(streamId: $s, last: 100) { edges { node { id } } } }"
+
+
+class Subscription:
+    """A messageAdded subscription through the gql client, collecting into a queue."""
+
+    def __init__(self, ws_url: str, token: str, stream_id: str, after: str | None) -> None:
+        transport = WebsocketsTransport(url=ws_url, init_payload={"Authorization": token})
+        self.client = Client(transport=transport)
+        self.request = GraphQLRequest(MESSAGE_ADDED, variable_values={"s": stream_id, "after": after})
+        self.received: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Subscription:
+        session = await self.client.connect_async()
+
+        async def run() -> None:
+            async for result in session.subscribe(self.request):
+                await self.received.put(result["messageAdded"])
+
+        self.task = asyncio.create_task(run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.task is not None
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        await self.client.close_async()
+
+    async def take(self, count: int) -> list[dict[str, Any]]:
+        return [await asyncio.wait_for(self.received.get(), 30) for _ in range(count)]
+
+
+async def _gql(http_url: str, token: str, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+    import httpx
+
+    async with httpx.AsyncClient(base_url=http_url, timeout=30) as client:
+        body = (await client.post("/graphql", json={"query": query, "variables": variables}, headers={"Authorization": token})).json()
+    assert "errors" not in body, body
+    return body["data"]
+
+
+async def _demo(data_dir: Path) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if k not in {"MONGODB_URI", "JWT_SECRET", "APP_ENV"}}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gql_api", "demo", "--json",
+        env={**env, "GQL_API_DATA_DIR": str(data_dir)}, stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await process.communicate()
+    assert process.returncode == 0
+    return json.loads(out)
+
+
+def _seqs(messages: list[dict[str, Any]]) -> list[int]:
+    return [decode_cursor(m["cursor"]) for m in messages]
+
+
+async def test_two_api_processes_deliver_every_message_to_both_once_and_in_order(tmp_path):
+    async with api_process(tmp_path) as a, api_process(tmp_path) as b:
+        assert not any("Started the embedded" in line for line in b.output)  # b reused a's server
+        demo = await _demo(tmp_path)
+        stream, alice, bob = demo["streamId"], demo["users"]["alice"]["token"], demo["users"]["bob"]["token"]
+        marker = (await _gql(a.url, alice, SEND, {"s": stream, "c": "marker"}))["sendChatMessage"]
+        start = encode_cursor(decode_cursor(marker["cursor"]) - 1)
+        async with Subscription(a.ws_url, bob, stream, start) as on_a, Subscription(b.ws_url, alice, stream, start) as on_b:
+            # Receiving the marker proves both have joined; everything after it arrives live.
+            assert [m["id"] for m in await on_a.take(1)] == [marker["id"]]
+            assert [m["id"] for m in await on_b.take(1)] == [marker["id"]]
+            sends = [
+                _gql(api.url, token, SEND, {"s": stream, "c": f"{name}{n}"})
+                for n in range(10)
+                for api, token, name in ((a, alice, "a"), (b, bob, "b"))
+            ]
+            await asyncio.gather(*sends)
+            got_a, got_b = await on_a.take(20), await on_b.take(20)
+
+        stored = [e["node"]["id"] for e in (await _gql(b.url, alice, HISTORY, {"s": stream}))["chatMessages"]["edges"]]
+    first = decode_cursor(marker["cursor"])
+    assert _seqs(got_a) == _seqs(got_b) == list(range(first + 1, first + 21))
+    assert [m["id"] for m in got_a] == [m["id"] for m in got_b] == stored[-20:]
+    assert on_a.received.empty() and on_b.received.empty()
+
+
+async def _died(pid: int) -> None:
+    """Wait for a process that is not our child to exit."""
+    fd = os.pidfd_open(pid)
+    loop = asyncio.get_running_loop()
+    exited = loop.create_future()
+    loop.add_reader(fd, lambda: exited.done() or exited.set_result(None))
+    try:
+        await exited
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+async def test_subscribers_see_no_gap_or_duplicate_across_a_database_restart(tmp_path):
+    async with api_process(tmp_path, MONGODB_SERVER_SELECTION_TIMEOUT_MS="10000") as api:
+        demo = await _demo(tmp_path)
+        stream, token = demo["streamId"], demo["users"]["alice"]["token"]
+        marker = (await _gql(api.url, token, SEND, {"s": stream, "c": "marker"}))["sendChatMessage"]
+        start = encode_cursor(decode_cursor(marker["cursor"]) - 1)
+        restarted = EmbeddedMongo(tmp_path)
+        async with Subscription(api.ws_url, token, stream, start) as live:
+            await live.take(1)
+            before = [(await _gql(api.url, token, SEND, {"s": stream, "c": f"before{n}"}))["sendChatMessage"] for n in range(3)]
+            assert [m["id"] for m in await live.take(3)] == [m["id"] for m in before]
+
+            port = urlsplit((tmp_path / "mongodb.uri").read_text().strip()).port
+            pid = int((tmp_path / "nx-27017.pid").read_text())
+            os.kill(pid, signal.SIGKILL)
+            await _died(pid)
+            await asyncio.to_thread(restarted.start, port)
+            try:
+                after = [(await _gql(api.url, token, SEND, {"s": stream, "c": f"after{n}"}))["sendChatMessage"] for n in range(3)]
+                got = await live.take(3)
+                assert live.received.empty()
+            finally:
+                await asyncio.to_thread(restarted.stop)
+    assert [m["id"] for m in got] == [m["id"] for m in after]
+    assert _seqs(got) == [decode_cursor(before[-1]["cursor"]) + n for n in (1, 2, 3)]
+
+
+async def test_after_replays_stored_messages_then_live_ones_without_gap_under_concurrent_sends(
+    server, make_user, make_stream
+):
+    stream = await make_stream()
+    stream_id = str(stream.id)
+    senders = [await make_user() for _ in range(3)]
+    per_sender = 30
+    total = per_sender * len(senders)
+    stored = 0
+    progress = asyncio.Condition()
+
+    async def send_all(user) -> None:
+        nonlocal stored
+        for n in range(per_sender):
+            await server.chat.send_message(user, stream_id, f"{user.username}-{n}")
+            async with progress:
+                stored += 1
+                progress.notify_all()
+
+    async def subscribe_when(count: int) -> list[int]:
+        async with progress:
+            await progress.wait_for(lambda: stored >= count)
+        after = count // 2  # a cursor well inside what is stored already
+        async with Subscription(server.ws_url, server.token(senders[0]), stream_id, encode_cursor(after)) as sub:
+            got = await sub.take(total - after)
+        return _seqs(got), after
+
+    sending = [asyncio.create_task(send_all(u)) for u in senders]
+    results = await asyncio.gather(*(subscribe_when(c) for c in (6, 30, 60)))
+    await asyncio.gather(*sending)
+
+    for seqs, after in results:
+        assert seqs == list(range(after + 1, total + 1))
