@@ -83,4 +83,5 @@ def create_app(settings: Settings | None = None, *, on_startup: Sequence[Startup
     app.state.authenticator = authenticator
     app.state.hub = hub
     app.state.chat = chat
+    app.state.graphql = graphql
     return app

@@ -132,3 +132,33 @@ async def test_the_connection_payload_key_is_case_insensitive(server, make_user,
     async with websockets.connect(server.ws_url, subprotocols=["graphql-transport-ws"]) as ws:
         await ws.send(json.dumps({"type": "connection_init", "payload": {key: f"Bearer {server.token(user)}"}}))
         assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == {"type": "connection_ack"}
+
+
+async def test_each_message_is_executed_once_per_distinct_operation_whatever_the_audience(server, make_user, make_stream):
+    stream = await make_stream()
+    sender = await make_user()
+    renderer = server.app.state.graphql.renderer
+    narrow = "subscription($s: ID!) { messageAdded(streamId: $s) { id content } }"
+    wide = MESSAGE_ADDED
+    audience = [(narrow, "graphql-transport-ws")] * 4 + [(wide, "graphql-ws")] * 3
+    clients = [Client(transport=_transport(server, server.token(sender), protocol)) for _, protocol in audience]
+    sessions = [await c.connect_async() for c in clients]
+
+    async def one(session, query: str) -> dict[str, Any]:
+        async for result in session.subscribe(GraphQLRequest(query, variable_values={"s": str(stream.id)})):
+            return result["messageAdded"]
+        raise AssertionError("subscription ended")
+
+    try:
+        tasks = [asyncio.create_task(one(s, q)) for s, (q, _) in zip(sessions, audience)]
+        await server.app.state.hub.wait_for_subscribers(str(stream.id), len(audience))
+        before = renderer.executions
+        sent = await server.chat.send_message(sender, str(stream.id), "to everyone")
+        results = await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    finally:
+        for c in clients:
+            await c.close_async()
+
+    assert renderer.executions - before == 2  # one per distinct operation, not per subscriber
+    assert results[:4] == [{"id": str(sent.id), "content": "to everyone"}] * 4
+    assert all(r["id"] == str(sent.id) and r["sender"] == {"username": sender.username} for r in results[4:])

@@ -11,6 +11,7 @@ from starlette.websockets import WebSocket
 
 from gql_api.documents import User
 from gql_api.errors import ApiError, Unauthenticated
+from gql_api.graphql.fanout import EventRenderer
 from gql_api.service import ChatService
 
 
@@ -21,6 +22,7 @@ class Context:
     request: Request | WebSocket
     response: Response | WebSocket
     chat: ChatService
+    renderer: EventRenderer
     connection_params: dict[str, Any] | None = None
     authenticated_user: User | None = None
     auth_error: ApiError | None = field(default=None, repr=False)

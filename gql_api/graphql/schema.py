@@ -18,6 +18,7 @@ from strawberry.types import Info
 from gql_api.documents import isoformat_z
 from gql_api.errors import ApiError, BadUserInput, as_api_error
 from gql_api.graphql.context import Context
+from gql_api.graphql.fanout import current_sink
 from gql_api.graphql.types import ChatMessage, ChatMessageConnection, LiveStream, User
 from gql_api.pagination import PageRequest
 
@@ -105,8 +106,15 @@ class Subscription:
         self, info: ChatInfo, stream_id: strawberry.ID, after: str | None = None
     ) -> AsyncGenerator[ChatMessage, None]:
         info.context.user  # noqa: B018
-        async for message in info.context.chat.subscribe(str(stream_id), after):
-            yield ChatMessage.from_document(message)
+        messages = info.context.chat.subscribe(str(stream_id), after)
+        sink = current_sink()
+        if sink is None:  # not over our websocket handlers: Strawberry renders each event
+            async for message in messages:
+                yield ChatMessage.from_document(message)
+            return
+        renderer = info.context.renderer
+        async for message in messages:
+            await sink.send(renderer.render(sink.key, info, message))
 
 
 class ChatSchema(strawberry.Schema):

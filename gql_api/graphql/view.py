@@ -5,13 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import timedelta
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
+from strawberry.http.exceptions import WebSocketDisconnected
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+    Operation,
+)
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMessage
 from strawberry.types.unset import UNSET, UnsetType
@@ -19,6 +25,7 @@ from strawberry.types.unset import UNSET, UnsetType
 from gql_api.auth import Authenticator, token_from_header
 from gql_api.errors import Unauthenticated
 from gql_api.graphql.context import Context
+from gql_api.graphql.fanout import EventRenderer, bind_sink
 from gql_api.service import ChatService
 
 logger = logging.getLogger(__name__)
@@ -34,8 +41,51 @@ def _token_from_params(params: dict[str, Any] | None) -> str | None:
     return None
 
 
+def _text_sender(websocket: Any) -> Callable[[str], Awaitable[None]]:
+    async def send_text(text: str) -> None:
+        try:
+            await websocket.ws.send_text(text)
+        except WebSocketDisconnect as exc:
+            raise WebSocketDisconnected from exc
+
+    return send_text
+
+
+class GraphQLTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
+    """graphql-transport-ws, with each subscription bound to its socket for shared rendering."""
+
+    async def run_operation(self, operation: Operation[Context, None]) -> None:
+        bind_sink(
+            _text_sender(self.websocket),
+            operation_id=operation.id,
+            frame_type="next",
+            query=operation.query,
+            operation_name=operation.operation_name,
+            variables=operation.variables,
+        )
+        await super().run_operation(operation)
+
+
 class LegacyGraphQLWSHandler(BaseGraphQLWSHandler[Context, None]):
-    """The legacy graphql-ws protocol, closing a rejected connection with 4403 like the new one."""
+    """The legacy graphql-ws protocol: shared rendering, and a rejected connection closed with
+    4403 like the new protocol does."""
+
+    async def handle_async_results(
+        self,
+        operation_id: str,
+        query: str,
+        operation_name: str | None,
+        variables: dict[str, object] | None,
+    ) -> None:
+        bind_sink(
+            _text_sender(self.websocket),
+            operation_id=operation_id,
+            frame_type="data",
+            query=query,
+            operation_name=operation_name,
+            variables=variables,
+        )
+        await super().handle_async_results(operation_id, query, operation_name, variables)
 
     async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
         payload = message.get("payload")
@@ -62,6 +112,7 @@ class LegacyGraphQLWSHandler(BaseGraphQLWSHandler[Context, None]):
 class GraphQLView(GraphQL[Context, None]):
     """Strawberry's ASGI view with this service's context and authentication."""
 
+    graphql_transport_ws_handler_class = GraphQLTransportWSHandler
     graphql_ws_handler_class = LegacyGraphQLWSHandler
 
     def __init__(
@@ -72,6 +123,7 @@ class GraphQLView(GraphQL[Context, None]):
         authenticator: Authenticator,
         graphiql: bool,
     ) -> None:
+        self.renderer = EventRenderer(schema)
         super().__init__(
             schema,
             graphql_ide="graphiql" if graphiql else None,
@@ -82,7 +134,7 @@ class GraphQLView(GraphQL[Context, None]):
         self.authenticator = authenticator
 
     async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> Context:
-        context = Context(request=request, response=response, chat=self.chat)
+        context = Context(request=request, response=response, chat=self.chat, renderer=self.renderer)
         if isinstance(request, Request):
             token = token_from_header(request.headers.get("authorization"))
             try:
