@@ -1,0 +1,123 @@
+"""Around every route under /api/v1: the body cap, input validation and the error envelope."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Message as AsgiMessage
+
+from gql_api.documents import utcnow
+from gql_api.errors import ApiError, BadUserInput, as_api_error
+from gql_api.rest.models import ErrorEnvelope
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+class PayloadTooLarge(ApiError):
+    code = "PAYLOAD_TOO_LARGE"
+    status_code = 413
+    default_message = f"Request body too large: the limit is {MAX_BODY_BYTES} bytes (64 KiB)"
+
+
+_HTTP_MESSAGES = {404: "Resource not found", 405: "Method not allowed"}
+
+
+def _envelope(status_code: int, errors: list[str], headers: dict[str, str] | None = None) -> JSONResponse:
+    body = ErrorEnvelope(
+        is_success=False, status_code=status_code, data=None, errors=errors, timestamp=utcnow()
+    )
+    return JSONResponse(body.model_dump(mode="json"), status_code=status_code, headers=headers)
+
+
+def error_response(exc: BaseException, where: str = "a REST request") -> JSONResponse:
+    """The envelope for any exception; the unexpected are logged with their traceback and masked."""
+    if isinstance(exc, HTTPException):  # routing: unknown path, wrong method
+        message = _HTTP_MESSAGES.get(exc.status_code, exc.detail)
+        return _envelope(exc.status_code, [message], dict(exc.headers or {}))
+    error = as_api_error(exc)
+    if error is not exc:
+        if error.code == ApiError.code:
+            logger.error("Unexpected error in %s", where, exc_info=exc)
+        else:
+            logger.warning("%s in %s: %r", error.code, where, exc)
+    errors = [error.default_message]
+    specifics = error.details or [error.message.removeprefix(f"{error.default_message}: ")]
+    errors += [text for text in specifics if text != error.default_message]
+    return _envelope(error.status_code, errors)
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def validate(model: type[ModelT], where: str, *, json: bytes | None = None, data: Any = None) -> ModelT:
+    """Validate input with a pydantic model; BadUserInput naming each bad field and why."""
+    try:
+        return model.model_validate_json(json) if json is not None else model.model_validate(data)
+    except ValidationError as exc:
+        details = []
+        for problem in exc.errors(include_url=False, include_input=False):
+            location = ".".join(str(part) for part in (where, *problem["loc"]))
+            details.append(f"{location}: {problem['msg']}")
+        raise BadUserInput(details=details) from exc
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def read_body(request: Request) -> bytes:
+    """The request body, read with a cap: PayloadTooLarge past MAX_BODY_BYTES.
+
+    (A too-large Content-Length was already refused by ``RestEdge``; this catches chunked bodies
+    and clients whose Content-Length understates the body.)
+    """
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise PayloadTooLarge()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class RestEdge:
+    """Around every route under /api/v1: oversized bodies refused early, every failure enveloped."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if (_content_length(scope) or 0) > MAX_BODY_BYTES:
+            await error_response(PayloadTooLarge())(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: AsgiMessage) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:
+                raise
+            response = error_response(exc, f"{scope['method']} {scope['path']}")
+            await response(scope, receive, send)

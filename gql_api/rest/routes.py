@@ -1,0 +1,133 @@
+"""The three operations and the routes under /api/v1."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route, Router
+from starlette.types import ASGIApp
+
+from gql_api import documents
+from gql_api.auth import Authenticator, token_from_header
+from gql_api.errors import BadUserInput
+from gql_api.pagination import PageRequest, decode_cursor, encode_cursor
+from gql_api.rest.edge import RestEdge, error_response, read_body, validate
+from gql_api.rest.models import HistoryQuery, Message, MessagePage, SendMessageRequest
+from gql_api.rest.openapi import API_PREFIX, openapi_document
+from gql_api.service import ChatService
+
+MAX_SEQ = 2**63 - 1  # the largest integer MongoDB stores
+
+
+class RestApi:
+    """The three operations, each authenticating the caller first."""
+
+    def __init__(self, chat: ChatService, authenticator: Authenticator) -> None:
+        self.chat = chat
+        self.authenticator = authenticator
+
+    async def _user(self, request: Request) -> documents.User:
+        token = token_from_header(request.headers.get("authorization"))
+        return await self.authenticator.authenticate(token)
+
+    async def send_message(self, request: Request) -> Response:
+        user = await self._user(request)
+        body = validate(SendMessageRequest, "body", json=await read_body(request))
+        message = await self.chat.send_message(
+            user, request.path_params["streamId"], body.content, body.client_message_id
+        )
+        return _json(Message.from_document(message), 201)
+
+    async def list_messages(self, request: Request) -> Response:
+        await self._user(request)
+        query = validate(HistoryQuery, "query", data=dict(request.query_params))
+        if query.before is not None and query.after is not None:
+            raise BadUserInput(details=["query: pass either `before` or `after`, not both"])
+        before, after = _cursor(query.before, "before"), _cursor(query.after, "after")
+        forward = after is not None
+        page = await self.chat.list_messages(
+            request.path_params["streamId"],
+            PageRequest(limit=query.limit, from_end=not forward, after=after, before=before),
+        )
+        next_cursor = None
+        if page.items and forward and page.has_next:
+            next_cursor = encode_cursor(page.items[-1].seq)
+        elif page.items and not forward and page.has_previous:
+            next_cursor = encode_cursor(page.items[0].seq)
+        messages = [Message.from_document(m) for m in page.items]
+        return _json(MessagePage(messages=messages, next_cursor=next_cursor), 200)
+
+    async def send_superlike(self, request: Request) -> Response:
+        user = await self._user(request)
+        message = await self.chat.send_superlike(user, request.path_params["streamId"])
+        return _json(Message.from_document(message), 201)
+
+
+def _cursor(value: str | None, argument: str) -> int | None:
+    """The sequence number a cursor names. Past int64 it is refused here, as MongoDB cannot
+    compare with it (a 500 otherwise); this belongs in ``decode_cursor``, which GraphQL shares."""
+    if value is None:
+        return None
+    seq = decode_cursor(value, argument=argument)
+    if seq > MAX_SEQ:
+        raise BadUserInput(f"Validation failed: `{argument}` is not a valid cursor")
+    return seq
+
+
+def _json(model: BaseModel, status_code: int) -> JSONResponse:
+    return JSONResponse(model.model_dump(mode="json"), status_code=status_code)
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _enveloped(endpoint: Endpoint) -> Endpoint:
+    """Any failure of the endpoint as the error envelope, whatever exception handlers the app has."""
+
+    async def enveloped(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except Exception as exc:  # noqa: BLE001 - error_response logs and masks the unexpected
+            return error_response(exc, f"{request.method} {request.url.path}")
+
+    return enveloped
+
+
+def rest_app(chat: ChatService, authenticator: Authenticator) -> ASGIApp:
+    """The routes under /api/v1, inside the edge that envelopes every failure."""
+    api = RestApi(chat, authenticator)
+    document = openapi_document()
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(document)
+
+    async def messages(request: Request) -> Response:  # one route, so a 405 lists both methods
+        return await (api.send_message if request.method == "POST" else api.list_messages)(request)
+
+    router = Router(
+        routes=[
+            Route("/live-stream/{streamId}/chat/messages", _enveloped(messages), methods=["GET", "POST"]),
+            Route("/live-stream/{streamId}/chat/superlike", _enveloped(api.send_superlike), methods=["POST"]),
+            Route("/openapi.json", openapi, methods=["GET"]),
+        ],
+        redirect_slashes=False,
+    )
+    return RestEdge(router)
+
+
+class _PrefixMount(Mount):
+    """A Mount whose prefix matches every path under it: Starlette's ``{path:path}`` is ``.*``,
+    which stops at a newline, so ``/api/v1/live-stream/%0A/...`` would miss the envelope."""
+
+    def __init__(self, path: str, app: ASGIApp) -> None:
+        super().__init__(path, app=app)
+        self.path_regex = re.compile(self.path_regex.pattern, re.DOTALL)
+
+
+def rest_routes(chat: ChatService, authenticator: Authenticator) -> list[BaseRoute]:
+    """What ``create_app`` adds to its routes."""
+    return [_PrefixMount(API_PREFIX, rest_app(chat, authenticator))]

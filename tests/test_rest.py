@@ -1,0 +1,650 @@
+"""The REST endpoints over real HTTP: shapes, cursors, the error envelope, GraphQL parity, schemathesis."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from gql import Client, GraphQLRequest
+from gql.transport.websockets import WebsocketsTransport
+from hypothesis.configuration import set_hypothesis_home_dir
+from pymongo.errors import ServerSelectionTimeoutError
+from starlette.exceptions import HTTPException
+
+from gql_api.compat import eq
+from gql_api.documents import ChatMessage, isoformat_z
+from gql_api.errors import ApiError, BadUserInput, Conflict, Forbidden, NotFound, Unauthenticated
+from gql_api.pagination import encode_cursor
+from gql_api.rest import MAX_BODY_BYTES, RestEdge, error_response, openapi_document
+
+STREAMS = "/api/v1/live-stream"
+UNKNOWN_STREAM = "64d15f9e2e6c8f4d5a123000"
+TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+MESSAGE_KEYS = {"_id", "streamId", "content", "kind", "sender", "createdAt", "updatedAt"}
+SENDER_KEYS = {"_id", "username", "name", "surname", "profilePhoto", "availabilityStatus"}
+PHOTO_KEYS = {"_id", "url", "type", "variants", "createdAt", "updatedAt"}
+ENVELOPE_KEYS = {"isSuccess", "statusCode", "data", "errors", "timestamp"}
+
+
+def messages_url(stream_id: Any) -> str:
+    return f"{STREAMS}/{stream_id}/chat/messages"
+
+
+def superlike_url(stream_id: Any) -> str:
+    return f"{STREAMS}/{stream_id}/chat/superlike"
+
+
+def auth(server, user, *, bearer: bool = False) -> dict[str, str]:
+    token = server.token(user)
+    return {"Authorization": f"Bearer {token}" if bearer else token}
+
+
+def assert_envelope(response: httpx.Response, status: int, first: str) -> list[str]:
+    """The response is the error envelope with this status and first entry; returns the entries."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert set(body) == ENVELOPE_KEYS
+    assert body["isSuccess"] is False and body["statusCode"] == status and body["data"] is None
+    assert body["errors"][0] == first, body["errors"]
+    assert TIMESTAMP.match(body["timestamp"])
+    return body["errors"]
+
+
+async def _stream_with_messages(server, make_user, make_stream, count: int) -> str:
+    sender = await make_user()
+    stream = await make_stream()
+    for n in range(count):
+        await server.chat.send_message(sender, str(stream.id), f"m{n}")
+    return str(stream.id)
+
+
+def _contents(body: dict[str, Any]) -> list[str]:
+    return [m["content"] for m in body["messages"]]
+
+
+# -- sending --------------------------------------------------------------------------------------
+
+
+async def test_a_sent_message_is_201_with_exactly_the_documented_shape(server, http, make_user, make_stream):
+    user = await make_user(name="John", surname="Doe", photo_url="https://img.example/john.webp")
+    stream = await make_stream()
+    response = await http.post(
+        messages_url(stream.id), json={"content": "Herkese selam!"}, headers=auth(server, user)
+    )
+
+    assert response.status_code == 201, response.text
+    body = response.json()
+    stored = await ChatMessage.get(body["_id"])
+    photo = user.profile_photo
+    assert body == {
+        "_id": str(stored.id),
+        "streamId": str(stream.id),
+        "content": "Herkese selam!",
+        "kind": "TEXT",
+        "sender": {
+            "_id": str(user.id),
+            "username": user.username,
+            "name": "John",
+            "surname": "Doe",
+            "profilePhoto": {
+                "_id": photo.id,
+                "url": "https://img.example/john.webp",
+                "type": "image",
+                "variants": {"40": "https://img.example/john.webp", "76": "https://img.example/john.webp"},
+                "createdAt": isoformat_z(photo.created_at),
+                "updatedAt": isoformat_z(photo.updated_at),
+            },
+            "availabilityStatus": "available",
+        },
+        "createdAt": isoformat_z(stored.created_at),
+        "updatedAt": isoformat_z(stored.updated_at),
+    }
+    assert set(body) == MESSAGE_KEYS and set(body["sender"]) == SENDER_KEYS
+    assert set(body["sender"]["profilePhoto"]) == PHOTO_KEYS
+    for value in (body["createdAt"], body["updatedAt"], body["sender"]["profilePhoto"]["createdAt"]):
+        assert TIMESTAMP.match(value)
+
+
+async def test_a_sender_without_a_photo_has_a_null_profile_photo(server, http, make_user, make_stream):
+    user = await make_user(photo_url=None)
+    stream = await make_stream()
+    response = await http.post(messages_url(stream.id), json={"content": "hi"}, headers=auth(server, user))
+    assert response.status_code == 201
+    assert response.json()["sender"]["profilePhoto"] is None
+
+
+@pytest.mark.parametrize("bearer", [False, True], ids=["bare", "bearer"])
+async def test_bare_and_bearer_tokens_are_both_accepted(server, http, make_user, make_stream, bearer):
+    user = await make_user()
+    stream = await make_stream()
+    headers = auth(server, user, bearer=bearer)
+    sent = await http.post(messages_url(stream.id), json={"content": "hi"}, headers=headers)
+    listed = await http.get(messages_url(stream.id), headers=headers)
+    liked = await http.post(superlike_url(stream.id), headers=headers)
+    assert (sent.status_code, listed.status_code, liked.status_code) == (201, 200, 201)
+    assert sent.json()["sender"]["_id"] == str(user.id)
+
+
+async def test_content_is_trimmed(server, http, make_user, make_stream):
+    user, stream = await make_user(), await make_stream()
+    response = await http.post(messages_url(stream.id), json={"content": "  hi there \n"}, headers=auth(server, user))
+    assert response.json()["content"] == "hi there"
+
+
+async def test_any_unicode_round_trips(server, http, make_user, make_stream):
+    user, stream = await make_user(), await make_stream()
+    content = "Merhaba 👋 ğüşİ a\u0000b \u202e"
+    sent = await http.post(messages_url(stream.id), json={"content": content}, headers=auth(server, user))
+    listed = await http.get(messages_url(stream.id), headers=auth(server, user))
+    assert sent.json()["content"] == content
+    assert _contents(listed.json()) == [content]
+
+
+async def test_a_retry_with_the_same_client_message_id_returns_the_original(server, http, make_user, make_stream):
+    user, stream = await make_user(), await make_stream()
+    headers = auth(server, user)
+    body = {"content": "once", "clientMessageId": "c-1"}
+    first = await http.post(messages_url(stream.id), json=body, headers=headers)
+    retry = await http.post(messages_url(stream.id), json=body, headers=headers)
+    other = await http.post(messages_url(stream.id), json={**body, "content": "twice"}, headers=headers)
+
+    assert first.status_code == retry.status_code == 201
+    assert retry.json() == first.json()
+    errors = assert_envelope(other, 409, Conflict.default_message)
+    assert "clientMessageId" in errors[1]
+    assert _contents((await http.get(messages_url(stream.id), headers=headers)).json()) == ["once"]
+
+
+async def test_a_superlike_is_201_once_then_409(server, http, make_user, make_stream):
+    user, stream = await make_user(), await make_stream()
+    first = await http.post(superlike_url(stream.id), headers=auth(server, user))
+    second = await http.post(superlike_url(stream.id), headers=auth(server, user))
+
+    assert first.status_code == 201
+    body = first.json()
+    assert set(body) == MESSAGE_KEYS
+    assert (body["kind"], body["content"], body["streamId"]) == ("SUPERLIKE", "", str(stream.id))
+    assert_envelope(second, 409, Conflict.default_message)
+    assert (await server.chat.get_stream(str(stream.id))).superlike_count == 1
+
+
+# -- history --------------------------------------------------------------------------------------
+
+
+async def test_no_cursor_gives_the_newest_50_oldest_first(server, http, make_user, make_stream):
+    stream_id = await _stream_with_messages(server, make_user, make_stream, 60)
+    body = (await http.get(messages_url(stream_id), headers=auth(server, await make_user()))).json()
+
+    assert set(body) == {"messages", "nextCursor"}
+    assert _contents(body) == [f"m{n}" for n in range(10, 60)]
+    assert all(set(m) == MESSAGE_KEYS for m in body["messages"])
+    stored = await ChatMessage.get(body["messages"][0]["_id"])
+    assert body["nextCursor"] == encode_cursor(stored.seq)
+
+
+async def test_paging_back_from_the_newest_visits_every_message_once(server, http, make_user, make_stream):
+    stream_id = await _stream_with_messages(server, make_user, make_stream, 23)
+    headers = auth(server, await make_user())
+    seen: list[str] = []
+    params: dict[str, Any] = {"limit": 5}
+    pages = 0
+    while True:
+        body = (await http.get(messages_url(stream_id), params=params, headers=headers)).json()
+        pages += 1
+        seen = _contents(body) + seen
+        if body["nextCursor"] is None:
+            break
+        params["before"] = body["nextCursor"]
+
+    assert seen == [f"m{n}" for n in range(23)]
+    assert pages == 5
+
+
+async def test_after_pages_forward_until_null(server, http, make_user, make_stream):
+    stream_id = await _stream_with_messages(server, make_user, make_stream, 12)
+    headers = auth(server, await make_user())
+    oldest = await ChatMessage.find_one({"stream_id": eq(stream_id), "seq": eq(1)})
+    seen = [oldest.content]
+    params: dict[str, Any] = {"limit": 5, "after": encode_cursor(oldest.seq)}
+    pages = 0
+    while True:
+        body = (await http.get(messages_url(stream_id), params=params, headers=headers)).json()
+        pages += 1
+        seen += _contents(body)
+        if body["nextCursor"] is None:
+            break
+        assert body["nextCursor"] == encode_cursor(
+            (await ChatMessage.get(body["messages"][-1]["_id"])).seq
+        )
+        params["after"] = body["nextCursor"]
+
+    assert seen == [f"m{n}" for n in range(12)]
+    assert pages == 3
+
+
+async def test_next_cursor_is_null_at_both_ends(server, http, make_user, make_stream):
+    stream_id = await _stream_with_messages(server, make_user, make_stream, 3)
+    headers = auth(server, await make_user())
+
+    async def page(**params: Any) -> dict[str, Any]:
+        response = await http.get(messages_url(stream_id), params=params, headers=headers)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    everything = await page()
+    assert _contents(everything) == ["m0", "m1", "m2"] and everything["nextCursor"] is None
+    older = await page(limit=2)
+    assert _contents(older) == ["m1", "m2"] and older["nextCursor"] is not None
+    oldest = await page(limit=2, before=older["nextCursor"])
+    assert _contents(oldest) == ["m0"] and oldest["nextCursor"] is None
+    newest = await page(limit=2, after=older["nextCursor"])
+    assert _contents(newest) == ["m2"] and newest["nextCursor"] is None
+    empty = await page(after=encode_cursor(3))
+    assert empty == {"messages": [], "nextCursor": None}
+
+
+async def test_an_empty_stream_has_an_empty_page(server, http, make_user, make_stream):
+    stream = await make_stream()
+    response = await http.get(messages_url(stream.id), headers=auth(server, await make_user()))
+    assert response.json() == {"messages": [], "nextCursor": None}
+
+
+@pytest.mark.parametrize(
+    ("params", "mentions"),
+    [
+        ({"limit": 0}, "query.limit"),
+        ({"limit": 101}, "query.limit"),
+        ({"limit": "ten"}, "query.limit"),
+        ({"before": "not a cursor"}, "before"),
+        ({"after": "bm9wZQ"}, "after"),
+        ({"before": encode_cursor(2**63)}, "before"),
+        ({"before": encode_cursor(3), "after": encode_cursor(1)}, "not both"),
+    ],
+)
+async def test_bad_limits_and_cursors_are_400(server, http, make_user, make_stream, params, mentions):
+    stream = await make_stream()
+    response = await http.get(messages_url(stream.id), params=params, headers=auth(server, await make_user()))
+    errors = assert_envelope(response, 400, "Validation failed")
+    assert mentions in " ".join(errors[1:])
+
+
+async def test_unknown_query_parameters_are_ignored(server, http, make_user, make_stream):
+    stream = await make_stream()
+    response = await http.get(messages_url(stream.id), params={"_": "123"}, headers=auth(server, await make_user()))
+    assert response.status_code == 200
+
+
+# -- the error table ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "mentions"),
+    [
+        (b"{not json", "body: Invalid JSON"),
+        (b"", "body: Invalid JSON"),
+        (b'["a list"]', "body: Input should be an object"),
+        (b"{}", "body.content: Field required"),
+        (b'{"content": 5}', "body.content: Input should be a valid string"),
+        (b'{"content": "hi", "clientMessageID": "x"}', "body.clientMessageID: Extra inputs are not permitted"),
+        (b'{"content": "hi", "clientMessageId": 7}', "body.clientMessageId"),
+        (b'{"content": "   "}', "content: must be 1 to 500 characters after trimming"),
+        (b'{"content": "' + b"x" * 501 + b'"}', "content: must be 1 to 500 characters after trimming"),
+        (b'{"content": "hi", "clientMessageId": ""}', "body.clientMessageId: String should have at least 1"),
+        (b'{"content": "hi", "clientMessageId": "' + b"c" * 65 + b'"}', "body.clientMessageId: String should have at"),
+    ],
+)
+async def test_bad_bodies_are_400_saying_which_field(server, http, make_user, make_stream, body, mentions):
+    stream = await make_stream()
+    response = await http.post(
+        messages_url(stream.id),
+        content=body,
+        headers={**auth(server, await make_user()), "Content-Type": "application/json"},
+    )
+    errors = assert_envelope(response, 400, "Validation failed")
+    assert any(entry.startswith(mentions) for entry in errors[1:]), errors
+
+
+async def test_a_missing_bad_or_expired_token_is_401(server, http, make_user, make_stream):
+    user = await make_user()
+    stream = await make_stream()
+    ghost = await make_user()
+    ghost_token = server.token(ghost)
+    await ghost.delete()
+    cases = {
+        "missing": {},
+        "empty": {"Authorization": ""},
+        "garbage": {"Authorization": "garbage"},
+        "bearer garbage": {"Authorization": "Bearer x.y.z"},
+        "expired": {"Authorization": server.token(user, ttl=timedelta(minutes=-5))},
+        "deleted user": {"Authorization": ghost_token},
+    }
+    for name, headers in cases.items():
+        for response in (
+            await http.post(messages_url(stream.id), json={"content": "hi"}, headers=headers),
+            await http.get(messages_url(stream.id), headers=headers),
+            await http.post(superlike_url(stream.id), headers=headers),
+        ):
+            errors = assert_envelope(response, 401, "Authentication required")
+            if name == "expired":
+                assert errors[1:] == ["the token has expired"]
+    assert (await http.get(messages_url(stream.id), headers=auth(server, user))).json()["messages"] == []
+
+
+@pytest.mark.parametrize("stream_id", [UNKNOWN_STREAM, "not-an-object-id"])
+async def test_an_unknown_stream_is_404(server, http, make_user, stream_id):
+    headers = auth(server, await make_user())
+    for response in (
+        await http.post(messages_url(stream_id), json={"content": "hi"}, headers=headers),
+        await http.get(messages_url(stream_id), headers=headers),
+        await http.post(superlike_url(stream_id), headers=headers),
+    ):
+        assert_envelope(response, 404, "Resource not found")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/nope",
+        "/api/v1/",
+        "/api/v1/live-stream/x/chat",
+        "/api/v1/live-stream/x/chat/messages/",
+        "/api/v1/live-stream/x%0Ay/chat/nope",
+    ],
+)
+async def test_an_unknown_route_under_the_prefix_is_404(http, path):
+    assert_envelope(await http.get(path), 404, "Resource not found")
+
+
+async def test_a_wrong_method_is_405_with_allow(http):
+    response = await http.delete(messages_url(UNKNOWN_STREAM))
+    assert_envelope(response, 405, "Method not allowed")
+    assert set(response.headers["allow"].split(", ")) == {"GET", "HEAD", "POST"}
+    assert_envelope(await http.get(superlike_url(UNKNOWN_STREAM)), 405, "Method not allowed")
+
+
+async def test_an_ended_stream_refuses_messages_and_superlikes_with_409(server, http, make_user, make_stream):
+    owner, viewer = await make_user(), await make_user()
+    stream = await make_stream(owner)
+    await server.chat.send_message(viewer, str(stream.id), "before the end")
+    await server.chat.end_stream(owner, str(stream.id))
+    headers = auth(server, viewer)
+
+    sent = await http.post(messages_url(stream.id), json={"content": "too late"}, headers=headers)
+    liked = await http.post(superlike_url(stream.id), headers=headers)
+    history = await http.get(messages_url(stream.id), headers=headers)
+
+    assert_envelope(sent, 409, Conflict.default_message)
+    assert_envelope(liked, 409, Conflict.default_message)
+    assert _contents(history.json()) == ["before the end"]
+
+
+def _body_of(size: int) -> bytes:
+    """A JSON body of exactly ``size`` bytes (a content far over 500 characters)."""
+    prefix, suffix = b'{"content": "', b'"}'
+    return prefix + b"x" * (size - len(prefix) - len(suffix)) + suffix
+
+
+async def _chunks(body: bytes, size: int = 8192):
+    for start in range(0, len(body), size):
+        yield body[start : start + size]
+
+
+async def test_a_body_over_64_kib_is_413(server, http, make_user, make_stream):
+    stream = await make_stream()
+    headers = {**auth(server, await make_user()), "Content-Type": "application/json"}
+    url = messages_url(stream.id)
+
+    at_limit = await http.post(url, content=_body_of(MAX_BODY_BYTES), headers=headers)
+    declared = await http.post(url, content=_body_of(MAX_BODY_BYTES + 1), headers=headers)
+    streamed = await http.post(url, content=_chunks(_body_of(MAX_BODY_BYTES + 1)), headers=headers)
+    superlike = await http.post(superlike_url(stream.id), content=_body_of(100_000), headers=headers)
+
+    assert_envelope(at_limit, 400, "Validation failed")  # read whole, then refused for its content
+    assert "transfer-encoding" not in declared.request.headers
+    assert streamed.request.headers["transfer-encoding"] == "chunked"
+    for response in (declared, streamed, superlike):
+        errors = assert_envelope(response, 413, f"Request body too large: the limit is {MAX_BODY_BYTES} bytes (64 KiB)")
+        assert errors == errors[:1]
+    assert (await http.get(url, headers=headers)).json()["messages"] == []
+
+
+def _raised(exc: BaseException) -> BaseException:
+    try:
+        raise exc
+    except BaseException as caught:  # noqa: BLE001 - give it a traceback
+        return caught
+
+
+def _decode(response) -> dict[str, Any]:
+    import json
+
+    return json.loads(response.body)
+
+
+@pytest.mark.allow_error_logs
+def test_an_unexpected_exception_is_500_masked_and_logged_with_its_traceback(caplog):
+    exc = _raised(RuntimeError("secret connection string mongodb://admin:hunter2@db"))
+    with caplog.at_level(logging.ERROR, logger="gql_api.rest"):
+        response = error_response(exc, "POST /api/v1/x")
+
+    body = _decode(response)
+    assert response.status_code == 500
+    assert {k: v for k, v in body.items() if k != "timestamp"} == {
+        "isSuccess": False,
+        "statusCode": 500,
+        "data": None,
+        "errors": ["Internal server error"],
+    }
+    assert "hunter2" not in response.body.decode()
+    [record] = caplog.records
+    assert record.levelno == logging.ERROR and "POST /api/v1/x" in record.getMessage()
+    assert record.exc_info is not None and record.exc_info[1] is exc and record.exc_info[2] is not None
+
+
+@pytest.mark.allow_error_logs
+async def test_the_edge_turns_an_exception_escaping_a_route_into_the_500_envelope(caplog):
+    async def failing_app(scope, receive, send):
+        raise RuntimeError("hunter2")
+
+    transport = httpx.ASGITransport(app=RestEdge(failing_app))
+    with caplog.at_level(logging.ERROR, logger="gql_api.rest"):
+        async with httpx.AsyncClient(transport=transport, base_url="http://rest") as client:
+            response = await client.get("/api/v1/anything")
+
+    assert_envelope(response, 500, "Internal server error")
+    assert "hunter2" not in response.text
+    assert [r.exc_info[1].args for r in caplog.records] == [("hunter2",)]
+
+
+def test_a_database_outage_is_503_without_a_traceback(caplog):
+    with caplog.at_level(logging.WARNING, logger="gql_api.rest"):
+        response = error_response(_raised(ServerSelectionTimeoutError("No servers found yet")))
+    assert response.status_code == 503
+    assert _decode(response)["errors"] == ["Service temporarily unavailable, try again"]
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING and record.exc_info is None
+
+
+SUPERLIKED = "Resource already exists: you have already superliked this stream"
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "errors"),
+    [
+        (BadUserInput(details=["body.content: Field required"]), 400, ["Validation failed", "body.content: Field required"]),
+        (Unauthenticated("Authentication required: expired"), 401, ["Authentication required", "expired"]),
+        (Forbidden("Insufficient permissions: only the owner may"), 403, ["Insufficient permissions", "only the owner may"]),
+        (NotFound(), 404, ["Resource not found"]),
+        (Conflict(SUPERLIKED), 409, [Conflict.default_message, SUPERLIKED]),
+        (HTTPException(405, headers={"Allow": "GET"}), 405, ["Method not allowed"]),
+    ],
+)
+def test_every_api_error_maps_to_its_status_and_message(exc, status, errors):
+    response = error_response(exc)
+    assert response.status_code == status
+    body = _decode(response)
+    assert body["statusCode"] == status and body["errors"] == errors and body["isSuccess"] is False
+    assert isinstance(exc, (ApiError, HTTPException))
+
+
+# -- GraphQL and REST are one service -------------------------------------------------------------
+
+MESSAGE_ADDED = "subscription($s: ID!) { messageAdded(streamId: $s) { id content kind createdAt sender { id } } }"
+HISTORY = "query($s: ID!) { chatMessages(streamId: $s) { edges { node { id content kind createdAt } } } }"
+SEND = "mutation($s: ID!, $c: String!) { sendChatMessage(streamId: $s, content: $c) { id createdAt } }"
+
+
+async def test_a_rest_message_reaches_graphql_subscribers_and_history(server, http, make_user, make_stream, client_for):
+    viewer, sender = await make_user(), await make_user()
+    stream_id = str((await make_stream()).id)
+    transport = WebsocketsTransport(
+        url=server.ws_url, init_payload={"Authorization": server.token(viewer)}, subprotocols=["graphql-transport-ws"]
+    )
+
+    async def first_message(session) -> dict[str, Any]:
+        async for result in session.subscribe(GraphQLRequest(MESSAGE_ADDED, variable_values={"s": stream_id})):
+            return result["messageAdded"]
+        raise AssertionError("the subscription ended without a message")
+
+    async with Client(transport=transport) as session:
+        task = asyncio.create_task(first_message(session))
+        await server.app.state.hub.wait_for_subscribers(stream_id, 1)
+        response = await http.post(messages_url(stream_id), json={"content": "from REST"}, headers=auth(server, sender))
+        received = await asyncio.wait_for(task, 10)
+    await server.app.state.hub.wait_for_subscribers(stream_id, 0)
+
+    sent = response.json()
+    expected = {"id": sent["_id"], "content": "from REST", "kind": "TEXT", "createdAt": sent["createdAt"]}
+    assert received == {**expected, "sender": {"id": str(sender.id)}}
+    history = (await client_for(viewer).data(HISTORY, {"s": stream_id}))["chatMessages"]
+    assert [edge["node"] for edge in history["edges"]] == [expected]
+
+
+async def test_a_graphql_message_shows_in_rest_history(server, http, make_user, make_stream, client_for):
+    user = await make_user()
+    stream_id = str((await make_stream()).id)
+    sent = (await client_for(user).data(SEND, {"s": stream_id, "c": "from GraphQL"}))["sendChatMessage"]
+
+    body = (await http.get(messages_url(stream_id), headers=auth(server, user))).json()
+
+    [message] = body["messages"]
+    assert (message["_id"], message["content"], message["createdAt"]) == (sent["id"], "from GraphQL", sent["createdAt"])
+    assert message["sender"]["_id"] == str(user.id)
+
+
+# -- the OpenAPI document -------------------------------------------------------------------------
+
+
+async def test_the_openapi_document_is_served_without_a_token(http):
+    response = await http.get("/api/v1/openapi.json")
+    assert response.status_code == 200
+    document = response.json()
+    assert document == openapi_document()
+    assert document["openapi"].startswith("3.1")
+    assert document["components"]["securitySchemes"]["jwt"] == {
+        "type": "apiKey",
+        "in": "header",
+        "name": "Authorization",
+        "description": "The JWT, bare or as `Bearer <token>`.",
+    }
+    operations = {
+        (path, method): operation["operationId"]
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if method != "parameters"
+    }
+    assert operations == {
+        ("/live-stream/{streamId}/chat/messages", "post"): "sendChatMessage",
+        ("/live-stream/{streamId}/chat/messages", "get"): "listChatMessages",
+        ("/live-stream/{streamId}/chat/superlike", "post"): "sendSuperlike",
+    }
+    schemas = document["components"]["schemas"]
+    assert set(schemas["Message"]["properties"]) == MESSAGE_KEYS
+    assert set(schemas["Sender"]["properties"]) == SENDER_KEYS
+    assert set(schemas["ProfilePhoto"]["properties"]) == PHOTO_KEYS
+    assert set(schemas["ErrorEnvelope"]["required"]) == ENVELOPE_KEYS
+
+
+# -- schemathesis: no response breaks the document, none is a 5xx ---------------------------------
+
+
+def _run_schemathesis(base_url: str, token: str, stream_ids: list[str], max_examples: int) -> int:
+    """Generate requests from the served document and check every response; how many were sent."""
+    import requests
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        ignored_auth,
+        response_headers_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    checks = [
+        not_a_server_error,
+        status_code_conformance,
+        content_type_conformance,
+        response_headers_conformance,
+        response_schema_conformance,
+        ignored_auth,
+    ]
+    schema = schemathesis.openapi.from_url(f"{base_url}/api/v1/openapi.json")
+    sent = 0
+    with requests.Session() as session:
+        for result in schema.get_all_operations():
+            operation = result.ok()
+            strategies = [operation.as_strategy(schemathesis.GenerationMode.NEGATIVE)]
+            strategies += [
+                operation.as_strategy(schemathesis.GenerationMode.POSITIVE, path_parameters={"streamId": s})
+                for s in stream_ids
+            ]
+            strategies.append(operation.as_strategy(schemathesis.GenerationMode.POSITIVE))
+
+            @settings(
+                max_examples=max_examples,
+                deadline=None,
+                database=None,
+                derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+            )
+            @given(case=st.one_of(strategies))
+            def check(case) -> None:
+                nonlocal sent
+                sent += 1
+                case.call_and_validate(
+                    base_url=f"{base_url}/api/v1",
+                    session=session,
+                    headers={"Authorization": token},
+                    checks=checks,
+                    timeout=10,
+                )
+
+            check()
+    return sent
+
+
+async def test_schemathesis_finds_no_response_that_breaks_the_document(server, make_user, make_stream, tmp_path):
+    owner, user = await make_user(), await make_user()
+    live, ended = await make_stream(owner), await make_stream(owner)
+    await server.chat.send_message(owner, str(live.id), "hello")
+    await server.chat.end_stream(owner, str(ended.id))
+
+    # schemathesis is synchronous: run it in a thread, so this loop goes on serving its requests.
+    set_hypothesis_home_dir(tmp_path)  # its source-constants cache, not a .hypothesis/ in the repo
+    try:
+        sent = await asyncio.to_thread(
+            _run_schemathesis, server.url, server.token(user), [str(live.id), str(ended.id)], 60
+        )
+    finally:
+        set_hypothesis_home_dir(None)
+
+    assert sent >= 3 * 60
