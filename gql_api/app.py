@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
+from pymongo.asynchronous.database import AsyncDatabase
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -18,6 +19,7 @@ from gql_api.delivery import open_delivery
 from gql_api.graphql.schema import build_schema
 from gql_api.graphql.view import GraphQLView
 from gql_api.hub import MessageHub
+from gql_api.rest import rest_routes
 from gql_api.service import ChatService
 from gql_api.settings import Settings, load_settings
 
@@ -29,10 +31,17 @@ READINESS_TIMEOUT_SECONDS = 2.0
 StartupHook = Callable[[Starlette], Awaitable[None]]
 
 
-def create_app(settings: Settings | None = None, *, on_startup: Sequence[StartupHook] = ()) -> Starlette:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    on_startup: Sequence[StartupHook] = (),
+    database: AsyncDatabase | None = None,
+) -> Starlette:
     """Build the ASGI app; the database is opened when the app starts, not here.
 
-    ``on_startup`` hooks run once the database is open, before the first request.
+    ``on_startup`` hooks run once the database is open, before the first request. A
+    ``database`` already open (and bound to Beanie) is used as it is and left open: several
+    apps in one process can share one client that way.
     """
     settings = settings or load_settings()
     authenticator = Authenticator(settings)
@@ -43,19 +52,21 @@ def create_app(settings: Settings | None = None, *, on_startup: Sequence[Startup
         chat=chat,
         authenticator=authenticator,
         graphiql=not settings.production,
+        connection_init_timeout=settings.ws_connection_init_timeout_seconds,
+        ping_interval=settings.ws_ping_interval_seconds,
+        max_subscriptions=settings.ws_max_subscriptions,
     )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with open_database(settings) as database:
-            app.state.database = database
-            chat.delivery = await open_delivery(hub, database)
-            try:
-                for hook in on_startup:
-                    await hook(app)
-                yield
-            finally:
-                await chat.delivery.stop()
+        async with AsyncExitStack() as stack:
+            db = database if database is not None else await stack.enter_async_context(open_database(settings))
+            app.state.database = db
+            chat.delivery = await open_delivery(hub, db)
+            stack.push_async_callback(chat.delivery.stop)
+            for hook in on_startup:
+                await hook(app)
+            yield
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -76,6 +87,7 @@ def create_app(settings: Settings | None = None, *, on_startup: Sequence[Startup
             Route("/readyz", readyz, methods=["GET"]),
             Route("/graphql", graphql),
             WebSocketRoute("/graphql", graphql),
+            *rest_routes(chat, authenticator),
         ],
         lifespan=lifespan,
     )

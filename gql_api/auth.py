@@ -85,9 +85,14 @@ class Authenticator:
 
     async def authenticate(self, token: str | None) -> User:
         """The existing user a valid token names."""
+        user, _ = await self.authenticate_claims(token)
+        return user
+
+    async def authenticate_claims(self, token: str | None) -> tuple[User, TokenClaims]:
+        """The existing user a valid token names, and the token's claims (for its expiry)."""
         claims = self.verify(token)
         object_id = parse_object_id(claims.user_id)
         user = await User.get(object_id) if object_id is not None else None
         if user is None:
             raise Unauthenticated("Authentication required: the token's user does not exist")
-        return user
+        return user, claims

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -12,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from strawberry.printer import print_schema
 
 from gql_api.app import create_app
@@ -35,8 +37,20 @@ def schema_sdl() -> str:
     return print_schema(build_schema()) + "\n"
 
 
+class GracefulServer(uvicorn.Server):
+    """uvicorn, closing websockets with 1001 (going away) on shutdown so clients reconnect to
+    another replica, instead of uvicorn's 1012; in-flight HTTP requests still finish."""
+
+    def __init__(self, config: uvicorn.Config, app: Any) -> None:
+        super().__init__(config)
+        self._app = app
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        await self._app.state.graphql.connections.close_all(1001, "Server shutting down")
+        await super().shutdown(sockets)
+
+
 def _serve(settings: Settings, args: argparse.Namespace) -> None:
-    import uvicorn
 
     async def banner(app: Any) -> None:
         if settings.production:
@@ -50,7 +64,16 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
         print("\n".join(lines), flush=True)
 
     app = create_app(settings, on_startup=[banner])
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", lifespan="on")
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="info",
+        lifespan="on",
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+    )
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it handled
+        GracefulServer(config, app).run()
 
 
 async def _with_database(settings: Settings, work: Callable[[ChatService], Awaitable[None]]) -> None:

@@ -11,6 +11,9 @@ Everything here is also correct, and means the same, on a real MongoDB:
   with a ``dedup_key`` that is unique by construction (see ``documents.ChatMessage``).
 - History pages range over ``(stream_id, seq)``, never over ``_id``: an ``_id`` range with an
   ``_id`` sort scans the table on nx-27017.
+- nx-27017 answers a change stream's ``getMore`` at once when there is nothing new, where
+  MongoDB waits up to ``maxAwaitTimeMS``: a follower pauses ``EMPTY_BATCH_PAUSE_SECONDS``
+  after an empty batch rather than spin (on MongoDB the wait already happened).
 - A change event's document id is read from ``documentKey._id``: nx-27017 sends
   ``fullDocument._id`` as a dict, and the rest of the document as extended JSON. Its update events carry the whole document, not
   ``updateDescription``; its duplicate-key errors name the index but not its key pattern.
@@ -24,6 +27,9 @@ from typing import Any
 from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo.errors import DuplicateKeyError
+
+
+EMPTY_BATCH_PAUSE_SECONDS = 0.01
 
 
 def eq(value: Any) -> dict[str, Any]:

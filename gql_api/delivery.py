@@ -14,7 +14,7 @@ from typing import Any
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure, PyMongoError
 
-from gql_api.compat import change_event_document, ended_stream_id
+from gql_api.compat import EMPTY_BATCH_PAUSE_SECONDS, change_event_document, ended_stream_id
 from gql_api.documents import ChatMessage, LiveStream
 from gql_api.hub import MessageHub
 
@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 # Server error codes meaning "this deployment has no change streams".
 _NO_CHANGE_STREAMS = {40573, 40324, 136}
 RETRY_SECONDS = (0.1, 0.25, 0.5, 1.0, 2.0)
+# MongoDB holds an empty getMore up to this long waiting for events.
+AWAIT_MS = 1000
 
 
 class Delivery:
@@ -99,13 +101,18 @@ class ChangeStreamDelivery(Delivery):
         failures = 0
         while True:
             try:
-                async with await self._database[collection].watch(resume_after=token) as stream:
+                watch = self._database[collection].watch
+                async with await watch(resume_after=token, max_await_time_ms=AWAIT_MS) as stream:
                     if failures:
                         logger.info("Change stream on %s resumed", collection)
                         await self.hub.resync()  # what was stored while we were away
                     failures = 0
                     self.connected.set()
-                    async for event in stream:
+                    while stream.alive:
+                        event = await stream.try_next()
+                        if event is None:
+                            await asyncio.sleep(EMPTY_BATCH_PAUSE_SECONDS)
+                            continue
                         await handle(event)
                         token = event["_id"]
             except asyncio.CancelledError:

@@ -8,6 +8,7 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING
 
 from gql_api.compat import eq
+from gql_api.database import detached
 from gql_api.documents import ChatMessage
 
 REPLAY_BATCH = 100
@@ -35,12 +36,12 @@ async def read_window(
     """Up to ``limit`` messages with ``after < seq < before``, from the chosen end, in that order."""
     query = ChatMessage.find(_filter(stream_id, _window(after, before)))
     query = query.sort([("seq", DESCENDING if newest_first else ASCENDING)]).limit(limit)
-    return await query.to_list()
+    return await detached(query.to_list())
 
 
 async def exists(stream_id: str, seq: dict[str, int]) -> bool:
     """Whether any message of the stream has a sequence number matching ``seq``."""
-    return await ChatMessage.find_one(_filter(stream_id, seq)) is not None
+    return await detached(ChatMessage.find_one(_filter(stream_id, seq))) is not None
 
 
 async def latest_seq(stream_id: str) -> int:

@@ -14,6 +14,7 @@ from pymongo.errors import DuplicateKeyError
 
 from gql_api import history
 from gql_api.compat import eq, is_duplicate_of, parse_object_id
+from gql_api.database import detached
 from gql_api.delivery import Delivery
 from gql_api.documents import ChatMessage, LiveStream, MessageKind, StreamStatus, User, utcnow
 from gql_api.errors import BadUserInput, Conflict, Forbidden, NotFound
@@ -75,7 +76,7 @@ class ChatService:
     async def get_stream(self, stream_id: str) -> LiveStream:
         """The stream with this id; NotFound when there is none."""
         object_id = parse_object_id(stream_id)
-        stream = await LiveStream.get(object_id) if object_id is not None else None
+        stream = await detached(LiveStream.get(object_id)) if object_id is not None else None
         if stream is None:
             raise NotFound("Resource not found: no live stream has this id")
         return stream

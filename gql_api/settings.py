@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     jwt_leeway_seconds: int = Field(default=5, ge=0, le=60)
 
     subscriber_queue_size: int = Field(default=1000, ge=1)
+    ws_connection_init_timeout_seconds: float = Field(default=3.0, gt=0)
+    ws_ping_interval_seconds: float = Field(default=15.0, gt=0)
+    ws_max_subscriptions: int = Field(default=100, ge=1)
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
 
     @property
     def production(self) -> bool:

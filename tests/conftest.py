@@ -96,12 +96,23 @@ class LiveServer:
         return self.app.state.authenticator.issue(str(user.id), **kwargs)
 
 
+def app_with_ready(settings: Settings, **kwargs: Any) -> tuple[Starlette, asyncio.Event]:
+    """An app, and an event set once its startup (database, delivery) is complete."""
+    ready = asyncio.Event()
+
+    async def mark_ready(_: Starlette) -> None:
+        ready.set()
+
+    return create_app(settings, on_startup=[mark_ready], **kwargs), ready
+
+
 @asynccontextmanager
-async def serve(app: Starlette, *, lifespan: str = "on") -> AsyncIterator[LiveServer]:
+async def serve(app: Starlette, *, lifespan: str = "on", ready: asyncio.Event | None = None) -> AsyncIterator[LiveServer]:
     """Serve ``app`` with uvicorn on a free loopback port until the block ends.
 
-    The socket listens before uvicorn starts, so connections made at once wait in the backlog
-    until the app is ready; nothing has to poll for the port.
+    The socket listens before uvicorn starts, so connections made at once wait in the backlog;
+    nothing has to poll for the port. With ``ready``, the block starts once it is set, and a
+    startup that fails raises instead of hanging.
     """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
@@ -110,6 +121,12 @@ async def serve(app: Starlette, *, lifespan: str = "on") -> AsyncIterator[LiveSe
     server = uvicorn.Server(uvicorn.Config(app, lifespan=lifespan, log_level="warning"))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
+        if ready is not None:
+            waiter = asyncio.create_task(ready.wait())
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if not ready.is_set():
+                waiter.cancel()
+                raise RuntimeError("the app failed to start")
         yield LiveServer(app=app, url=f"http://{host}:{port}", ws_url=f"ws://{host}:{port}/graphql")
     finally:
         server.should_exit = True
@@ -120,14 +137,8 @@ async def serve(app: Starlette, *, lifespan: str = "on") -> AsyncIterator[LiveSe
 @pytest.fixture(scope="session")
 async def server(make_settings: Callable[..., Settings]) -> AsyncIterator[LiveServer]:
     """The development app on the session's database."""
-    ready = asyncio.Event()
-
-    async def mark_ready(_: Starlette) -> None:
-        ready.set()
-
-    app = create_app(make_settings(), on_startup=[mark_ready])
-    async with serve(app) as live:
-        await ready.wait()
+    app, ready = app_with_ready(make_settings())
+    async with serve(app, ready=ready) as live:
         yield live
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -25,6 +26,7 @@ class Context:
     renderer: EventRenderer
     connection_params: dict[str, Any] | None = None
     authenticated_user: User | None = None
+    token_expires_at: datetime | None = None
     auth_error: ApiError | None = field(default=None, repr=False)
 
     @property

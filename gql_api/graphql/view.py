@@ -1,11 +1,16 @@
-"""The ASGI GraphQL endpoint: authenticates each HTTP request and each websocket connection once."""
+"""The ASGI GraphQL endpoint: authenticates each HTTP request and each websocket connection once.
+
+Websocket connections are supervised: a connection whose token expires is closed with 4403 at
+that moment, a graphql-transport-ws connection that stops answering pings is closed with 4499,
+and on shutdown every connection is closed with 1001 so clients reconnect to another replica.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from starlette.requests import Request
@@ -18,6 +23,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
     Operation,
 )
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import PongMessage
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMessage
 from strawberry.types.unset import UNSET, UnsetType
@@ -31,6 +37,8 @@ from gql_api.service import ChatService
 logger = logging.getLogger(__name__)
 
 AUTH_REJECTED_CLOSE_CODE = 4403
+PONG_MISSING_CLOSE_CODE = 4499
+GOING_AWAY_CLOSE_CODE = 1001
 
 
 def _token_from_params(params: dict[str, Any] | None) -> str | None:
@@ -51,8 +59,80 @@ def _text_sender(websocket: Any) -> Callable[[str], Awaitable[None]]:
     return send_text
 
 
-class GraphQLTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
-    """graphql-transport-ws, with each subscription bound to its socket for shared rendering."""
+class _Supervised:
+    """What both protocol handlers share: registration with the view, token expiry, closing."""
+
+    view: GraphQLView
+    context: Context
+    websocket: Any
+
+    _expiry: asyncio.TimerHandle | None = None
+    _closing: asyncio.Task[None] | None = None
+
+    async def supervised(self, handle: Callable[[], Awaitable[None]]) -> None:
+        self.view.connections.add(self)
+        try:
+            await handle()
+        finally:
+            self.view.connections.discard(self)
+            if self._expiry is not None:
+                self._expiry.cancel()
+
+    def watch_expiry(self) -> None:
+        """Once authenticated, close the connection when its token expires."""
+        expires_at = self.context.token_expires_at
+        if expires_at is None:
+            return
+        delay = max(0.0, (expires_at - datetime.now(UTC)).total_seconds())
+        self._expiry = asyncio.get_running_loop().call_later(
+            delay, self.close_soon, AUTH_REJECTED_CLOSE_CODE, "Token expired"
+        )
+
+    def close_soon(self, code: int, reason: str) -> None:
+        if self._closing is None:
+            self._closing = asyncio.create_task(self.close(code, reason))
+
+    async def close(self, code: int, reason: str) -> None:
+        try:
+            await self.websocket.close(code=code, reason=reason)
+        except (RuntimeError, WebSocketDisconnect):
+            pass  # already closed by the peer
+
+    def ping(self) -> None:
+        """One keep-alive round; only graphql-transport-ws has pings with answers."""
+
+
+class GraphQLTransportWSHandler(_Supervised, BaseGraphQLTransportWSHandler[Context, None]):
+    """graphql-transport-ws: supervised, with each subscription bound to its socket for
+    shared rendering."""
+
+    _awaiting_pong = False
+
+    async def handle(self) -> None:
+        await self.supervised(super().handle)
+
+    async def handle_connection_init(self, message: Any) -> None:
+        await super().handle_connection_init(message)
+        if self.connection_acknowledged:
+            self.watch_expiry()
+
+    async def handle_pong(self, message: PongMessage) -> None:
+        self._awaiting_pong = False
+
+    def ping(self) -> None:
+        if not self.connection_acknowledged or self._closing is not None:
+            return
+        if self._awaiting_pong:
+            self.close_soon(PONG_MISSING_CLOSE_CODE, "No pong: connection timed out")
+            return
+        self._awaiting_pong = True
+        asyncio.create_task(self._send_ping())
+
+    async def _send_ping(self) -> None:
+        try:
+            await self.send_message({"type": "ping"})
+        except (WebSocketDisconnected, RuntimeError):
+            pass
 
     async def run_operation(self, operation: Operation[Context, None]) -> None:
         bind_sink(
@@ -66,26 +146,12 @@ class GraphQLTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
         await super().run_operation(operation)
 
 
-class LegacyGraphQLWSHandler(BaseGraphQLWSHandler[Context, None]):
-    """The legacy graphql-ws protocol: shared rendering, and a rejected connection closed with
-    4403 like the new protocol does."""
+class LegacyGraphQLWSHandler(_Supervised, BaseGraphQLWSHandler[Context, None]):
+    """The legacy graphql-ws protocol: supervised, shared rendering, and a rejected connection
+    closed with 4403 like the new protocol does."""
 
-    async def handle_async_results(
-        self,
-        operation_id: str,
-        query: str,
-        operation_name: str | None,
-        variables: dict[str, object] | None,
-    ) -> None:
-        bind_sink(
-            _text_sender(self.websocket),
-            operation_id=operation_id,
-            frame_type="data",
-            query=query,
-            operation_name=operation_name,
-            variables=variables,
-        )
-        await super().handle_async_results(operation_id, query, operation_name, variables)
+    async def handle(self) -> None:
+        await self.supervised(super().handle)
 
     async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
         payload = message.get("payload")
@@ -105,12 +171,72 @@ class LegacyGraphQLWSHandler(BaseGraphQLWSHandler[Context, None]):
         else:
             await self.send_message({"type": "connection_ack", "payload": ack_payload})
         self.connection_acknowledged = True
+        self.watch_expiry()
         if self.keep_alive:
             self.keep_alive_task = asyncio.create_task(self.handle_keep_alive())
 
+    async def handle_async_results(
+        self,
+        operation_id: str,
+        query: str,
+        operation_name: str | None,
+        variables: dict[str, object] | None,
+    ) -> None:
+        bind_sink(
+            _text_sender(self.websocket),
+            operation_id=operation_id,
+            frame_type="data",
+            query=query,
+            operation_name=operation_name,
+            variables=variables,
+        )
+        await super().handle_async_results(operation_id, query, operation_name, variables)
+
+
+class Connections:
+    """The open websocket connections of one view, pinged from one task rather than one each."""
+
+    def __init__(self, ping_interval: float) -> None:
+        self._ping_interval = ping_interval
+        self._open: set[_Supervised] = set()
+        self._pinger: asyncio.Task[None] | None = None
+        self._empty = asyncio.Event()
+        self._empty.set()
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def add(self, connection: _Supervised) -> None:
+        self._open.add(connection)
+        self._empty.clear()
+        if self._pinger is None or self._pinger.done():
+            self._pinger = asyncio.create_task(self._ping_forever(), name="ws-pinger")
+
+    def discard(self, connection: _Supervised) -> None:
+        self._open.discard(connection)
+        if not self._open:
+            self._empty.set()
+
+    async def drained(self) -> None:
+        """Return once no connection is open (for tests and shutdown)."""
+        await self._empty.wait()
+
+    async def close_all(self, code: int, reason: str) -> None:
+        """Close every connection (on shutdown: 1001, so clients reconnect elsewhere)."""
+        if self._pinger is not None:
+            self._pinger.cancel()
+        await asyncio.gather(*(c.close(code, reason) for c in tuple(self._open)))
+
+    async def _ping_forever(self) -> None:
+        # A peer that has not answered the previous round's ping by the next round is closed.
+        while self._open:
+            await asyncio.sleep(self._ping_interval)
+            for connection in tuple(self._open):
+                connection.ping()
+
 
 class GraphQLView(GraphQL[Context, None]):
-    """Strawberry's ASGI view with this service's context and authentication."""
+    """Strawberry's ASGI view with this service's context, authentication and supervision."""
 
     graphql_transport_ws_handler_class = GraphQLTransportWSHandler
     graphql_ws_handler_class = LegacyGraphQLWSHandler
@@ -122,14 +248,18 @@ class GraphQLView(GraphQL[Context, None]):
         chat: ChatService,
         authenticator: Authenticator,
         graphiql: bool,
+        connection_init_timeout: float = 3.0,
+        ping_interval: float = 15.0,
+        max_subscriptions: int = 100,
     ) -> None:
-        self.renderer = EventRenderer(schema)
         super().__init__(
             schema,
             graphql_ide="graphiql" if graphiql else None,
-            connection_init_wait_timeout=timedelta(seconds=3),
-            max_subscriptions_per_connection=100,
+            connection_init_wait_timeout=timedelta(seconds=connection_init_timeout),
+            max_subscriptions_per_connection=max_subscriptions,
         )
+        self.renderer = EventRenderer(schema)
+        self.connections = Connections(ping_interval)
         self.chat = chat
         self.authenticator = authenticator
 
@@ -145,9 +275,11 @@ class GraphQLView(GraphQL[Context, None]):
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
         try:
-            context.authenticated_user = await self.authenticator.authenticate(
+            user, claims = await self.authenticator.authenticate_claims(
                 _token_from_params(context.connection_params)
             )
         except Unauthenticated as exc:
             raise ConnectionRejectionError({"message": exc.message, "code": exc.code}) from exc
+        context.authenticated_user = user
+        context.token_expires_at = claims.expires_at
         return UNSET
