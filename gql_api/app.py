@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
@@ -15,14 +17,19 @@ from starlette.routing import Route, WebSocketRoute
 from gql_api.auth import Authenticator
 from gql_api.database import open_database
 from gql_api.graphql.schema import build_schema
-from gql_api.graphql.view import GraphQLView
+from gql_api.graphql.view import PREFLIGHT_HEADERS, GraphQLView
 from gql_api.hub import MessageHub
+from gql_api.ratelimit import MessageRateLimiter
 from gql_api.service import ChatService
 from gql_api.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
 
 READINESS_TIMEOUT_SECONDS = 2.0
+# What a page on an allowed origin may send: GraphQL's POSTs with JSON, a token, and the
+# CSRF-prevention headers (which is what makes its requests preflighted).
+CORS_ALLOWED_HEADERS = ["Authorization", "Content-Type", *PREFLIGHT_HEADERS]
+CORS_MAX_AGE_SECONDS = 600
 
 
 StartupHook = Callable[[Starlette], Awaitable[None]]
@@ -36,12 +43,16 @@ def create_app(settings: Settings | None = None, *, on_startup: Sequence[Startup
     settings = settings or load_settings()
     authenticator = Authenticator(settings)
     hub = MessageHub(settings.subscriber_queue_size)
-    chat = ChatService(hub)
+    chat = ChatService(
+        hub, MessageRateLimiter(settings.rate_limit_messages, settings.rate_limit_window_seconds)
+    )
     graphql = GraphQLView(
-        build_schema(production=settings.production),
+        build_schema(settings),
         chat=chat,
         authenticator=authenticator,
         graphiql=not settings.production,
+        max_body_bytes=settings.graphql_max_body_bytes,
+        allowed_origins=settings.allowed_origins,
     )
 
     @asynccontextmanager
@@ -71,6 +82,16 @@ def create_app(settings: Settings | None = None, *, on_startup: Sequence[Startup
             Route("/readyz", readyz, methods=["GET"]),
             Route("/graphql", graphql),
             WebSocketRoute("/graphql", graphql),
+        ],
+        middleware=[
+            # One list of origins for CORS and the websocket Origin check (in the view).
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.allowed_origins,
+                allow_methods=["GET", "POST"],
+                allow_headers=CORS_ALLOWED_HEADERS,
+                max_age=CORS_MAX_AGE_SECONDS,
+            )
         ],
         lifespan=lifespan,
     )

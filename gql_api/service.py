@@ -15,6 +15,7 @@ from gql_api.documents import ChatMessage, LiveStream, MessageKind, StreamStatus
 from gql_api.errors import BadUserInput, Conflict, Forbidden, NotFound
 from gql_api.hub import MessageHub
 from gql_api.pagination import Page, PageRequest
+from gql_api.ratelimit import MessageRateLimiter
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +37,9 @@ def _require_length(field: str, value: str, maximum: int) -> str:
 class ChatService:
     """Streams and their messages: every rule about who may send what, and when."""
 
-    def __init__(self, hub: MessageHub) -> None:
+    def __init__(self, hub: MessageHub, rate_limiter: MessageRateLimiter | None = None) -> None:
         self.hub = hub
+        self.rate_limiter = rate_limiter or MessageRateLimiter(0, 1)
 
     # -- streams ---------------------------------------------------------------------------
 
@@ -77,6 +79,7 @@ class ChatService:
         if raw is None:
             raise Conflict("Resource cannot be changed in its current state: the stream has already ended")
         self.hub.end_stream(stream_id)
+        await self.rate_limiter.forget(stream_id)
         return LiveStream.model_validate(raw)
 
     # -- messages --------------------------------------------------------------------------
@@ -84,9 +87,14 @@ class ChatService:
     async def send_message(
         self, sender: User, stream_id: str, content: str, client_message_id: str | None = None
     ) -> ChatMessage:
-        """Append a TEXT message; a retry with the same ``client_message_id`` returns the original."""
+        """Append a TEXT message; a retry with the same ``client_message_id`` returns the original.
+
+        Counts against the sender's rate limit in the stream (not the owner's, and not a retry
+        that returns the original); superlikes do not count, as there is one per user anyway.
+        """
         content = _require_length("content", content, MAX_CONTENT_LENGTH)
         if client_message_id is None:
+            await self._admit(sender, stream_id)
             return await self._append(sender, stream_id, MessageKind.TEXT, content, None, f"r:{ObjectId()}")
         if not 1 <= len(client_message_id) <= MAX_CLIENT_MESSAGE_ID_LENGTH:
             raise BadUserInput(
@@ -94,7 +102,7 @@ class ChatService:
                 details=[f"clientMessageId: must be 1 to {MAX_CLIENT_MESSAGE_ID_LENGTH} characters"],
             )
         dedup_key = f"c:{sender.id}:{client_message_id}"
-        for _ in range(2):
+        for attempt in range(2):
             existing = await self._find_by_dedup_key(stream_id, dedup_key)
             if existing is not None:
                 if existing.content != content:
@@ -102,6 +110,8 @@ class ChatService:
                         "Resource already exists: this clientMessageId was used for other content"
                     )
                 return existing
+            if attempt == 0:
+                await self._admit(sender, stream_id)
             try:
                 return await self._append(
                     sender, stream_id, MessageKind.TEXT, content, client_message_id, dedup_key
@@ -160,6 +170,17 @@ class ChatService:
                 yield message
 
     # -- internals -------------------------------------------------------------------------
+
+    async def _admit(self, sender: User, stream_id: str) -> None:
+        """Count a new message against the sender's rate limit; RateLimited when over it."""
+        if not self.rate_limiter.enabled:
+            return
+        stream = await self.get_stream(stream_id)
+        # The owner moderates their own chat and is never throttled; an ended stream refuses
+        # the message anyway (in `_next_seq`), so it costs the sender nothing.
+        if stream.owner.id == str(sender.id) or stream.status is StreamStatus.ENDED:
+            return
+        await self.rate_limiter.acquire(str(stream.id), str(sender.id))
 
     @staticmethod
     def _history_filter(stream_id: str, seq: dict[str, int] | None = None) -> dict[str, Any]:

@@ -5,12 +5,18 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncGenerator
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import strawberry
 from graphql import GraphQLError
 from strawberry.exceptions import MissingQueryError
-from strawberry.extensions import DisableIntrospection
+from strawberry.extensions import (
+    DisableIntrospection,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    QueryDepthLimiter,
+)
 from strawberry.schema.config import StrawberryConfig
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types import Info
@@ -20,6 +26,7 @@ from gql_api.errors import ApiError, BadUserInput, as_api_error
 from gql_api.graphql.context import Context
 from gql_api.graphql.types import ChatMessage, ChatMessageConnection, LiveStream, User
 from gql_api.pagination import PageRequest
+from gql_api.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -130,16 +137,33 @@ def _classify(error: GraphQLError) -> ApiError:
     return as_api_error(original)
 
 
-def build_schema(*, production: bool = False) -> ChatSchema:
-    """The schema; production turns introspection and field suggestions off."""
-    extensions: list[Any] = [DisableIntrospection] if production else []
+def build_schema(settings: Settings | None = None) -> ChatSchema:
+    """The schema with the request limits of ``settings`` (the defaults when None).
+
+    The limits are schema extensions, so they apply to every operation however it arrives:
+    HTTP, and subscriptions over websockets. A request over a limit fails validation
+    (BAD_USER_INPUT) before anything runs. Production also turns introspection and field
+    suggestions off.
+    """
+    # model_construct: the declared defaults, without reading the environment.
+    settings = settings or Settings.model_construct()
+    # Factories, not instances: Strawberry builds a fresh extension for each operation.
+    extensions: list[Any] = [
+        partial(MaxTokensLimiter, max_token_count=settings.graphql_max_tokens),
+        partial(QueryDepthLimiter, max_depth=settings.graphql_max_depth),
+        partial(MaxAliasesLimiter, max_alias_count=settings.graphql_max_aliases),
+    ]
+    if settings.production:
+        extensions.append(DisableIntrospection)
+    batch = settings.graphql_batch_max_operations
     return ChatSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
         extensions=extensions,
         config=StrawberryConfig(
-            disable_field_suggestions=production,
+            disable_field_suggestions=settings.production,
             scalar_map={datetime: DATETIME_SCALAR},
+            batching_config={"max_operations": batch} if batch else None,
         ),
     )

@@ -4,26 +4,114 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
+from cross_web import AsyncHTTPRequestAdapter
+from cross_web import HTTPException as StrawberryHTTPException
+from starlette.datastructures import Headers
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMessage
+from strawberry.http import GraphQLRequestData
 from strawberry.types.unset import UNSET, UnsetType
 
 from gql_api.auth import Authenticator, token_from_header
-from gql_api.errors import Unauthenticated
+from gql_api.errors import (
+    ApiError,
+    BadUserInput,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Unauthenticated,
+    as_api_error,
+)
 from gql_api.graphql.context import Context
 from gql_api.service import ChatService
 
 logger = logging.getLogger(__name__)
 
 AUTH_REJECTED_CLOSE_CODE = 4403
+
+# Apollo Server's CSRF prevention: a browser sends these content types (or none) cross-site
+# without a CORS preflight, and can add none of these headers without one.
+SIMPLE_CONTENT_TYPES = frozenset(
+    {"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"}
+)
+PREFLIGHT_HEADERS = ("x-apollo-operation-name", "apollo-require-preflight", "graphql-require-preflight")
+_STATUS_ERRORS: dict[int, type[ApiError]] = {
+    400: BadUserInput,
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+}
+
+
+def check_preflighted(headers: Mapping[str, str]) -> None:
+    """Refuse a request a browser could send cross-site without a preflight (Apollo's rule).
+
+    That is one with no ``Content-Type`` or a "simple" one (so every GET), unless it carries a
+    non-empty ``X-Apollo-Operation-Name``, ``Apollo-Require-Preflight`` or
+    ``GraphQL-Require-Preflight`` header.
+    """
+    content_type = headers.get("content-type")
+    if content_type is not None:
+        essence = content_type.split(";", 1)[0].strip().lower()
+        if essence not in SIMPLE_CONTENT_TYPES:
+            return  # a browser preflights any other type, so CORS has had its say
+    if any(headers.get(name, "").strip() for name in PREFLIGHT_HEADERS):
+        return
+    raise BadUserInput(
+        "This operation has been blocked as a potential Cross-Site Request Forgery (CSRF): "
+        "send it as a POST with Content-Type: application/json, or add a non-empty "
+        "Apollo-Require-Preflight (or GraphQL-Require-Preflight, X-Apollo-Operation-Name) header"
+    )
+
+
+def error_response(error: ApiError) -> JSONResponse:
+    """A request-level failure as a GraphQL response body, with the error's HTTP status."""
+    body = {"errors": [{"message": error.message, "extensions": error.extensions}]}
+    return JSONResponse(body, status_code=error.status_code)
+
+
+def _status_error(status_code: int, message: str) -> ApiError:
+    error_class = _STATUS_ERRORS.get(status_code, BadUserInput)
+    return error_class(message or None)
+
+
+def capped_receive(scope: Scope, receive: Receive, max_bytes: int) -> Receive:
+    """``receive`` that raises PayloadTooLarge once the body is (or says it will be) too big.
+
+    Not Starlette's ``RequestBodyLimitMiddleware``: it answers in plain text, and replaces any
+    response once a declared ``Content-Length`` is over the limit, so a GraphQL error body
+    could never be sent.
+    """
+    too_large = PayloadTooLarge(f"Request body too large: at most {max_bytes} bytes")
+    declared = Headers(scope=scope).get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+
+        async def refuse() -> Message:
+            raise too_large  # before reading a byte of it
+
+        return refuse
+    received = 0
+
+    async def counted() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > max_bytes:
+                raise too_large  # a chunked body is cut off as soon as it passes the limit
+        return message
+
+    return counted
 
 
 def _token_from_params(params: dict[str, Any] | None) -> str | None:
@@ -71,15 +159,44 @@ class GraphQLView(GraphQL[Context, None]):
         chat: ChatService,
         authenticator: Authenticator,
         graphiql: bool,
+        max_body_bytes: int,
+        allowed_origins: Sequence[str] = (),
     ) -> None:
         super().__init__(
             schema,
             graphql_ide="graphiql" if graphiql else None,
             connection_init_wait_timeout=timedelta(seconds=3),
             max_subscriptions_per_connection=100,
+            # Websocket handshakes from pages on other origins; the same list CORS uses.
+            allowed_origins=allowed_origins,
         )
         self.chat = chat
         self.authenticator = authenticator
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        request = Request(scope, receive=capped_receive(scope, receive, self.max_body_bytes))
+        try:
+            # The whole body, read first under the cap: an oversized one is refused before it
+            # is parsed or anyone is authenticated.
+            await request.body()
+            response = await self.run(request)
+        except ApiError as exc:
+            response = error_response(exc)
+        except StrawberryHTTPException as exc:
+            # Strawberry's own refusals (bad JSON, GET mutation, batching...) as GraphQL errors.
+            response = error_response(_status_error(exc.status_code, exc.reason))
+        await response(scope, receive, send)
+
+    async def parse_http_body(
+        self, request: AsyncHTTPRequestAdapter
+    ) -> GraphQLRequestData | list[GraphQLRequestData]:
+        # Only operations are checked: GraphiQL's page (a plain GET) is rendered before this.
+        check_preflighted(request.headers)
+        return await super().parse_http_body(request)
 
     async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> Context:
         context = Context(request=request, response=response, chat=self.chat)
@@ -87,8 +204,16 @@ class GraphQLView(GraphQL[Context, None]):
             token = token_from_header(request.headers.get("authorization"))
             try:
                 context.authenticated_user = await self.authenticator.authenticate(token)
-            except Unauthenticated as exc:
+            except ApiError as exc:
                 context.auth_error = exc
+            except Exception as exc:  # noqa: BLE001 - becomes the operation's error, below
+                # A database outage while looking the user up is SERVICE_UNAVAILABLE, not
+                # UNAUTHENTICATED nor a crash: the resolvers raise it through `context.user`.
+                context.auth_error = as_api_error(exc)
+                if context.auth_error.status_code == 500:
+                    logger.error("Unexpected error while authenticating", exc_info=exc)
+                else:
+                    logger.warning("%s while authenticating: %r", context.auth_error.code, exc)
         return context
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
