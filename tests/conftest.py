@@ -9,6 +9,7 @@ import asyncio
 import itertools
 import os
 import socket
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -85,7 +86,9 @@ async def serve(app: Starlette, *, lifespan: str = "on") -> AsyncIterator[LiveSe
     The socket listens before uvicorn starts, so connections made at once wait in the backlog
     until the app is ready; nothing has to poll for the port.
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP spelled out: asyncio sets TCP_NODELAY only on sockets whose proto says TCP,
+    # and without it every response waits ~40 ms on Nagle's algorithm and delayed ACKs.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     sock.listen(1024)
     host, port = sock.getsockname()
@@ -97,6 +100,60 @@ async def serve(app: Starlette, *, lifespan: str = "on") -> AsyncIterator[LiveSe
         server.should_exit = True
         await task
         sock.close()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ApiProcess:
+    """A ``gql-api serve`` process: another replica, with its own memory and event loop."""
+
+    url: str
+    process: asyncio.subprocess.Process
+    output: list[str]
+
+
+@asynccontextmanager
+async def api_process(**env: str) -> AsyncIterator[ApiProcess]:
+    """Run ``python -m gql_api serve`` with ``env`` on a free port until the block ends.
+
+    Yields once uvicorn says the app has started; its log is kept in ``output``.
+    """
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gql_api", "serve", "--port", str(port),
+        env={**os.environ, **env},
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    output: list[str] = []
+    started = asyncio.Event()
+
+    async def drain() -> None:
+        # Read to the end, or a full pipe would block the server's logging.
+        async for raw in process.stdout:  # type: ignore[union-attr]
+            line = raw.decode(errors="replace").rstrip()
+            output.append(line)
+            if "Application startup complete" in line:
+                started.set()
+        started.set()
+
+    reader = asyncio.create_task(drain())
+    try:
+        await asyncio.wait_for(started.wait(), 30)
+        assert process.returncode is None, "\n".join(output)
+        yield ApiProcess(url=f"http://127.0.0.1:{port}", process=process, output=output)
+    finally:
+        if process.returncode is None:
+            process.terminate()
+        await process.wait()
+        await reader
 
 
 @pytest.fixture(scope="session")
