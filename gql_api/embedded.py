@@ -68,8 +68,12 @@ class EmbeddedMongo:
             return uri
         return None
 
-    def start(self) -> str:
-        """Reuse the server running on this data dir, or start one; return its URI."""
+    def start(self, port: int | None = None) -> str:
+        """Reuse the server running on this data dir, or start one; return its URI.
+
+        ``port``: where a new server listens (default: a free port); a server restarted on the
+        port it had keeps the URI its clients know, so they reconnect by themselves.
+        """
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.data_dir / "embedded.lock", "w") as lock:
             # Two processes starting at once must not both spawn a server on one file.
@@ -77,7 +81,7 @@ class EmbeddedMongo:
             if uri := self.running_uri():
                 logger.info("Reusing the embedded MongoDB server at %s", uri)
                 return uri
-            port = _free_port(self.host)
+            port = port or _free_port(self.host)
             uri = f"mongodb://{self.host}:{port}/?directConnection=true"
             self._spawn(port)
             self.uri_file.write_text(uri + "\n")

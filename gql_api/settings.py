@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     mongodb_db: str = "gql_api"
     gql_api_data_dir: Path = Path(".gql-api")
     mongodb_server_selection_timeout_ms: int = Field(default=5000, ge=100)
+    # Every database operation, end to end: a server that accepts but never answers (frozen,
+    # or cut off mid-connection) fails the operation after this long instead of hanging it.
+    mongodb_operation_timeout_ms: int = Field(default=5000, ge=100)
 
     jwt_secret: SecretStr | None = None
     jwt_algorithm: Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512"] = "HS256"

@@ -118,15 +118,16 @@ class ApiProcess:
 
 
 @asynccontextmanager
-async def api_process(**env: str) -> AsyncIterator[ApiProcess]:
-    """Run ``python -m gql_api serve`` with ``env`` on a free port until the block ends.
+async def api_process(**env: str | None) -> AsyncIterator[ApiProcess]:
+    """Run ``python -m gql_api serve`` with ``env`` (None unsets) on a free port until the block ends.
 
     Yields once uvicorn says the app has started; its log is kept in ``output``.
     """
     port = free_port()
+    environment = {**os.environ, **env}
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gql_api", "serve", "--port", str(port),
-        env={**os.environ, **env},
+        env={name: value for name, value in environment.items() if value is not None},
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
