@@ -17,7 +17,8 @@ from starlette.routing import Route, WebSocketRoute
 from gql_api.auth import Authenticator
 from gql_api.database import open_database
 from gql_api.graphql.schema import build_schema
-from gql_api.graphql.view import PREFLIGHT_HEADERS, GraphQLView
+from gql_api.csrf import PREFLIGHT_HEADERS
+from gql_api.graphql.view import GraphQLView
 from gql_api.hub import MessageHub
 from gql_api.ratelimit import MessageRateLimiter
 from gql_api.service import ChatService

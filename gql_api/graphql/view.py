@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -17,12 +17,13 @@ from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
+from strawberry.http import GraphQLRequestData
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMessage
-from strawberry.http import GraphQLRequestData
 from strawberry.types.unset import UNSET, UnsetType
 
 from gql_api.auth import Authenticator, token_from_header
+from gql_api.csrf import check_preflighted
 from gql_api.errors import (
     ApiError,
     BadUserInput,
@@ -39,39 +40,12 @@ logger = logging.getLogger(__name__)
 
 AUTH_REJECTED_CLOSE_CODE = 4403
 
-# Apollo Server's CSRF prevention: a browser sends these content types (or none) cross-site
-# without a CORS preflight, and can add none of these headers without one.
-SIMPLE_CONTENT_TYPES = frozenset(
-    {"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"}
-)
-PREFLIGHT_HEADERS = ("x-apollo-operation-name", "apollo-require-preflight", "graphql-require-preflight")
 _STATUS_ERRORS: dict[int, type[ApiError]] = {
     400: BadUserInput,
     404: NotFound,
     405: MethodNotAllowed,
     413: PayloadTooLarge,
 }
-
-
-def check_preflighted(headers: Mapping[str, str]) -> None:
-    """Refuse a request a browser could send cross-site without a preflight (Apollo's rule).
-
-    That is one with no ``Content-Type`` or a "simple" one (so every GET), unless it carries a
-    non-empty ``X-Apollo-Operation-Name``, ``Apollo-Require-Preflight`` or
-    ``GraphQL-Require-Preflight`` header.
-    """
-    content_type = headers.get("content-type")
-    if content_type is not None:
-        essence = content_type.split(";", 1)[0].strip().lower()
-        if essence not in SIMPLE_CONTENT_TYPES:
-            return  # a browser preflights any other type, so CORS has had its say
-    if any(headers.get(name, "").strip() for name in PREFLIGHT_HEADERS):
-        return
-    raise BadUserInput(
-        "This operation has been blocked as a potential Cross-Site Request Forgery (CSRF): "
-        "send it as a POST with Content-Type: application/json, or add a non-empty "
-        "Apollo-Require-Preflight (or GraphQL-Require-Preflight, X-Apollo-Operation-Name) header"
-    )
 
 
 def error_response(error: ApiError) -> JSONResponse:
