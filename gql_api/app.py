@@ -9,6 +9,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from pymongo.asynchronous.database import AsyncDatabase
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
@@ -17,15 +19,21 @@ from gql_api.auth import Authenticator
 from gql_api.database import open_database
 from gql_api.delivery import open_delivery
 from gql_api.graphql.schema import build_schema
+from gql_api.csrf import PREFLIGHT_HEADERS
 from gql_api.graphql.view import GraphQLView
 from gql_api.hub import MessageHub
 from gql_api.rest import rest_routes
+from gql_api.ratelimit import MessageRateLimiter
 from gql_api.service import ChatService
 from gql_api.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
 
 READINESS_TIMEOUT_SECONDS = 2.0
+# What a page on an allowed origin may send: GraphQL's POSTs with JSON, a token, and the
+# CSRF-prevention headers (which is what makes its requests preflighted).
+CORS_ALLOWED_HEADERS = ["Authorization", "Content-Type", *PREFLIGHT_HEADERS]
+CORS_MAX_AGE_SECONDS = 600
 
 
 StartupHook = Callable[[Starlette], Awaitable[None]]
@@ -46,15 +54,19 @@ def create_app(
     settings = settings or load_settings()
     authenticator = Authenticator(settings)
     hub = MessageHub(settings.subscriber_queue_size)
-    chat = ChatService(hub)
+    chat = ChatService(
+        hub, MessageRateLimiter(settings.rate_limit_messages, settings.rate_limit_window_seconds)
+    )
     graphql = GraphQLView(
-        build_schema(production=settings.production),
+        build_schema(settings),
         chat=chat,
         authenticator=authenticator,
         graphiql=not settings.production,
         connection_init_timeout=settings.ws_connection_init_timeout_seconds,
         ping_interval=settings.ws_ping_interval_seconds,
         max_subscriptions=settings.ws_max_subscriptions,
+        max_body_bytes=settings.graphql_max_body_bytes,
+        allowed_origins=settings.allowed_origins,
     )
 
     @asynccontextmanager
@@ -88,6 +100,16 @@ def create_app(
             Route("/graphql", graphql),
             WebSocketRoute("/graphql", graphql),
             *rest_routes(chat, authenticator),
+        ],
+        middleware=[
+            # One list of origins for CORS and the websocket Origin check (in the view).
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.allowed_origins,
+                allow_methods=["GET", "POST"],
+                allow_headers=CORS_ALLOWED_HEADERS,
+                max_age=CORS_MAX_AGE_SECONDS,
+            )
         ],
         lifespan=lifespan,
     )

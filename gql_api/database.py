@@ -46,6 +46,7 @@ async def open_database(settings: Settings) -> AsyncIterator[AsyncDatabase]:
         uri,
         tz_aware=True,
         serverSelectionTimeoutMS=settings.mongodb_server_selection_timeout_ms,
+        timeoutMS=settings.mongodb_operation_timeout_ms,
         appname="gql-api",
     )
     try:

@@ -8,6 +8,7 @@ on all of them. Without change streams (a standalone MongoDB) delivery stays in-
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -25,6 +26,7 @@ _NO_CHANGE_STREAMS = {40573, 40324, 136}
 RETRY_SECONDS = (0.1, 0.25, 0.5, 1.0, 2.0)
 # MongoDB holds an empty getMore up to this long waiting for events.
 AWAIT_MS = 1000
+STOP_TIMEOUT_SECONDS = 5.0
 
 
 class Delivery:
@@ -65,6 +67,7 @@ class ChangeStreamDelivery(Delivery):
         super().__init__(hub)
         self._database = database
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
         self.connected = asyncio.Event()
 
     async def start(self) -> None:
@@ -76,7 +79,12 @@ class ChangeStreamDelivery(Delivery):
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        # Ask the followers to finish their current read rather than cancel them in the middle
+        # of it: pymongo's async driver can hang a task cancelled mid-operation (see
+        # ``database.detached``). Cancel only what has not stopped in time.
+        self._stopping.set()
+        _, late = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT_SECONDS) if self._tasks else ((), ())
+        for task in late:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
@@ -99,7 +107,7 @@ class ChangeStreamDelivery(Delivery):
         """Watch one collection for ever: resume from the last token after any failure."""
         token: Any = None
         failures = 0
-        while True:
+        while not self._stopping.is_set():
             try:
                 watch = self._database[collection].watch
                 async with await watch(resume_after=token, max_await_time_ms=AWAIT_MS) as stream:
@@ -108,10 +116,10 @@ class ChangeStreamDelivery(Delivery):
                         await self.hub.resync()  # what was stored while we were away
                     failures = 0
                     self.connected.set()
-                    while stream.alive:
+                    while stream.alive and not self._stopping.is_set():
                         event = await stream.try_next()
                         if event is None:
-                            await asyncio.sleep(EMPTY_BATCH_PAUSE_SECONDS)
+                            await self._pause(EMPTY_BATCH_PAUSE_SECONDS)
                             continue
                         await handle(event)
                         token = event["_id"]
@@ -129,7 +137,12 @@ class ChangeStreamDelivery(Delivery):
             except Exception:
                 failures += 1
                 logger.exception("Delivering from the change stream on %s failed; resuming", collection)
-            await asyncio.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS)) - 1])
+            await self._pause(RETRY_SECONDS[min(failures, len(RETRY_SECONDS)) - 1])
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake at once when asked to stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
 
 
 async def open_delivery(hub: MessageHub, database: AsyncDatabase) -> Delivery:

@@ -116,4 +116,20 @@ class ChatMessage(Document):
         ]
 
 
-DOCUMENT_MODELS: list[type[Document]] = [User, LiveStream, ChatMessage]
+class ChatRateWindow(Document):
+    """One user's recent sends in one stream, for the per-user rate limit (see ``ratelimit``)."""
+
+    id: str  # type: ignore[assignment]  # "<stream_id>:<user_id>"
+    stream_id: str
+    # Epoch milliseconds of the user's most recent messages in the stream, newest first; at
+    # most as many as the limit. Integers, because nx-27017 stores datetimes in arrays as text.
+    sent_at_ms: list[int] = Field(default_factory=list)
+    # Bumped on every change: writers compare-and-swap on it (see ``ratelimit``).
+    version: int = 0
+
+    class Settings:
+        name = "chat_rate_windows"
+        indexes = [IndexModel([("stream_id", ASCENDING)], name="stream")]
+
+
+DOCUMENT_MODELS: list[type[Document]] = [User, LiveStream, ChatMessage, ChatRateWindow]

@@ -69,8 +69,11 @@ class EmbeddedMongo:
         return None
 
     def start(self, port: int | None = None) -> str:
-        """Reuse the server running on this data dir, or start one (on ``port``, else a free
-        one); return its URI."""
+        """Reuse the server running on this data dir, or start one; return its URI.
+
+        ``port``: where a new server listens (default: a free port); a server restarted on the
+        port it had keeps the URI its clients know, so they reconnect by themselves.
+        """
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.data_dir / "embedded.lock", "w") as lock:
             # Two processes starting at once must not both spawn a server on one file.

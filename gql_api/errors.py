@@ -58,6 +58,34 @@ class Conflict(ApiError):
     default_message = "Resource already exists or cannot be changed in its current state"
 
 
+class MethodNotAllowed(ApiError):
+    code = "METHOD_NOT_ALLOWED"
+    status_code = 405
+    default_message = "Method not allowed: GraphQL takes GET (queries only) and POST"
+
+
+class PayloadTooLarge(ApiError):
+    code = "PAYLOAD_TOO_LARGE"
+    status_code = 413
+    default_message = "Request body too large"
+
+
+class RateLimited(ApiError):
+    """Too many messages too fast; ``retry_after`` says, in whole seconds, when to try again."""
+
+    code = "RATE_LIMITED"
+    status_code = 429
+    default_message = "Rate limit exceeded: too many messages, slow down"
+
+    def __init__(self, message: str | None = None, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    @property
+    def extensions(self) -> dict[str, object]:
+        return {**super().extensions, "retryAfter": self.retry_after}
+
+
 class ServiceUnavailable(ApiError):
     code = "SERVICE_UNAVAILABLE"
     status_code = 503
@@ -74,10 +102,11 @@ class SubscriberTooSlow(ApiError):
 
 def as_api_error(exc: BaseException) -> ApiError:
     """What a client is told about an exception: ours as they are, the database's as 503, else 500."""
-    from pymongo.errors import ConnectionFailure
+    from pymongo.errors import ConnectionFailure, PyMongoError
 
     if isinstance(exc, ApiError):
         return exc
-    if isinstance(exc, ConnectionFailure):
+    # Unreachable, or too slow to answer in time: either way the client should retry later.
+    if isinstance(exc, ConnectionFailure) or (isinstance(exc, PyMongoError) and exc.timeout):
         return ServiceUnavailable()
     return ApiError()

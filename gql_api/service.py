@@ -20,6 +20,7 @@ from gql_api.documents import ChatMessage, LiveStream, MessageKind, StreamStatus
 from gql_api.errors import BadUserInput, Conflict, Forbidden, NotFound
 from gql_api.hub import MessageHub
 from gql_api.pagination import Page, PageRequest, decode_cursor
+from gql_api.ratelimit import MessageRateLimiter
 
 logger = logging.getLogger(__name__)
 
@@ -65,11 +66,12 @@ class _StreamWriters:
 class ChatService:
     """Streams and their messages: every rule about who may send what, and when."""
 
-    def __init__(self, hub: MessageHub) -> None:
+    def __init__(self, hub: MessageHub, rate_limiter: MessageRateLimiter | None = None) -> None:
         self.hub = hub
         # In-process until the app's lifespan opens the database and picks the real one.
         self.delivery: Delivery = Delivery(hub)
         self._writers = _StreamWriters()
+        self.rate_limiter = rate_limiter or MessageRateLimiter(0, 1)
 
     # -- streams ---------------------------------------------------------------------------
 
@@ -109,6 +111,7 @@ class ChatService:
         if raw is None:
             raise Conflict("Resource cannot be changed in its current state: the stream has already ended")
         await self.delivery.stream_ended(stream_id)
+        await self.rate_limiter.forget(stream_id)
         return LiveStream.model_validate(raw)
 
     # -- messages --------------------------------------------------------------------------
@@ -116,17 +119,23 @@ class ChatService:
     async def send_message(
         self, sender: User, stream_id: str, content: str, client_message_id: str | None = None
     ) -> ChatMessage:
-        """Append a TEXT message; a retry with the same ``client_message_id`` returns the original."""
+        """Append a TEXT message; a retry with the same ``client_message_id`` returns the original.
+
+        Counts against the sender's rate limit in the stream (not the owner's, and not a retry
+        that returns the original); superlikes do not count, as there is one per user anyway.
+        """
         content = _require_length("content", content, MAX_CONTENT_LENGTH)
         if client_message_id is None:
-            return await self._append(sender, stream_id, MessageKind.TEXT, content, None, f"r:{ObjectId()}")
+            stream = await self._live_stream(stream_id)
+            await self._admit(sender, stream)
+            return await self._append(sender, stream, MessageKind.TEXT, content, None, f"r:{ObjectId()}")
         if not 1 <= len(client_message_id) <= MAX_CLIENT_MESSAGE_ID_LENGTH:
             raise BadUserInput(
                 f"Validation failed: `clientMessageId` must be 1 to {MAX_CLIENT_MESSAGE_ID_LENGTH} characters",
                 details=[f"clientMessageId: must be 1 to {MAX_CLIENT_MESSAGE_ID_LENGTH} characters"],
             )
         dedup_key = f"c:{sender.id}:{client_message_id}"
-        for _ in range(2):
+        for attempt in range(2):
             existing = await self._find_by_dedup_key(stream_id, dedup_key)
             if existing is not None:
                 if existing.content != content:
@@ -134,9 +143,12 @@ class ChatService:
                         "Resource already exists: this clientMessageId was used for other content"
                     )
                 return existing
+            stream = await self._live_stream(stream_id)
+            if attempt == 0:
+                await self._admit(sender, stream)
             try:
                 return await self._append(
-                    sender, stream_id, MessageKind.TEXT, content, client_message_id, dedup_key
+                    sender, stream, MessageKind.TEXT, content, client_message_id, dedup_key
                 )
             except DuplicateKeyError:
                 continue  # a concurrent retry won the race: read its message
@@ -144,9 +156,10 @@ class ChatService:
 
     async def send_superlike(self, sender: User, stream_id: str) -> ChatMessage:
         """Append the sender's one SUPERLIKE of this stream and count it."""
+        stream = await self._live_stream(stream_id)
         try:
             message = await self._append(
-                sender, stream_id, MessageKind.SUPERLIKE, "", None, f"s:{sender.id}"
+                sender, stream, MessageKind.SUPERLIKE, "", None, f"s:{sender.id}"
             )
         except DuplicateKeyError as exc:
             raise Conflict("Resource already exists: you have already superliked this stream") from exc
@@ -204,6 +217,13 @@ class ChatService:
 
     # -- internals -------------------------------------------------------------------------
 
+    async def _admit(self, sender: User, stream: LiveStream) -> None:
+        """Count a new message against the sender's rate limit; RateLimited when over it."""
+        # The owner moderates their own chat and is never throttled.
+        if not self.rate_limiter.enabled or stream.owner.id == str(sender.id):
+            return
+        await self.rate_limiter.acquire(str(stream.id), str(sender.id))
+
     async def _find_by_dedup_key(self, stream_id: str, dedup_key: str) -> ChatMessage | None:
         return await ChatMessage.find_one({"stream_id": eq(stream_id), "dedup_key": eq(dedup_key)})
 
@@ -216,7 +236,7 @@ class ChatService:
     async def _append(
         self,
         sender: User,
-        stream_id: str,
+        stream: LiveStream,
         kind: MessageKind,
         content: str,
         client_message_id: str | None,
@@ -230,7 +250,7 @@ class ChatService:
         lock per stream keeps this process's writers from colliding; another replica's writes
         show up as a duplicate key, and the writer re-reads the newest number and tries again.
         """
-        await self._live_stream(stream_id)
+        stream_id = str(stream.id)
         async with self._writers.lock(stream_id):
             seq = self._writers.last_seq(stream_id)
             if seq is None:

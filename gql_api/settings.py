@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from strawberry.http.websocket_origin import normalize_allowed_origins
 
 from gql_api.errors import ConfigurationError
 
@@ -25,6 +27,9 @@ class Settings(BaseSettings):
     mongodb_db: str = "gql_api"
     gql_api_data_dir: Path = Path(".gql-api")
     mongodb_server_selection_timeout_ms: int = Field(default=5000, ge=100)
+    # Every database operation, end to end: a server that accepts but never answers (frozen,
+    # or cut off mid-connection) fails the operation after this long instead of hanging it.
+    mongodb_operation_timeout_ms: int = Field(default=5000, ge=100)
 
     jwt_secret: SecretStr | None = None
     jwt_algorithm: Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512"] = "HS256"
@@ -39,6 +44,23 @@ class Settings(BaseSettings):
     ws_max_subscriptions: int = Field(default=100, ge=1)
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
 
+    # GraphQL request limits: every request, over HTTP and websockets, is checked against them.
+    graphql_max_depth: int = Field(default=10, ge=1)
+    graphql_max_aliases: int = Field(default=15, ge=0)
+    graphql_max_tokens: int = Field(default=2000, ge=1)
+    graphql_max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # 0 turns batching (a JSON list of operations in one POST) off.
+    graphql_batch_max_operations: int = Field(default=0, ge=0)
+
+    # Origins whose pages may call the API from a browser (CORS) and open websockets to it.
+    # Empty: none, apart from the API's own origin. Clients without an Origin header (anything
+    # but a browser) are never affected.
+    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # At most this many messages per window per user per stream; 0 turns the limit off.
+    rate_limit_messages: int = Field(default=20, ge=0)
+    rate_limit_window_seconds: int = Field(default=30, ge=1)
+
     @property
     def production(self) -> bool:
         return self.app_env == "production"
@@ -46,6 +68,19 @@ class Settings(BaseSettings):
     @property
     def data_dir(self) -> Path:
         return self.gql_api_data_dir
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _parse_origins(cls, value: object) -> object:
+        """Accept a JSON list or a comma-separated string; normalise as browsers send origins."""
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else text.split(",")
+        if isinstance(value, (list, tuple)):
+            origins = [str(origin).strip() for origin in value if str(origin).strip()]
+            # Strawberry's own check, so the websocket Origin check and CORS agree on every value.
+            return sorted(normalize_allowed_origins(origins))
+        return value
 
     @model_validator(mode="after")
     def _check_keys(self) -> Settings:

@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import socket
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -114,7 +115,9 @@ async def serve(app: Starlette, *, lifespan: str = "on", ready: asyncio.Event | 
     nothing has to poll for the port. With ``ready``, the block starts once it is set, and a
     startup that fails raises instead of hanging.
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP spelled out: asyncio sets TCP_NODELAY only on sockets whose proto says TCP,
+    # and without it every response waits ~40 ms on Nagle's algorithm and delayed ACKs.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     sock.listen(1024)
     host, port = sock.getsockname()
@@ -132,6 +135,12 @@ async def serve(app: Starlette, *, lifespan: str = "on", ready: asyncio.Event | 
         server.should_exit = True
         await task
         sock.close()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -213,7 +222,7 @@ def client_for(server: LiveServer, http: httpx.AsyncClient) -> Callable[[User | 
 
 @dataclass
 class ApiProcess:
-    """A ``gql-api serve`` process, run as a user runs it."""
+    """A ``gql-api serve`` process: another replica, with its own memory and event loop."""
 
     process: asyncio.subprocess.Process
     url: str
@@ -222,37 +231,40 @@ class ApiProcess:
 
 
 @asynccontextmanager
-async def api_process(data_dir: Path, **env: str) -> AsyncIterator[ApiProcess]:
+async def api_process(data_dir: Path, **env: str | None) -> AsyncIterator[ApiProcess]:
     """Run ``gql-api serve`` on a free port with this data dir until the block ends.
 
-    Without ``MONGODB_URI`` in ``env`` it uses (or starts) the data dir's embedded server.
+    ``env`` adds variables (None unsets one). Without ``MONGODB_URI`` it uses (or starts) the
+    data dir's embedded server. Yields once uvicorn is serving; its log is kept in ``output``.
     """
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     environment = {k: v for k, v in os.environ.items() if k not in {"MONGODB_URI", "JWT_SECRET", "APP_ENV"}}
-    environment.update({"GQL_API_DATA_DIR": str(data_dir), **env})
+    environment["GQL_API_DATA_DIR"] = str(data_dir)
+    environment.update(env)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gql_api", "serve", "--port", str(port),
-        env=environment, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={name: value for name, value in environment.items() if value is not None},
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
     output: list[str] = []
-    assert process.stdout is not None
-    while not any("Uvicorn running" in line for line in output[-1:]):
-        line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
-        assert line, "gql-api serve exited:\n" + "".join(output)
-        output.append(line)
+    serving = asyncio.Event()
 
     async def drain() -> None:
-        assert process.stdout is not None
-        async for raw in process.stdout:
-            output.append(raw.decode())
+        # Read to the end, or a full pipe would block the server's logging.
+        async for raw in process.stdout:  # type: ignore[union-attr]
+            line = raw.decode(errors="replace").rstrip()
+            output.append(line)
+            if "Uvicorn running" in line:
+                serving.set()
+        serving.set()
 
-    drainer = asyncio.create_task(drain())
+    reader = asyncio.create_task(drain())
     try:
+        await asyncio.wait_for(serving.wait(), 60)
+        assert process.returncode is None, "\n".join(output)
         yield ApiProcess(process, f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/graphql", output)
     finally:
         if process.returncode is None:
             process.send_signal(signal.SIGINT)
         await asyncio.wait_for(process.wait(), 30)
-        await drainer
+        await reader

@@ -51,3 +51,33 @@ async def test_production_turns_off_graphiql_introspection_and_suggestions(produ
     assert typename == {"data": {"__typename": "Query"}}
     assert "Did you mean" not in typo["errors"][0]["message"]
     assert typo["errors"][0]["extensions"] == {"code": "BAD_USER_INPUT", "statusCode": 400}
+
+
+async def test_production_refuses_every_introspection_field_and_has_no_ide(production):
+    async with httpx.AsyncClient(base_url=production.url) as client:
+        page = await client.get("/graphql", headers={"Accept": "text/html"})
+        type_query = (await client.post("/graphql", json={"query": '{ __type(name: "Query") { name } }'})).json()
+        nested = (await client.post("/graphql", json={"query": "{ me { __typename } __schema { types { name } } }"})).json()
+
+    assert page.status_code == 404
+    assert page.json()["errors"][0]["extensions"] == {"code": "NOT_FOUND", "statusCode": 404}
+    assert type_query["data"] is None and "introspection" in type_query["errors"][0]["message"].lower()
+    assert nested["data"] is None
+    assert {e["extensions"]["code"] for e in nested["errors"]} == {"BAD_USER_INPUT"}
+
+
+async def test_requests_refused_before_any_operation_get_a_graphql_error_body(http):
+    put = await http.put("/graphql", json={"query": "{ __typename }"})
+    garbled = await http.post("/graphql", content=b"{not json", headers={"Content-Type": "application/json"})
+
+    assert put.status_code == 405
+    assert put.json()["errors"][0]["extensions"] == {"code": "METHOD_NOT_ALLOWED", "statusCode": 405}
+    assert garbled.status_code == 400
+    assert garbled.json() == {
+        "errors": [
+            {
+                "message": "Unable to parse request body as JSON",
+                "extensions": {"code": "BAD_USER_INPUT", "statusCode": 400},
+            }
+        ]
+    }

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 from graphql import GraphQLError
-from pymongo.errors import ServerSelectionTimeoutError
+from pymongo.errors import AutoReconnect, ExecutionTimeout, NetworkTimeout, OperationFailure, ServerSelectionTimeoutError
 
 from gql_api.errors import ApiError, BadUserInput, Conflict, Forbidden, NotFound, Unauthenticated, as_api_error
 from gql_api.graphql.schema import build_schema
@@ -38,6 +38,18 @@ def test_a_database_outage_is_service_unavailable(caplog):
     build_schema().process_errors([error])
     assert error.formatted["extensions"] == {"code": "SERVICE_UNAVAILABLE", "statusCode": 503}
     assert "No servers" not in error.formatted["message"]
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [AutoReconnect("connection reset"), NetworkTimeout("timed out"), ExecutionTimeout("operation exceeded time limit", 50)],
+)
+def test_a_lost_or_timed_out_database_call_is_service_unavailable(exc):
+    assert as_api_error(exc).extensions == {"code": "SERVICE_UNAVAILABLE", "statusCode": 503}
+
+
+def test_another_database_error_is_internal():
+    assert as_api_error(OperationFailure("bad query", 2)).code == "INTERNAL_SERVER_ERROR"
 
 
 @pytest.mark.parametrize(

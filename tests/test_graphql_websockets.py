@@ -163,7 +163,7 @@ async def test_sigterm_closes_websockets_with_1001_and_exits_cleanly(tmp_path):
             code = await _closed_with(ws)
         await asyncio.wait_for(api.process.wait(), 30)
     assert code == 1001
-    assert "Traceback" not in "".join(api.output), "".join(api.output)
+    assert "Traceback" not in "\n".join(api.output), "\n".join(api.output)
 
 
 async def _demo_token(api) -> str:

@@ -46,3 +46,33 @@ def test_environment_variables_are_read_by_name(monkeypatch):
     assert settings.mongodb_uri.get_secret_value() == "mongodb://db.example:27017"
     assert "db.example" not in repr(settings)
     assert (settings.mongodb_db, settings.jwt_issuer) == ("chat", "https://issuer.example")
+
+
+@pytest.mark.parametrize(
+    "value",
+    ['https://Chat.example:443, http://localhost:3000', '["https://chat.example", "http://localhost:3000"]'],
+)
+def test_allowed_origins_are_a_comma_separated_or_json_list(monkeypatch, value):
+    monkeypatch.setenv("ALLOWED_ORIGINS", value)
+    # Normalised as browsers send an Origin header, so CORS and the websocket check agree.
+    assert load_settings().allowed_origins == ["http://localhost:3000", "https://chat.example"]
+
+
+def test_allowed_origins_default_to_none_and_refuse_what_is_not_an_origin(monkeypatch):
+    monkeypatch.delenv("ALLOWED_ORIGINS", raising=False)
+    assert load_settings().allowed_origins == []
+    monkeypatch.setenv("ALLOWED_ORIGINS", "https://chat.example/path")
+    with pytest.raises(ConfigurationError, match="allowed_origins"):
+        load_settings()
+
+
+def test_limits_are_read_from_the_environment(monkeypatch):
+    defaults = load_settings()
+    assert (defaults.graphql_max_depth, defaults.graphql_max_aliases, defaults.graphql_max_tokens) == (10, 15, 2000)
+    assert (defaults.graphql_max_body_bytes, defaults.graphql_batch_max_operations) == (65536, 0)
+    assert (defaults.rate_limit_messages, defaults.rate_limit_window_seconds) == (20, 30)
+    monkeypatch.setenv("RATE_LIMIT_MESSAGES", "0")
+    monkeypatch.setenv("RATE_LIMIT_WINDOW_SECONDS", "60")
+    monkeypatch.setenv("GRAPHQL_MAX_DEPTH", "5")
+    settings = load_settings()
+    assert (settings.rate_limit_messages, settings.rate_limit_window_seconds, settings.graphql_max_depth) == (0, 60, 5)

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import strawberry
 from graphql import GraphQLError
 from strawberry.exceptions import MissingQueryError
-from strawberry.extensions import DisableIntrospection
+from strawberry.extensions import (
+    AddValidationRules,
+    DisableIntrospection,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    ParserCache,
+    QueryDepthLimiter,
+    ValidationCache,
+)
 from strawberry.schema.config import StrawberryConfig
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types import Info
@@ -21,6 +31,7 @@ from gql_api.graphql.context import Context
 from gql_api.graphql.fanout import current_sink
 from gql_api.graphql.types import ChatMessage, ChatMessageConnection, LiveStream, User
 from gql_api.pagination import PageRequest
+from gql_api.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +42,8 @@ DATETIME_SCALAR = strawberry.scalar(
     serialize=isoformat_z,
     parse_value=datetime.fromisoformat,
 )
+# Distinct query texts whose parse and validation are remembered (clients send few).
+DOCUMENT_CACHE_SIZE = 1024
 _REQUEST_ERRORS = (CannotGetOperationTypeError, InvalidOperationTypeError, MissingQueryError)
 
 
@@ -142,16 +155,52 @@ def _classify(error: GraphQLError) -> ApiError:
     return as_api_error(original)
 
 
-def build_schema(*, production: bool = False) -> ChatSchema:
-    """The schema; production turns introspection and field suggestions off."""
-    extensions: list[Any] = [DisableIntrospection] if production else []
+class _ParserCache(ParserCache):
+    """Strawberry's parse cache, except that a document which fails to parse is left to
+    Strawberry's own parse step, which reports the syntax error as the request's error (the
+    stock extension raises it out of the operation: over websockets, a silent ``complete``)."""
+
+    def on_parse(self) -> Iterator[None]:
+        context = self.execution_context
+        with contextlib.suppress(GraphQLError):
+            context.graphql_document = self.cached_parse_document(context.query, **context.parse_options)
+        yield
+
+
+def build_schema(settings: Settings | None = None) -> ChatSchema:
+    """The schema with the request limits of ``settings`` (the defaults when None).
+
+    The limits are schema extensions, so they apply to every operation however it arrives:
+    HTTP, and subscriptions over websockets. A request over a limit fails validation
+    (BAD_USER_INPUT) before anything runs. Production also turns introspection and field
+    suggestions off.
+    """
+    # model_construct: the declared defaults, without reading the environment.
+    settings = settings or Settings.model_construct()
+    # The limiters' validation rules are built once and shared: a subscription keeps its
+    # operation's extensions alive for hours, and equal rules let validation results be cached.
+    limit_rules = [
+        *QueryDepthLimiter(max_depth=settings.graphql_max_depth).validation_rules,
+        *MaxAliasesLimiter(max_alias_count=settings.graphql_max_aliases).validation_rules,
+    ]
+    # Factories, not instances: Strawberry builds a fresh extension for each operation.
+    extensions: list[Any] = [
+        partial(MaxTokensLimiter, max_token_count=settings.graphql_max_tokens),
+        partial(_ParserCache, maxsize=DOCUMENT_CACHE_SIZE),
+        partial(AddValidationRules, limit_rules),
+        partial(ValidationCache, maxsize=DOCUMENT_CACHE_SIZE),
+    ]
+    if settings.production:
+        extensions.append(DisableIntrospection)
+    batch = settings.graphql_batch_max_operations
     return ChatSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
         extensions=extensions,
         config=StrawberryConfig(
-            disable_field_suggestions=production,
+            disable_field_suggestions=settings.production,
             scalar_map={datetime: DATETIME_SCALAR},
+            batching_config={"max_operations": batch} if batch else None,
         ),
     )

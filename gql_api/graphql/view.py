@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from cross_web import AsyncHTTPRequestAdapter
+from cross_web import HTTPException as StrawberryHTTPException
+from starlette.datastructures import Headers
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
+from strawberry.http import GraphQLRequestData
 from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
@@ -29,7 +34,16 @@ from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMe
 from strawberry.types.unset import UNSET, UnsetType
 
 from gql_api.auth import Authenticator, token_from_header
-from gql_api.errors import Unauthenticated
+from gql_api.csrf import check_preflighted
+from gql_api.errors import (
+    ApiError,
+    BadUserInput,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Unauthenticated,
+    as_api_error,
+)
 from gql_api.graphql.context import Context
 from gql_api.graphql.fanout import EventRenderer, bind_sink
 from gql_api.service import ChatService
@@ -39,6 +53,53 @@ logger = logging.getLogger(__name__)
 AUTH_REJECTED_CLOSE_CODE = 4403
 PONG_MISSING_CLOSE_CODE = 4499
 GOING_AWAY_CLOSE_CODE = 1001
+
+_STATUS_ERRORS: dict[int, type[ApiError]] = {
+    400: BadUserInput,
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+}
+
+
+def error_response(error: ApiError) -> JSONResponse:
+    """A request-level failure as a GraphQL response body, with the error's HTTP status."""
+    body = {"errors": [{"message": error.message, "extensions": error.extensions}]}
+    return JSONResponse(body, status_code=error.status_code)
+
+
+def _status_error(status_code: int, message: str) -> ApiError:
+    error_class = _STATUS_ERRORS.get(status_code, BadUserInput)
+    return error_class(message or None)
+
+
+def capped_receive(scope: Scope, receive: Receive, max_bytes: int) -> Receive:
+    """``receive`` that raises PayloadTooLarge once the body is (or says it will be) too big.
+
+    Not Starlette's ``RequestBodyLimitMiddleware``: it answers in plain text, and replaces any
+    response once a declared ``Content-Length`` is over the limit, so a GraphQL error body
+    could never be sent.
+    """
+    too_large = PayloadTooLarge(f"Request body too large: at most {max_bytes} bytes")
+    declared = Headers(scope=scope).get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+
+        async def refuse() -> Message:
+            raise too_large  # before reading a byte of it
+
+        return refuse
+    received = 0
+
+    async def counted() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > max_bytes:
+                raise too_large  # a chunked body is cut off as soon as it passes the limit
+        return message
+
+    return counted
 
 
 def _token_from_params(params: dict[str, Any] | None) -> str | None:
@@ -251,17 +312,46 @@ class GraphQLView(GraphQL[Context, None]):
         connection_init_timeout: float = 3.0,
         ping_interval: float = 15.0,
         max_subscriptions: int = 100,
+        max_body_bytes: int = 64 * 1024,
+        allowed_origins: Sequence[str] = (),
     ) -> None:
         super().__init__(
             schema,
             graphql_ide="graphiql" if graphiql else None,
             connection_init_wait_timeout=timedelta(seconds=connection_init_timeout),
             max_subscriptions_per_connection=max_subscriptions,
+            # Websocket handshakes from pages on other origins; the same list CORS uses.
+            allowed_origins=allowed_origins,
         )
         self.renderer = EventRenderer(schema)
         self.connections = Connections(ping_interval)
         self.chat = chat
         self.authenticator = authenticator
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        request = Request(scope, receive=capped_receive(scope, receive, self.max_body_bytes))
+        try:
+            # The whole body, read first under the cap: an oversized one is refused before it
+            # is parsed or anyone is authenticated.
+            await request.body()
+            response = await self.run(request)
+        except ApiError as exc:
+            response = error_response(exc)
+        except StrawberryHTTPException as exc:
+            # Strawberry's own refusals (bad JSON, GET mutation, batching...) as GraphQL errors.
+            response = error_response(_status_error(exc.status_code, exc.reason))
+        await response(scope, receive, send)
+
+    async def parse_http_body(
+        self, request: AsyncHTTPRequestAdapter
+    ) -> GraphQLRequestData | list[GraphQLRequestData]:
+        # Only operations are checked: GraphiQL's page (a plain GET) is rendered before this.
+        check_preflighted(request.headers)
+        return await super().parse_http_body(request)
 
     async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> Context:
         context = Context(request=request, response=response, chat=self.chat, renderer=self.renderer)
@@ -269,8 +359,16 @@ class GraphQLView(GraphQL[Context, None]):
             token = token_from_header(request.headers.get("authorization"))
             try:
                 context.authenticated_user = await self.authenticator.authenticate(token)
-            except Unauthenticated as exc:
+            except ApiError as exc:
                 context.auth_error = exc
+            except Exception as exc:  # noqa: BLE001 - becomes the operation's error, below
+                # A database outage while looking the user up is SERVICE_UNAVAILABLE, not
+                # UNAUTHENTICATED nor a crash: the resolvers raise it through `context.user`.
+                context.auth_error = as_api_error(exc)
+                if context.auth_error.status_code == 500:
+                    logger.error("Unexpected error while authenticating", exc_info=exc)
+                else:
+                    logger.warning("%s while authenticating: %r", context.auth_error.code, exc)
         return context
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:

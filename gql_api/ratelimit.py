@@ -1,0 +1,91 @@
+"""The per-user message rate limit, kept in MongoDB so that every API replica shares it.
+
+A sliding log: for each (stream, user) one document holds the send times of the user's latest
+``limit`` messages. A message is admitted while fewer than ``limit`` of them fall inside the
+last ``window`` seconds, so no span of ``window`` seconds ever holds more than ``limit``
+messages (a fixed-window counter lets twice the limit through across a window boundary).
+
+Written here rather than taken from the ``limits`` package: its MongoDB storage talks through
+Motor (this app uses pymongo's own async client) and updates with aggregation pipelines
+(``$$NOW``, ``$cond``), which nx-27017 does not implement. The embedded server also rejects
+``$not`` and cannot match array positions (``sent_at_ms.19``), so the log is written by
+compare-and-swap on a version number, which both servers do atomically. Times come from each
+replica's clock: replicas need synchronised clocks (NTP), as any shared window does.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from gql_api.compat import eq
+from gql_api.documents import ChatRateWindow
+from gql_api.errors import RateLimited
+
+logger = logging.getLogger(__name__)
+
+
+class MessageRateLimiter:
+    """At most ``limit`` messages per ``window_seconds`` per user per stream; ``limit=0`` is off."""
+
+    def __init__(self, limit: int, window_seconds: int, *, clock: Callable[[], float] = time.time) -> None:
+        self.limit = limit
+        self.window_seconds = window_seconds
+        self._clock = clock
+
+    @property
+    def enabled(self) -> bool:
+        return self.limit > 0
+
+    async def acquire(self, stream_id: str, user_id: str) -> None:
+        """Count one message of ``user_id`` in ``stream_id``; RateLimited when over the limit."""
+        if not self.enabled:
+            return
+        collection = ChatRateWindow.get_pymongo_collection()
+        key = f"{stream_id}:{user_id}"
+        window_ms = self.window_seconds * 1000
+        # Each lost swap means another message of this same user took a slot, so within
+        # `limit` rounds the log is full and the read below refuses.
+        for _ in range(self.limit + 1):
+            now_ms = int(self._clock() * 1000)
+            raw = await collection.find_one({"_id": eq(key)})
+            recent = sorted(
+                (t for t in (raw or {}).get("sent_at_ms", []) if t > now_ms - window_ms), reverse=True
+            )
+            if len(recent) >= self.limit:
+                raise self._refusal(recent[self.limit - 1] + window_ms - now_ms)
+            log = [now_ms, *recent]
+            if raw is None:
+                try:
+                    await collection.insert_one(
+                        {"_id": key, "stream_id": stream_id, "sent_at_ms": log, "version": 1}
+                    )
+                except DuplicateKeyError:
+                    continue  # the user's concurrent message created it first
+                return
+            result = await collection.update_one(
+                {"_id": eq(key), "version": eq(raw["version"])},
+                {"$set": {"sent_at_ms": log, "version": raw["version"] + 1}},
+            )
+            if result.matched_count:
+                return
+        raise self._refusal(1000)  # pragma: no cover - only a flood of parallel sends gets here
+
+    async def forget(self, stream_id: str) -> None:
+        """Drop a stream's counters (it has ended, so no one can send to it any more)."""
+        try:
+            await ChatRateWindow.get_pymongo_collection().delete_many({"stream_id": eq(stream_id)})
+        except PyMongoError as exc:  # leftovers are harmless: the stream takes no more messages
+            logger.warning("Could not drop the rate counters of stream %s: %r", stream_id, exc)
+
+    def _refusal(self, wait_ms: int) -> RateLimited:
+        retry_after = max(1, math.ceil(wait_ms / 1000))
+        return RateLimited(
+            f"Rate limit exceeded: at most {self.limit} messages per {self.window_seconds} seconds "
+            f"in a stream; try again in {retry_after} s",
+            retry_after=retry_after,
+        )

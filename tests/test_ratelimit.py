@@ -1,0 +1,146 @@
+"""The per-user rate limit: 20 messages per 30 seconds per user per stream, shared by every replica."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from gql_api.app import create_app
+from gql_api.errors import RateLimited
+from gql_api.ratelimit import MessageRateLimiter
+from tests.conftest import TEST_SECRET, GraphQLClient, LiveServer, api_process, serve
+
+SEND = """
+mutation($s: ID!, $c: String!, $id: String) {
+  sendChatMessage(streamId: $s, content: $c, clientMessageId: $id) { id content }
+}
+"""
+HISTORY = "query($s: ID!) { chatMessages(streamId: $s, last: 100) { edges { node { content } } } }"
+
+
+async def _send_ok(client: GraphQLClient, stream_id: str, count: int, prefix: str = "m") -> None:
+    for n in range(count):
+        await client.data(SEND, {"s": stream_id, "c": f"{prefix}{n}"})
+
+
+def _assert_rate_limited(error: dict) -> int:
+    assert error["extensions"]["code"] == "RATE_LIMITED"
+    assert error["extensions"]["statusCode"] == 429
+    retry_after = error["extensions"]["retryAfter"]
+    assert isinstance(retry_after, int) and 1 <= retry_after <= 30
+    assert "at most 20 messages per 30 seconds" in error["message"]
+    return retry_after
+
+
+async def test_the_21st_message_in_the_window_is_refused_and_others_keep_sending(
+    make_user, make_stream, client_for
+):
+    spammer, other = await make_user(), await make_user()
+    stream, elsewhere = await make_stream(), await make_stream()
+    client = client_for(spammer)
+    await _send_ok(client, str(stream.id), 20)
+
+    error = await client.error(SEND, {"s": str(stream.id), "c": "one too many"})
+
+    _assert_rate_limited(error)
+    await client_for(other).data(SEND, {"s": str(stream.id), "c": "someone else"})
+    await client.data(SEND, {"s": str(elsewhere.id), "c": "another stream"})  # per stream
+    history = await client_for(other).data(HISTORY, {"s": str(stream.id)})
+    contents = [edge["node"]["content"] for edge in history["chatMessages"]["edges"]]
+    assert contents == [f"m{n}" for n in range(20)] + ["someone else"]
+
+
+async def test_the_streams_owner_is_exempt(make_user, make_stream, client_for):
+    owner = await make_user()
+    stream = await make_stream(owner=owner)
+    await _send_ok(client_for(owner), str(stream.id), 25)
+
+
+async def test_a_retry_with_the_same_client_message_id_does_not_count(make_user, make_stream, client_for):
+    client = client_for(await make_user())
+    stream_id = str((await make_stream()).id)
+    await _send_ok(client, stream_id, 19)
+    first = await client.data(SEND, {"s": stream_id, "c": "last", "id": "c-last"})
+
+    # The window is full, yet a retry of an acknowledged message still gets its original back.
+    again = await client.data(SEND, {"s": stream_id, "c": "last", "id": "c-last"})
+    refused = await client.error(SEND, {"s": stream_id, "c": "new", "id": "c-new"})
+
+    assert again == first
+    _assert_rate_limited(refused)
+
+
+@pytest.fixture(scope="module")
+async def unlimited(server, make_settings) -> AsyncIterator[LiveServer]:
+    """RATE_LIMIT_MESSAGES=0. Lifespan off: it runs on the session app's Beanie binding."""
+    async with serve(create_app(make_settings(rate_limit_messages=0)), lifespan="off") as live:
+        yield live
+
+
+async def test_zero_turns_the_limit_off(unlimited, make_user, make_stream):
+    user = await make_user()
+    stream_id = str((await make_stream()).id)
+    async with httpx.AsyncClient(base_url=unlimited.url) as http:
+        await _send_ok(GraphQLClient(http, unlimited.token(user)), stream_id, 25)
+
+
+async def test_the_window_slides(server, make_user, make_stream):
+    """No span of `window` seconds holds more than `limit` messages, across any boundary."""
+    now = [1_000_000.0]
+    limiter = MessageRateLimiter(3, 30, clock=lambda: now[0])
+    stream_id, user_id = str((await make_stream()).id), str((await make_user()).id)
+    for t in (0, 10, 20):
+        now[0] = 1_000_000 + t
+        await limiter.acquire(stream_id, user_id)
+
+    now[0] = 1_000_025
+    with pytest.raises(RateLimited) as full:
+        await limiter.acquire(stream_id, user_id)
+    now[0] = 1_000_030.001  # the message at 0 has left the window
+    await limiter.acquire(stream_id, user_id)
+    now[0] = 1_000_031
+    with pytest.raises(RateLimited) as again:
+        await limiter.acquire(stream_id, user_id)
+
+    assert full.value.retry_after == 5  # when the message sent at 0 leaves the window
+    assert again.value.retry_after == 9  # when the one sent at 10 does
+    assert again.value.extensions == {"code": "RATE_LIMITED", "statusCode": 429, "retryAfter": 9}
+
+
+async def test_concurrent_sends_admit_exactly_the_limit(server, make_user, make_stream):
+    limiter = MessageRateLimiter(20, 30)
+    stream_id, user_id = str((await make_stream()).id), str((await make_user()).id)
+
+    results = await asyncio.gather(
+        *(limiter.acquire(stream_id, user_id) for _ in range(30)), return_exceptions=True
+    )
+
+    assert results.count(None) == 20
+    assert all(isinstance(r, RateLimited) for r in results if r is not None)
+
+
+async def test_the_limit_holds_across_replicas(server, make_user, make_stream, client_for, tmp_path):
+    """A second `gql-api serve` process on the same database shares the counters."""
+    settings = server.app.state.settings
+    assert settings.mongodb_uri is not None
+    user = await make_user()
+    stream_id = str((await make_stream()).id)
+    here = client_for(user)
+    await _send_ok(here, stream_id, 10, prefix="a")
+
+    async with api_process(
+        tmp_path,
+        MONGODB_URI=settings.mongodb_uri.get_secret_value(),
+        MONGODB_DB=settings.mongodb_db,
+        JWT_SECRET=TEST_SECRET,
+    ) as replica, httpx.AsyncClient(base_url=replica.url, timeout=10) as http:
+        there = GraphQLClient(http, server.token(user))
+        await _send_ok(there, stream_id, 10, prefix="b")
+        refused_there = await there.error(SEND, {"s": stream_id, "c": "21st"})
+        refused_here = await here.error(SEND, {"s": stream_id, "c": "22nd"})
+
+    _assert_rate_limited(refused_there)
+    _assert_rate_limited(refused_here)
