@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
 
 from gql_api.documents import utcnow
-from gql_api.errors import ApiError, BadUserInput, as_api_error
+from gql_api.errors import ApiError, BadUserInput, PayloadTooLarge, RateLimited, as_api_error
 from gql_api.rest.models import ErrorEnvelope
 
 logger = logging.getLogger(__name__)
@@ -21,10 +21,7 @@ logger = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024
 
 
-class PayloadTooLarge(ApiError):
-    code = "PAYLOAD_TOO_LARGE"
-    status_code = 413
-    default_message = f"Request body too large: the limit is {MAX_BODY_BYTES} bytes (64 KiB)"
+_TOO_LARGE = f"Request body too large: the limit is {MAX_BODY_BYTES} bytes (64 KiB)"
 
 
 _HTTP_MESSAGES = {404: "Resource not found", 405: "Method not allowed"}
@@ -51,7 +48,8 @@ def error_response(exc: BaseException, where: str = "a REST request") -> JSONRes
     errors = [error.default_message]
     specifics = error.details or [error.message.removeprefix(f"{error.default_message}: ")]
     errors += [text for text in specifics if text != error.default_message]
-    return _envelope(error.status_code, errors)
+    headers = {"Retry-After": str(error.retry_after)} if isinstance(error, RateLimited) else None
+    return _envelope(error.status_code, errors, headers)
 
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -89,7 +87,7 @@ async def read_body(request: Request) -> bytes:
     async for chunk in request.stream():
         size += len(chunk)
         if size > MAX_BODY_BYTES:
-            raise PayloadTooLarge()
+            raise PayloadTooLarge(_TOO_LARGE)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -105,7 +103,7 @@ class RestEdge:
             await self.app(scope, receive, send)
             return
         if (_content_length(scope) or 0) > MAX_BODY_BYTES:
-            await error_response(PayloadTooLarge())(scope, receive, send)
+            await error_response(PayloadTooLarge(_TOO_LARGE))(scope, receive, send)
             return
         started = False
 
