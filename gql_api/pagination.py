@@ -29,7 +29,8 @@ def decode_cursor(cursor: str, *, argument: str = "cursor") -> int:
         if not text.startswith(_CURSOR_PREFIX):
             raise ValueError(text)
         seq = int(text.removeprefix(_CURSOR_PREFIX))
-        if seq < 0 or str(seq) != text.removeprefix(_CURSOR_PREFIX):
+        # MongoDB integers are 64-bit: a larger number cannot name a message.
+        if not 0 <= seq < 2**63 or str(seq) != text.removeprefix(_CURSOR_PREFIX):
             raise ValueError(text)
     except (ValueError, UnicodeError, binascii.Error) as exc:
         raise BadUserInput(f"Validation failed: `{argument}` is not a valid cursor") from exc

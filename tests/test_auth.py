@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -10,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import jwt
 import pytest
+import websockets
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import SecretStr
@@ -138,3 +140,17 @@ def test_leeway_is_a_few_seconds_only(make_settings):
     assert authenticator.verify(just_expired).user_id == "64d15f9e2e6c8f4d5a123456"
     with pytest.raises(Unauthenticated, match="expired"):
         authenticator.verify(long_expired)
+
+
+async def test_every_bad_token_is_refused_over_websockets_and_rest(server, make_user, make_stream, http):
+    user, stream = await make_user(), await make_stream()
+    for name, token in _bad_tokens(str(user.id)).items():
+        headers = {"Authorization": token} if token is not None else {}
+        rest = await http.get(f"/api/v1/live-stream/{stream.id}/chat/messages", headers=headers)
+        assert rest.status_code == 401 and rest.json()["errors"][0] == "Authentication required", name
+
+        async with websockets.connect(server.ws_url, subprotocols=["graphql-transport-ws"]) as ws:
+            await ws.send(json.dumps({"type": "connection_init", "payload": headers}))
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 10)
+        assert closed.value.rcvd.code == 4403, name

@@ -19,6 +19,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
+import websockets
 
 from gql_api.embedded import EmbeddedMongo
 from tests.conftest import TEST_SECRET, api_process
@@ -89,6 +91,12 @@ async def test_an_outage_is_503_within_the_timeout_and_the_same_process_recovers
                 me, timings[f"{phase}: me"] = await graphql(ME)
                 ready, timings[f"{phase}: readyz"] = await _timed(http, "GET", "/readyz")
                 health = await http.get("/healthz")
+                async with websockets.connect(api.ws_url, subprotocols=["graphql-transport-ws"]) as ws:
+                    await ws.send(json.dumps({"type": "connection_init", "payload": auth}))
+                    with pytest.raises(websockets.ConnectionClosed) as closed:
+                        await asyncio.wait_for(ws.recv(), 30)
+                # Authentication could not reach the database: "try again later", not 4403.
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
 
                 unavailable = {"code": "SERVICE_UNAVAILABLE", "statusCode": 503}
                 assert send["data"] is None and send["errors"][0]["extensions"] == unavailable

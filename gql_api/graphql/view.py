@@ -53,6 +53,7 @@ logger = logging.getLogger(__name__)
 AUTH_REJECTED_CLOSE_CODE = 4403
 PONG_MISSING_CLOSE_CODE = 4499
 GOING_AWAY_CLOSE_CODE = 1001
+TRY_AGAIN_LATER_CLOSE_CODE = 1013
 
 _STATUS_ERRORS: dict[int, type[ApiError]] = {
     400: BadUserInput,
@@ -162,6 +163,13 @@ class _Supervised:
     def ping(self) -> None:
         """One keep-alive round; only graphql-transport-ws has pings with answers."""
 
+    async def init_failed(self, exc: Exception) -> None:
+        """``connection_init`` failed, not for the client's fault (the database is down):
+        close with 1013, "try again later", rather than 4403 or a crash."""
+        error = as_api_error(exc)
+        logger.warning("Websocket connection refused: %s (%r)", error.code, exc)
+        await self.close(TRY_AGAIN_LATER_CLOSE_CODE, error.message[:120])
+
 
 class GraphQLTransportWSHandler(_Supervised, BaseGraphQLTransportWSHandler[Context, None]):
     """graphql-transport-ws: supervised, with each subscription bound to its socket for
@@ -173,7 +181,11 @@ class GraphQLTransportWSHandler(_Supervised, BaseGraphQLTransportWSHandler[Conte
         await self.supervised(super().handle)
 
     async def handle_connection_init(self, message: Any) -> None:
-        await super().handle_connection_init(message)
+        try:
+            await super().handle_connection_init(message)
+        except Exception as exc:
+            await self.init_failed(exc)
+            return
         if self.connection_acknowledged:
             self.watch_expiry()
 
@@ -226,6 +238,9 @@ class LegacyGraphQLWSHandler(_Supervised, BaseGraphQLWSHandler[Context, None]):
         except ConnectionRejectionError as exc:
             await self.send_message({"type": "connection_error", "payload": exc.payload})
             await self.websocket.close(code=AUTH_REJECTED_CLOSE_CODE, reason="Forbidden")
+            return
+        except Exception as exc:
+            await self.init_failed(exc)
             return
         if isinstance(ack_payload, UnsetType) or ack_payload is None:
             await self.send_message({"type": "connection_ack"})
