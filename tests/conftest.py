@@ -108,20 +108,31 @@ def app_with_ready(settings: Settings, **kwargs: Any) -> tuple[Starlette, asynci
 
 
 @asynccontextmanager
-async def serve(app: Starlette, *, lifespan: str = "on", ready: asyncio.Event | None = None) -> AsyncIterator[LiveServer]:
+async def serve(
+    app: Starlette,
+    *,
+    lifespan: str = "on",
+    ready: asyncio.Event | None = None,
+    send_buffer: int | None = None,
+    **uvicorn_options: Any,
+) -> AsyncIterator[LiveServer]:
     """Serve ``app`` with uvicorn on a free loopback port until the block ends.
 
     The socket listens before uvicorn starts, so connections made at once wait in the backlog;
     nothing has to poll for the port. With ``ready``, the block starts once it is set, and a
-    startup that fails raises instead of hanging.
+    startup that fails raises instead of hanging. ``send_buffer`` fixes the kernel's send
+    buffer of every accepted connection (they inherit it), so a client that stops reading
+    backs the server up after kilobytes rather than megabytes.
     """
     # IPPROTO_TCP spelled out: asyncio sets TCP_NODELAY only on sockets whose proto says TCP,
     # and without it every response waits ~40 ms on Nagle's algorithm and delayed ACKs.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    if send_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
     sock.bind(("127.0.0.1", 0))
     sock.listen(1024)
     host, port = sock.getsockname()
-    server = uvicorn.Server(uvicorn.Config(app, lifespan=lifespan, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, lifespan=lifespan, log_level="warning", **uvicorn_options))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         if ready is not None:

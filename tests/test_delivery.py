@@ -6,17 +6,19 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import websockets
 from gql import Client, GraphQLRequest
 from gql.transport.websockets import WebsocketsTransport
 
 from gql_api.embedded import EmbeddedMongo
 from gql_api.pagination import decode_cursor, encode_cursor
-from tests.conftest import api_process
+from tests.conftest import api_process, app_with_ready, serve
 
 MESSAGE_ADDED = """
 subscription Live($s: ID!, $after: String) {
@@ -181,3 +183,77 @@ async def test_after_replays_stored_messages_then_live_ones_without_gap_under_co
 
     for seqs, after in results:
         assert seqs == list(range(after + 1, total + 1))
+
+
+async def test_a_slow_subscriber_is_closed_with_subscriber_too_slow_while_a_fast_one_gets_everything(
+    server, make_settings, make_user, make_stream
+):
+    settings = make_settings(subscriber_queue_size=5, ws_ping_interval_seconds=600)
+    app, ready = app_with_ready(settings, database=server.app.state.database)
+    # uvicorn's own websocket pings would close the silent client first; this is about the hub.
+    async with serve(app, ready=ready, send_buffer=8192, ws_ping_interval=None) as live:
+        owner = await make_user()  # exempt from the rate limit: it can send a burst
+        stream = await make_stream(owner)
+        token = live.token(owner)
+        query = {"query": "subscription($s: ID!) { messageAdded(streamId: $s) { content } }", "variables": {"s": str(stream.id)}}
+
+        async def open_subscription(**options: Any):
+            ws = await websockets.connect(live.ws_url, subprotocols=["graphql-transport-ws"], **options)
+            await ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": token}}))
+            assert json.loads(await ws.recv())["type"] == "connection_ack"
+            await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": query}))
+            return ws
+
+        # The slow one never reads: a tiny receive buffer, and its client library stops reading
+        # from the socket after one unread message, so the server's writes back up.
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", int(live.url.rsplit(":", 1)[1])))
+        slow = await open_subscription(sock=sock, max_queue=1)
+        fast = await open_subscription()
+        await live.app.state.hub.wait_for_subscribers(str(stream.id), 2)
+
+        received: list[str] = []
+        progress = asyncio.Condition()
+
+        async def read_fast() -> None:
+            while True:
+                frame = json.loads(await fast.recv())
+                if frame["type"] == "ping":
+                    await fast.send(json.dumps({"type": "pong"}))
+                    continue
+                assert frame["type"] == "next", frame
+                async with progress:
+                    received.append(frame["payload"]["data"]["messageAdded"]["content"])
+                    progress.notify_all()
+
+        reader = asyncio.create_task(read_fast())
+        sent = 0
+        overflowed = asyncio.create_task(live.app.state.hub.wait_for_subscribers(str(stream.id), 1))
+        while not overflowed.done():  # until the hub has dropped the slow one
+            await live.chat.send_message(owner, str(stream.id), f"{sent:05d}" + "x" * 490)
+            sent += 1
+            assert sent < 20_000, "the slow subscriber was never dropped"
+        for _ in range(3):  # the fast one goes on receiving after the slow one is gone
+            await live.chat.send_message(owner, str(stream.id), f"{sent:05d}" + "x" * 490)
+            sent += 1
+        async with progress:
+            await asyncio.wait_for(progress.wait_for(lambda: len(received) >= sent or reader.done()), 60)
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        await fast.close()
+
+        frames = []
+        while True:  # now the slow one reads: some messages, then the error
+            frame = json.loads(await asyncio.wait_for(slow.recv(), 30))
+            if frame["type"] == "ping":
+                continue
+            frames.append(frame)
+            if frame["type"] in {"error", "complete"} or frame["payload"].get("errors"):
+                break
+        await slow.close()
+
+    assert [int(c[:5]) for c in received] == list(range(sent))
+    errors = frames[-1]["payload"] if frames[-1]["type"] == "error" else frames[-1]["payload"]["errors"]
+    assert errors[0]["extensions"] == {"code": "SUBSCRIBER_TOO_SLOW", "statusCode": 503}
+    assert len(frames) - 1 < sent, (len(frames), sent)

@@ -21,6 +21,7 @@ from strawberry.extensions import (
     QueryDepthLimiter,
     ValidationCache,
 )
+from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.schema.config import StrawberryConfig
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types import Info
@@ -126,8 +127,11 @@ class Subscription:
                 yield ChatMessage.from_document(message)
             return
         renderer = info.context.renderer
-        async for message in messages:
-            await sink.send(renderer.render(sink.key, info, message))
+        try:
+            async for message in messages:
+                await sink.send(renderer.render(sink.key, info, message))
+        except WebSocketDisconnected:
+            return  # the client went away mid-send: nothing to report to anyone
 
 
 class ChatSchema(strawberry.Schema):

@@ -115,7 +115,7 @@ def _text_sender(websocket: Any) -> Callable[[str], Awaitable[None]]:
     async def send_text(text: str) -> None:
         try:
             await websocket.ws.send_text(text)
-        except WebSocketDisconnect as exc:
+        except (WebSocketDisconnect, OSError, RuntimeError) as exc:  # the peer is gone
             raise WebSocketDisconnected from exc
 
     return send_text
