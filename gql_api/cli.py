@@ -23,6 +23,7 @@ from gql_api.database import open_database
 from gql_api.demo import database_is_empty, ensure_demo_data
 from gql_api.errors import ApiError, ConfigurationError
 from gql_api.graphql.schema import build_schema
+from gql_api.graphql.websockets import GOING_AWAY_CLOSE_CODE
 from gql_api.hub import MessageHub
 from gql_api.service import ChatService
 from gql_api.settings import Settings, load_settings
@@ -47,7 +48,7 @@ class GracefulServer(uvicorn.Server):
         self._app = app
 
     async def shutdown(self, sockets: Any = None) -> None:
-        await self._app.state.graphql.connections.close_all(1001, "Server shutting down")
+        await self._app.state.graphql.connections.close_all(GOING_AWAY_CLOSE_CODE, "Server shutting down")
         await super().shutdown(sockets)
 
 

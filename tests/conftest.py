@@ -12,7 +12,6 @@ import os
 import signal
 import sys
 import socket
-import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import httpx
-import pytest
 
 from gql_api.cli import schema_sdl
 
