@@ -212,8 +212,12 @@ class ChatService:
                     yield message
             if ended:
                 return
+            # A cursor ahead of what this process has delivered (a message stored, not yet seen
+            # on the change stream): the live messages up to it were asked to be skipped.
+            skip_through = after_seq if after_seq is not None else 0
             async for message in subscriber:
-                yield message
+                if message.seq > skip_through:
+                    yield message
 
     # -- internals -------------------------------------------------------------------------
 

@@ -8,6 +8,8 @@ import pytest
 
 from gql_api.errors import SubscriberTooSlow
 from gql_api.hub import MessageHub
+from gql_api.pagination import encode_cursor
+from gql_api.service import ChatService
 
 
 async def _stored(server, make_user, stream, count: int):
@@ -75,3 +77,28 @@ async def test_leaving_the_block_unsubscribes_even_when_cancelled(make_stream):
     task.cancel()
     await hub.wait_for_subscribers(str(stream.id), 0)
     assert hub.subscriber_count() == 0
+
+
+async def test_a_cursor_ahead_of_the_live_feed_skips_what_it_already_covers(server, make_user, make_stream):
+    """A client resumes from a message the hub has not delivered yet: nothing at or before it comes."""
+    owner = await make_user()
+    stream = await make_stream(owner)
+    hub = MessageHub()  # fed by hand: the change stream has not caught up with the writes yet
+    chat = ChatService(hub)
+    received: list[int] = []
+    async with hub.subscribe(str(stream.id)):  # the group exists and has delivered nothing
+        messages = await _stored(server, make_user, stream, 4)
+        after = encode_cursor(messages[1].seq)
+
+        async def consume() -> None:
+            async for message in chat.subscribe(str(stream.id), after):
+                received.append(message.seq)
+
+        task = asyncio.create_task(consume())
+        await hub.wait_for_subscribers(str(stream.id), 2)
+        for message in messages:
+            await hub.deliver(message)
+        await hub.end_stream(str(stream.id))
+        await asyncio.wait_for(task, 10)
+
+    assert received == [m.seq for m in messages[2:]]
