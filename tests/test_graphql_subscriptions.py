@@ -162,3 +162,19 @@ async def test_each_message_is_executed_once_per_distinct_operation_whatever_the
     assert renderer.executions - before == 2  # one per distinct operation, not per subscriber
     assert results[:4] == [{"id": str(sent.id), "content": "to everyone"}] * 4
     assert all(r["id"] == str(sent.id) and r["sender"] == {"username": sender.username} for r in results[4:])
+
+
+async def test_rendering_many_messages_keeps_nothing_per_message(server, make_user, make_stream):
+    """The soak found every rendered event kept alive by graphql-core's per-executor memo."""
+    stream = await make_stream()
+    sender = await make_user()
+    renderer = server.app.state.graphql.renderer
+    async with Client(transport=_transport(server, server.token(sender), "graphql-transport-ws")) as session:
+        task = asyncio.create_task(_collect(session, str(stream.id), 15))
+        await server.app.state.hub.wait_for_subscribers(str(stream.id), 1)
+        for n in range(15):
+            await server.chat.send_message(sender, str(stream.id), f"m{n}")
+        assert len(await asyncio.wait_for(task, 10)) == 15
+
+    memos = [len(executor._relevant_sub_fields) for executor in renderer._executors.values()]
+    assert memos and max(memos) == 0, memos
