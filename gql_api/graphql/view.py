@@ -10,10 +10,9 @@ from typing import Any
 
 from cross_web import AsyncHTTPRequestAdapter
 from cross_web import HTTPException as StrawberryHTTPException
-from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
@@ -21,6 +20,7 @@ from strawberry.http import GraphQLRequestData
 from strawberry.types.unset import UNSET, UnsetType
 
 from gql_api.auth import Authenticator, token_from_header
+from gql_api.bodylimit import capped_receive
 from gql_api.csrf import check_preflighted
 from gql_api.errors import (
     ApiError,
@@ -56,35 +56,6 @@ def error_response(error: ApiError) -> JSONResponse:
 def _status_error(status_code: int, message: str) -> ApiError:
     error_class = _STATUS_ERRORS.get(status_code, BadUserInput)
     return error_class(message or None)
-
-
-def capped_receive(scope: Scope, receive: Receive, max_bytes: int) -> Receive:
-    """``receive`` that raises PayloadTooLarge once the body is (or says it will be) too big.
-
-    Not Starlette's ``RequestBodyLimitMiddleware``: it answers in plain text, and replaces any
-    response once a declared ``Content-Length`` is over the limit, so a GraphQL error body
-    could never be sent.
-    """
-    too_large = PayloadTooLarge(f"Request body too large: at most {max_bytes} bytes")
-    declared = Headers(scope=scope).get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
-
-        async def refuse() -> Message:
-            raise too_large  # before reading a byte of it
-
-        return refuse
-    received = 0
-
-    async def counted() -> Message:
-        nonlocal received
-        message = await receive()
-        if message["type"] == "http.request":
-            received += len(message.get("body", b""))
-            if received > max_bytes:
-                raise too_large  # a chunked body is cut off as soon as it passes the limit
-        return message
-
-    return counted
 
 
 def _token_from_params(params: dict[str, Any] | None) -> str | None:
@@ -132,7 +103,8 @@ class GraphQLView(GraphQL[Context, None]):
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
-        request = Request(scope, receive=capped_receive(scope, receive, self.max_body_bytes))
+        too_large = PayloadTooLarge(f"Request body too large: at most {self.max_body_bytes} bytes")
+        request = Request(scope, receive=capped_receive(scope, receive, self.max_body_bytes, too_large))
         try:
             # The whole body, read first under the cap: an oversized one is refused before it
             # is parsed or anyone is authenticated.

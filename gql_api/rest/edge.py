@@ -7,11 +7,11 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
 
+from gql_api.bodylimit import capped_receive, declared_length
 from gql_api.documents import utcnow
 from gql_api.errors import ApiError, BadUserInput, PayloadTooLarge, RateLimited, as_api_error
 from gql_api.rest.models import ErrorEnvelope
@@ -67,31 +67,6 @@ def validate(model: type[ModelT], where: str, *, json: bytes | None = None, data
         raise BadUserInput(details=details) from exc
 
 
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope.get("headers", ()):
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
-
-
-async def read_body(request: Request) -> bytes:
-    """The request body, read with a cap: PayloadTooLarge past MAX_BODY_BYTES.
-
-    (A too-large Content-Length was already refused by ``RestEdge``; this catches chunked bodies
-    and clients whose Content-Length understates the body.)
-    """
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise PayloadTooLarge(_TOO_LARGE)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 class RestEdge:
     """Around every route under /api/v1: oversized bodies refused early, every failure enveloped."""
 
@@ -102,9 +77,11 @@ class RestEdge:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if (_content_length(scope) or 0) > MAX_BODY_BYTES:
-            await error_response(PayloadTooLarge(_TOO_LARGE))(scope, receive, send)
+        too_large = PayloadTooLarge(_TOO_LARGE)
+        if (declared_length(scope) or 0) > MAX_BODY_BYTES:  # also for routes that read no body
+            await error_response(too_large)(scope, receive, send)
             return
+        receive = capped_receive(scope, receive, MAX_BODY_BYTES, too_large)
         started = False
 
         async def tracking_send(message: AsgiMessage) -> None:

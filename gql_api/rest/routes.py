@@ -15,7 +15,7 @@ from gql_api import documents
 from gql_api.auth import Authenticator, token_from_header
 from gql_api.errors import BadUserInput
 from gql_api.pagination import PageRequest, decode_cursor, encode_cursor
-from gql_api.rest.edge import RestEdge, error_response, read_body, validate
+from gql_api.rest.edge import RestEdge, error_response, validate
 from gql_api.rest.models import HistoryQuery, Message, MessagePage, SendMessageRequest
 from gql_api.rest.openapi import API_PREFIX, openapi_document
 from gql_api.service import ChatService
@@ -36,7 +36,7 @@ class RestApi:
 
     async def send_message(self, request: Request) -> Response:
         user = await self._user(request)
-        body = validate(SendMessageRequest, "body", json=await read_body(request))
+        body = validate(SendMessageRequest, "body", json=await request.body())
         message = await self.chat.send_message(
             user, request.path_params["streamId"], body.content, body.client_message_id
         )
