@@ -2,30 +2,47 @@
 
 Strawberry executes a subscription's selection set, builds a message and encodes it as JSON for
 each subscriber and each event. With thousands of viewers on one stream that is thousands of
-identical executions per chat message. Instead, the websocket handlers bind a ``LiveSink`` to
-each subscription's task; the ``messageAdded`` resolver then renders each message through the
-``EventRenderer`` (one execution and one encoding per distinct operation, variables and message)
-and writes the finished frame to the socket itself. Validation, limits, authentication and
-errors still go through Strawberry as usual.
+identical executions per chat message. This module does it once per distinct operation:
+
+1. The websocket handlers (``websockets.py``) call :func:`bind_sink` when a subscription starts:
+   its task then knows its socket, its operation id and the frame type of its subprotocol.
+2. A subscription resolver hands its events to :func:`fan_out` and yields what it yields::
+
+       async for item in fan_out(
+           info, events, renderer=..., to_graphql=ChatMessage.from_document, identity=...
+       ):
+           yield item
+
+   Over our websocket handlers ``fan_out`` renders each event through the shared
+   :class:`EventRenderer` (one execution and one JSON encoding per distinct operation, variables
+   and event), writes the finished frame to the socket itself and yields nothing. Anywhere else
+   (HTTP multipart subscriptions, ``schema.subscribe`` in tests) it yields each event converted
+   by ``to_graphql`` and Strawberry renders it as usual.
+
+Validation, limits, authentication and errors still go through Strawberry. The renderer relies on
+graphql-core and Strawberry internals (``Executor.build``, ``build_per_event_executor``,
+``Executor._relevant_sub_fields``, ``Info._raw_info``, ``Schema._schema``): the versions are pinned
+in ``pyproject.toml`` and ``tests/test_fanout_contract.py`` fails by name when one changes.
 """
 
 from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Hashable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from graphql import DocumentNode, GraphQLError
 from graphql.execution.executor import Executor
+from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.types import Info
 
-from gql_api import documents
-from gql_api.graphql.types import ChatMessage
-
+# An operation as the renderer knows it: (query text, operation name, variables as JSON).
 RenderKey = tuple[str, str | None, str]
+Event = TypeVar("Event")
 
 
 def _dumps(value: object) -> str:
@@ -68,29 +85,35 @@ def current_sink() -> LiveSink | None:
 
 
 class EventRenderer:
-    """Renders a stored message as a subscription payload, once per operation and message."""
+    """Renders an event as a subscription payload, once per operation and event."""
 
     def __init__(self, schema: Any, capacity: int = 4096) -> None:
         self._schema = schema
         self._capacity = capacity
         self._executors: OrderedDict[RenderKey, Executor] = OrderedDict()
-        self._rendered: OrderedDict[tuple[RenderKey, str, int], str] = OrderedDict()
-        self.executions = 0  # how many times a message was actually executed and encoded
+        self._rendered: OrderedDict[tuple[RenderKey, Hashable], str] = OrderedDict()
+        self.executions = 0  # how many times an event was actually executed and encoded
 
-    def render(self, key: RenderKey, info: Info, message: documents.ChatMessage) -> str:
-        """The JSON payload (``{"data": ...}``) of ``message`` for the operation ``key``."""
-        cache_key = (key, message.stream_id, message.seq)
+    def render(
+        self, key: RenderKey, info: Info[Any, Any], identity: Hashable, root: Callable[[], object]
+    ) -> str:
+        """The JSON payload (``{"data": ...}``) of the event ``identity`` for the operation ``key``.
+
+        ``root`` builds the event as the subscription field's GraphQL type; it is called only
+        when this operation has not rendered this event yet.
+        """
+        cache_key = (key, identity)
         payload = self._rendered.get(cache_key)
         if payload is None:
-            payload = self._execute(key, info, message)
+            payload = self._execute(key, info, root())
             self._remember(self._rendered, cache_key, payload)
         return payload
 
-    def _execute(self, key: RenderKey, info: Info, message: documents.ChatMessage) -> str:
+    def _execute(self, key: RenderKey, info: Info[Any, Any], root: object) -> str:
         self.executions += 1
         executor = self._executors.get(key) or self._build(key, info)
         try:
-            result = executor.build_per_event_executor(ChatMessage.from_document(message)).execute_operation(False)
+            result = executor.build_per_event_executor(root).execute_operation(False)
         finally:
             # graphql-core 3.3 memoises sub-field collection per executor, keyed by the identity
             # of each event's fresh field list, in a dict every per-event copy shares: without
@@ -103,13 +126,13 @@ class EventRenderer:
             body["errors"] = [error.formatted for error in errors]
         return _dumps(body)
 
-    def _build(self, key: RenderKey, info: Info) -> Executor:
+    def _build(self, key: RenderKey, info: Info[Any, Any]) -> Executor:
         raw = info._raw_info
         document = DocumentNode(definitions=(raw.operation, *raw.fragments.values()))
         executor = Executor.build(
             self._schema._schema,
             document,
-            context_value=None,  # message fields never read it, and it must not pin a connection
+            context_value=None,  # event fields never read it, and it must not pin a connection
             raw_variable_values=json.loads(key[2]),
             operation_name=key[1],
         )
@@ -122,3 +145,32 @@ class EventRenderer:
         cache[key] = value
         if len(cache) > self._capacity:
             cache.popitem(last=False)
+
+
+async def fan_out(
+    info: Info[Any, Any],
+    events: AsyncIterator[Event],
+    *,
+    renderer: EventRenderer,
+    to_graphql: Callable[[Event], object],
+    identity: Callable[[Event], Hashable],
+) -> AsyncGenerator[object, None]:
+    """The body of a subscription resolver whose events are shared by many subscribers.
+
+    ``identity`` names an event across subscribers (for chat messages: stream and sequence
+    number): two subscriptions with the same operation and variables get the same rendered
+    frame for the same identity. See the module docstring for when this yields and when it
+    sends frames itself.
+    """
+    sink = current_sink()
+    if sink is None:
+        async for event in events:
+            yield to_graphql(event)
+        return
+    try:
+        async for event in events:
+            key = (info.field_name, identity(event))
+            await sink.send(renderer.render(sink.key, info, key, partial(to_graphql, event)))
+    except WebSocketDisconnected:
+        return  # the client went away mid-send: nothing to report to anyone
+

@@ -21,7 +21,6 @@ from strawberry.extensions import (
     QueryDepthLimiter,
     ValidationCache,
 )
-from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.schema.config import StrawberryConfig
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types import Info
@@ -29,7 +28,7 @@ from strawberry.types import Info
 from gql_api.documents import isoformat_z
 from gql_api.errors import ApiError, BadUserInput, as_api_error
 from gql_api.graphql.context import Context
-from gql_api.graphql.fanout import current_sink
+from gql_api.graphql.fanout import fan_out
 from gql_api.graphql.types import ChatMessage, ChatMessageConnection, LiveStream, User
 from gql_api.pagination import PageRequest
 from gql_api.settings import Settings
@@ -121,17 +120,14 @@ class Subscription:
     ) -> AsyncGenerator[ChatMessage, None]:
         info.context.user  # noqa: B018
         messages = info.context.chat.subscribe(str(stream_id), after)
-        sink = current_sink()
-        if sink is None:  # not over our websocket handlers: Strawberry renders each event
-            async for message in messages:
-                yield ChatMessage.from_document(message)
-            return
-        renderer = info.context.renderer
-        try:
-            async for message in messages:
-                await sink.send(renderer.render(sink.key, info, message))
-        except WebSocketDisconnected:
-            return  # the client went away mid-send: nothing to report to anyone
+        async for item in fan_out(
+            info,
+            messages,
+            renderer=info.context.renderer,
+            to_graphql=ChatMessage.from_document,
+            identity=lambda message: (message.stream_id, message.seq),
+        ):
+            yield item  # type: ignore[misc]  # only off our websocket handlers; else nothing
 
 
 class ChatSchema(strawberry.Schema):
