@@ -353,3 +353,25 @@ async def test_the_subscription_limit_error_has_a_code(limited, make_user, make_
     errors = refused["payload"] if protocol == "graphql-transport-ws" else [refused["payload"]]
     assert [e["extensions"]["code"] for e in errors] == ["BAD_USER_INPUT"]
     assert "at most 3" in errors[0]["message"]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_a_long_duplicate_id_still_closes_with_4409(server, make_user, make_stream, caplog, protocol):
+    stream = await make_stream()
+    long_id = "é" * 1000  # quoted in the close reason, which may be 123 bytes at most
+    async with await _connect(server, server.token(await make_user()), protocol) as ws:
+        for _ in range(2):
+            await ws.send(_start(protocol, long_id, _subscription(str(stream.id))))
+        code = await _closed_with(ws)
+    await server.app.state.graphql.connections.drained()
+    assert code == 4409
+    _assert_no_traceback(caplog)
+
+
+async def test_a_syntax_error_quoting_a_long_token_still_closes_with_4400(server, make_user, caplog):
+    async with await _connect(server, server.token(await make_user())) as ws:
+        await ws.send(_start("graphql-transport-ws", "1", {"query": "{ me { id } } " + "a" * 1000}))
+        code = await _closed_with(ws)
+    await server.app.state.graphql.connections.drained()
+    assert code == 4400
+    _assert_no_traceback(caplog)

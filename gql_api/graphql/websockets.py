@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from json import JSONDecodeError
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from graphql import GraphQLFormattedError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 from strawberry.asgi import ASGIWebSocketAdapter
 from strawberry.exceptions import ConnectionRejectionError
@@ -28,9 +29,10 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
     Operation,
 )
-from strawberry.subscriptions.protocols.graphql_transport_ws.types import PongMessage
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import ErrorMessage, PongMessage
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMessage, StartMessage
+from strawberry.subscriptions.protocols.graphql_ws.types import ErrorMessage as LegacyErrorMessage
 from strawberry.types.unset import UnsetType
 
 from gql_api.errors import BadUserInput, as_api_error
@@ -97,11 +99,17 @@ def _over(text: str, max_bytes: int) -> bool:
     return len(text.encode("utf-8", "surrogatepass")) > max_bytes
 
 
+def _short(reason: str) -> str:
+    # A close reason may be 123 bytes at most (RFC 6455), and may quote what the client sent.
+    return reason.encode()[:120].decode(errors="ignore")
+
+
 async def _refuse(websocket: Any, code: int, reason: str) -> None:
-    """Close for the client's fault: one log line, never a traceback."""
+    """Close for the client's fault: one short log line, never a traceback."""
+    reason = _short(reason)
     logger.info("Websocket closed with %d: %s", code, reason)
     try:
-        await websocket.close(code=code, reason=reason[:120])
+        await websocket.close(code=code, reason=reason)
     except (RuntimeError, WebSocketDisconnect):
         pass  # already closed by the peer
 
@@ -132,6 +140,11 @@ class CappedWebSocketAdapter(ASGIWebSocketAdapter):
                 await _refuse(self, BAD_MESSAGE_CLOSE_CODE, "WebSocket message must be valid JSON")
                 return
             yield message
+
+    async def close(self, code: int, reason: str) -> None:
+        # Strawberry's reasons quote the client (an operation id, a syntax error's token): a long
+        # one would make the close itself fail.
+        await super().close(code, _short(reason))
 
 
 def _text_sender(websocket: Any) -> Callable[[str], Awaitable[None]]:
@@ -180,11 +193,10 @@ class _Supervised:
         limit = self.max_subscriptions_per_connection
         return limit is not None and running >= limit
 
-    def limit_error(self) -> dict[str, object]:
+    def limit_error(self) -> GraphQLFormattedError:
         """The error for an operation over ``WS_MAX_SUBSCRIPTIONS``, with its code."""
-        error = BadUserInput(
-            f"Subscription limit reached: at most {self.max_subscriptions_per_connection} operations per connection"
-        )
+        limit = self.max_subscriptions_per_connection
+        error = BadUserInput(f"Subscription limit reached: at most {limit} operations per connection")
         return {"message": error.message, "extensions": error.extensions}
 
     async def supervised(self, handle: Callable[[], Awaitable[None]]) -> None:
@@ -245,8 +257,10 @@ class GraphQLTransportWSHandler(_Supervised, BaseGraphQLTransportWSHandler[Conte
 
     async def handle_subscribe(self, message: Any) -> None:
         # Strawberry's own limit error has no code; its 4401 and 4409 checks come first.
-        if self.connection_acknowledged and message["id"] not in self.operations and self.over_limit(len(self.operations)):
-            await self.send_message({"id": message["id"], "type": "error", "payload": [self.limit_error()]})
+        operation_id = message["id"]
+        running = len(self.operations)
+        if self.connection_acknowledged and operation_id not in self.operations and self.over_limit(running):
+            await self.send_message(ErrorMessage(id=operation_id, type="error", payload=[self.limit_error()]))
             return
         await super().handle_subscribe(message)
 
@@ -343,12 +357,15 @@ class LegacyGraphQLWSHandler(_Supervised, BaseGraphQLWSHandler[Context, None]):
 
     async def handle_start(self, message: StartMessage) -> None:
         # Strawberry replaces a running operation of the same id and its limit error has no code.
+        operation_id = message["id"]
         if self.connection_acknowledged:
-            if message["id"] in self.tasks:
-                await _refuse(self.websocket, DUPLICATE_ID_CLOSE_CODE, f"Subscriber for {message['id']} already exists")
+            if operation_id in self.tasks:
+                reason = f"Subscriber for {operation_id} already exists"
+                await _refuse(self.websocket, DUPLICATE_ID_CLOSE_CODE, reason)
                 return
             if self.over_limit(len(self.tasks)):
-                await self.send_message({"type": "error", "id": message["id"], "payload": self.limit_error()})
+                error = LegacyErrorMessage(type="error", id=operation_id, payload=self.limit_error())
+                await self.send_message(error)
                 return
         await super().handle_start(message)
 
