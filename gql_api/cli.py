@@ -52,6 +52,21 @@ class GracefulServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+def uvicorn_config(app: Any, settings: Settings, *, host: str, port: int) -> uvicorn.Config:
+    """How ``gql-api serve`` runs ``app`` under uvicorn."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        lifespan="on",
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+        # The app closes a websocket message over the body cap with 1009 itself, whatever server
+        # runs it; uvicorn refuses it too (also 1009), before buffering up to its default 16 MiB.
+        ws_max_size=settings.graphql_max_body_bytes,
+    )
+
+
 def _serve(settings: Settings, args: argparse.Namespace) -> None:
 
     async def banner(app: Any) -> None:
@@ -66,14 +81,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
         print("\n".join(lines), flush=True)
 
     app = create_app(settings, on_startup=[banner])
-    config = uvicorn.Config(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level="info",
-        lifespan="on",
-        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
-    )
+    config = uvicorn_config(app, settings, host=args.host, port=args.port)
     # Each open subscription keeps a few hundred small objects alive; with thousands of them
     # the collector's default thresholds stop the event loop for whole seconds (measured in
     # bench/). Collect the young generation less often, and freeze what start-up made.

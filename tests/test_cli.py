@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from gql_api.cli import schema_sdl
+from gql_api.cli import schema_sdl, uvicorn_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,3 +109,9 @@ def test_serve_on_the_embedded_database_from_scratch(tmp_path):
     assert process.returncode == 0, output
     assert "Traceback" not in output
     assert not (tmp_path / "fresh" / "mongodb.uri").exists()  # the embedded server was stopped
+
+
+def test_serve_caps_websocket_messages_in_uvicorn_too(make_settings):
+    settings = make_settings(graphql_max_body_bytes=4096)
+    config = uvicorn_config(object(), settings, host="127.0.0.1", port=0)
+    assert config.ws_max_size == 4096

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import socket
 import struct
@@ -22,8 +23,19 @@ SUBSCRIBE = "subscription($s: ID!) { messageAdded(streamId: $s) { id content } }
 async def tight(server: LiveServer, make_settings) -> AsyncIterator[LiveServer]:
     """An app with short websocket timers and a small subscription limit, on the session database."""
     settings = make_settings(
-        ws_connection_init_timeout_seconds=0.3, ws_ping_interval_seconds=0.2, ws_max_subscriptions=3
+        ws_connection_init_timeout_seconds=0.3,
+        ws_ping_interval_seconds=0.2,
+        ws_max_subscriptions=3,
     )
+    app, ready = app_with_ready(settings, database=server.app.state.database)
+    async with serve(app, ready=ready) as live:
+        yield live
+
+
+@pytest.fixture
+async def limited(server: LiveServer, make_settings) -> AsyncIterator[LiveServer]:
+    """An app with a small body cap and subscription limit, and the default (patient) timers."""
+    settings = make_settings(graphql_max_body_bytes=2048, ws_max_subscriptions=3)
     app, ready = app_with_ready(settings, database=server.app.state.database)
     async with serve(app, ready=ready) as live:
         yield live
@@ -31,6 +43,13 @@ async def tight(server: LiveServer, make_settings) -> AsyncIterator[LiveServer]:
 
 async def _recv(ws) -> dict[str, Any]:
     return json.loads(await asyncio.wait_for(ws.recv(), 10))
+
+
+async def _recv_operation(ws) -> dict[str, Any]:
+    """The next message about an operation, answering the keep-alive pings on the way."""
+    while (message := await _recv(ws))["type"] == "ping":
+        await ws.send(json.dumps({"type": "pong"}))
+    return message
 
 
 async def _closed_with(ws) -> int:
@@ -84,9 +103,9 @@ async def test_one_subscription_too_many_is_an_error_while_the_others_keep_strea
             await ws.send(_subscribe(str(n), str(stream.id)))
         await tight.app.state.hub.wait_for_subscribers(str(stream.id), 3)
         await ws.send(_subscribe("extra", str(stream.id)))
-        refused = await _recv(ws)
+        refused = await _recv_operation(ws)
         await tight.chat.send_message(user, str(stream.id), "still here")
-        frames = [await _recv(ws) for _ in range(3)]
+        frames = [await _recv_operation(ws) for _ in range(3)]
 
     assert refused["id"] == "extra" and refused["type"] == "error"
     assert sorted(f["id"] for f in frames) == ["0", "1", "2"]
@@ -171,3 +190,188 @@ async def _demo_token(api) -> str:
         if line.strip().startswith("Token (alice):"):
             return line.split(":", 1)[1].strip()
     raise AssertionError("no token in the banner")
+
+
+PROTOCOLS = ["graphql-transport-ws", "graphql-ws"]
+
+
+def _start(protocol: str, op_id: Any, payload: Any) -> str:
+    kind = "subscribe" if protocol == "graphql-transport-ws" else "start"
+    return json.dumps({"id": op_id, "type": kind, "payload": payload})
+
+
+def _subscription(stream_id: str) -> dict[str, Any]:
+    return {"query": SUBSCRIBE, "variables": {"s": stream_id}}
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_connection_init_must_arrive_in_time_on_both_protocols(tight, protocol):
+    async with websockets.connect(tight.ws_url, subprotocols=[protocol], ping_interval=None) as ws:
+        assert await _closed_with(ws) == 4408
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize(
+    ("before_ack", "messages", "code"),
+    [
+        (True, ["start"], 4401),
+        (False, ["start", "start"], 4409),
+        (False, [json.dumps({"type": "connection_init", "payload": {}})], 4429),
+        (False, ["this is not json"], 4400),
+        (False, [json.dumps({"type": "hello"})], 4400),
+    ],
+    ids=["subscribe before ack", "duplicate id", "second init", "not json", "unknown type"],
+)
+async def test_protocol_violations_close_with_the_same_codes_on_both_protocols(
+    server, make_user, make_stream, protocol, before_ack, messages, code
+):
+    stream = await make_stream()
+    ws = await _connect(server, None if before_ack else server.token(await make_user()), protocol)
+    async with ws:
+        for message in messages:
+            await ws.send(_start(protocol, "1", _subscription(str(stream.id))) if message == "start" else message)
+        assert await _closed_with(ws) == code
+
+
+BEFORE_INIT = {
+    "a list": "[1, 2]",
+    "a number": "1",
+    "a string": '"x"',
+    "null": "null",
+    "not json": "{",
+    "a binary frame": b'{"type": "connection_init"}',
+    "no type": '{"payload": {}}',
+    "a type that is not a string": '{"type": ["connection_init"]}',
+    "a string init payload": '{"type": "connection_init", "payload": "x"}',
+}
+
+AFTER_ACK = {
+    "an object id": lambda p, s: _start(p, {"a": 1}, _subscription(s)),
+    "a list id": lambda p, s: _start(p, [1], _subscription(s)),
+    "a string payload": lambda p, s: _start(p, "1", "x"),
+    "no payload": lambda p, s: json.dumps({"id": "1", "type": "subscribe" if p == "graphql-transport-ws" else "start"}),
+    "a query that is not a string": lambda p, s: _start(p, "1", {"query": 1}),
+    "variables that are a list": lambda p, s: _start(p, "1", {"query": SUBSCRIBE, "variables": [s]}),
+    "an operation name that is not a string": lambda p, s: _start(p, "1", {**_subscription(s), "operationName": {}}),
+    "a stop without an id": lambda p, s: json.dumps({"type": "complete" if p == "graphql-transport-ws" else "stop"}),
+    "a list": lambda p, s: json.dumps([_start(p, "1", _subscription(s))]),
+}
+
+
+def _assert_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    loud = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert not loud, [r.getMessage() for r in loud]
+    ours = [r for r in caplog.records if r.name.startswith(("gql_api", "strawberry"))]
+    assert len(ours) <= 1 and all("\n" not in r.getMessage() for r in ours), [r.getMessage() for r in ours]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("frame", BEFORE_INIT.values(), ids=BEFORE_INIT.keys())
+async def test_a_malformed_frame_before_authentication_closes_with_4400_and_no_traceback(
+    server, caplog, protocol, frame
+):
+    caplog.set_level(logging.INFO)
+    async with websockets.connect(server.ws_url, subprotocols=[protocol], ping_interval=None) as ws:
+        await ws.send(frame)
+        code = await _closed_with(ws)
+    await server.app.state.graphql.connections.drained()
+    assert code == 4400
+    _assert_no_traceback(caplog)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("frame", AFTER_ACK.values(), ids=AFTER_ACK.keys())
+async def test_a_malformed_operation_message_closes_with_4400_and_no_traceback(
+    server, make_user, make_stream, caplog, protocol, frame
+):
+    stream = await make_stream()
+    caplog.set_level(logging.INFO)
+    async with await _connect(server, server.token(await make_user()), protocol) as ws:
+        await ws.send(frame(protocol, str(stream.id)))
+        code = await _closed_with(ws)
+    await server.app.state.graphql.connections.drained()
+    assert code == 4400
+    _assert_no_traceback(caplog)
+
+
+def _init_of_size(token: str, size: int, pad: str = "x") -> str:
+    """A ``connection_init`` whose UTF-8 encoding is exactly ``size`` bytes."""
+    frame = json.dumps({"type": "connection_init", "payload": {"Authorization": token, "pad": ""}}, ensure_ascii=False)
+    missing = size - len(frame.encode())
+    width = len(pad.encode())
+    assert missing % width == 0
+    return frame.replace('"pad": ""', f'"pad": "{pad * (missing // width)}"')
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_a_message_as_large_as_the_body_cap_is_accepted(limited, make_user, protocol):
+    cap = limited.app.state.graphql.max_body_bytes
+    async with websockets.connect(limited.ws_url, subprotocols=[protocol], ping_interval=None) as ws:
+        await ws.send(_init_of_size(limited.token(await make_user()), cap))
+        assert (await _recv(ws))["type"] == "connection_ack"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("pad", ["x", "\u00e9"], ids=["ascii", "two-byte characters"])
+async def test_a_message_over_the_body_cap_closes_with_1009_before_authentication(limited, caplog, protocol, pad):
+    cap = limited.app.state.graphql.max_body_bytes
+    frame = _init_of_size("no token", cap + len(pad.encode()), pad)
+    if pad != "x":
+        assert len(frame) <= cap < len(frame.encode())  # bytes are counted, not characters
+    async with websockets.connect(limited.ws_url, subprotocols=[protocol], ping_interval=None) as ws:
+        await ws.send(frame)
+        code = await _closed_with(ws)
+    await limited.app.state.graphql.connections.drained()
+    assert code == 1009
+    _assert_no_traceback(caplog)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_a_message_over_the_body_cap_closes_an_authenticated_connection_with_1009(
+    limited, make_user, make_stream, protocol
+):
+    stream = await make_stream()
+    cap = limited.app.state.graphql.max_body_bytes
+    async with await _connect(limited, limited.token(await make_user()), protocol) as ws:
+        await ws.send(_start(protocol, "1", _subscription(str(stream.id))))
+        await limited.app.state.hub.wait_for_subscribers(str(stream.id), 1)
+        await ws.send(_start(protocol, "2", {**_subscription(str(stream.id)), "operationName": "x" * cap}))
+        assert await _closed_with(ws) == 1009
+    await limited.app.state.hub.wait_for_subscribers(str(stream.id), 0)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_the_subscription_limit_error_has_a_code(limited, make_user, make_stream, protocol):
+    stream = await make_stream()
+    async with await _connect(limited, limited.token(await make_user()), protocol) as ws:
+        for n in range(3):
+            await ws.send(_start(protocol, str(n), _subscription(str(stream.id))))
+        await limited.app.state.hub.wait_for_subscribers(str(stream.id), 3)
+        await ws.send(_start(protocol, "extra", _subscription(str(stream.id))))
+        refused = await _recv_operation(ws)
+    assert refused["id"] == "extra" and refused["type"] == "error"
+    errors = refused["payload"] if protocol == "graphql-transport-ws" else [refused["payload"]]
+    assert [e["extensions"]["code"] for e in errors] == ["BAD_USER_INPUT"]
+    assert "at most 3" in errors[0]["message"]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_a_long_duplicate_id_still_closes_with_4409(server, make_user, make_stream, caplog, protocol):
+    stream = await make_stream()
+    long_id = "é" * 1000  # quoted in the close reason, which may be 123 bytes at most
+    async with await _connect(server, server.token(await make_user()), protocol) as ws:
+        for _ in range(2):
+            await ws.send(_start(protocol, long_id, _subscription(str(stream.id))))
+        code = await _closed_with(ws)
+    await server.app.state.graphql.connections.drained()
+    assert code == 4409
+    _assert_no_traceback(caplog)
+
+
+async def test_a_syntax_error_quoting_a_long_token_still_closes_with_4400(server, make_user, caplog):
+    async with await _connect(server, server.token(await make_user())) as ws:
+        await ws.send(_start("graphql-transport-ws", "1", {"query": "{ me { id } } " + "a" * 1000}))
+        code = await _closed_with(ws)
+    await server.app.state.graphql.connections.drained()
+    assert code == 4400
+    _assert_no_traceback(caplog)

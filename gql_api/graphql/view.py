@@ -33,7 +33,12 @@ from gql_api.errors import (
 )
 from gql_api.graphql.context import Context
 from gql_api.graphql.fanout import EventRenderer
-from gql_api.graphql.websockets import Connections, GraphQLTransportWSHandler, LegacyGraphQLWSHandler
+from gql_api.graphql.websockets import (
+    CappedWebSocketAdapter,
+    Connections,
+    GraphQLTransportWSHandler,
+    LegacyGraphQLWSHandler,
+)
 from gql_api.service import ChatService
 
 logger = logging.getLogger(__name__)
@@ -71,6 +76,8 @@ class GraphQLView(GraphQL[Context, None]):
 
     graphql_transport_ws_handler_class = GraphQLTransportWSHandler
     graphql_ws_handler_class = LegacyGraphQLWSHandler
+    # Websocket messages get the same cap as HTTP bodies (``max_body_bytes``), then close 1009.
+    websocket_adapter_class = CappedWebSocketAdapter  # type: ignore[assignment]
 
     def __init__(
         self,

@@ -1,32 +1,41 @@
 """Websocket connections: both subprotocols' handlers, bound for shared rendering and supervised.
 
-A connection whose token expires is closed with 4403 at that moment; a graphql-transport-ws
-connection that stops answering pings is closed with 4499; a ``connection_init`` that fails for a
-reason not the client's (the database is down) closes with 1013; on shutdown every connection is
-closed with 1001 so clients reconnect to another replica.
+Both subprotocols keep the same promises (Strawberry's legacy graphql-ws handler keeps few):
+a frame over the request body cap closes with 1009; a frame that is binary, not JSON, not an
+object, of an unknown type or with fields of the wrong type closes with 4400 (one log line, no
+traceback); no ``connection_init`` in time closes with 4408, a second one with 4429; an operation
+before ``connection_ack`` closes with 4401, a duplicate operation id with 4409. A connection whose
+token expires is closed with 4403 at that moment; a graphql-transport-ws connection that stops
+answering pings is closed with 4499; a ``connection_init`` that fails for a reason not the
+client's (the database is down) closes with 1013; on shutdown every connection is closed with
+1001 so clients reconnect to another replica.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from json import JSONDecodeError
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from starlette.websockets import WebSocketDisconnect
+from graphql import GraphQLFormattedError
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+from strawberry.asgi import ASGIWebSocketAdapter
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
     Operation,
 )
-from strawberry.subscriptions.protocols.graphql_transport_ws.types import PongMessage
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import ErrorMessage, PongMessage
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
-from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMessage
+from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMessage, StartMessage
+from strawberry.subscriptions.protocols.graphql_ws.types import ErrorMessage as LegacyErrorMessage
 from strawberry.types.unset import UnsetType
 
-from gql_api.errors import as_api_error
+from gql_api.errors import BadUserInput, as_api_error
 from gql_api.graphql.context import Context
 from gql_api.graphql.fanout import bind_sink
 
@@ -39,6 +48,103 @@ AUTH_REJECTED_CLOSE_CODE = 4403
 PONG_MISSING_CLOSE_CODE = 4499
 GOING_AWAY_CLOSE_CODE = 1001
 TRY_AGAIN_LATER_CLOSE_CODE = 1013
+#: RFC 6455's "message too big": what uvicorn's own ``ws_max_size`` check closes with too.
+MESSAGE_TOO_BIG_CLOSE_CODE = 1009
+BAD_MESSAGE_CLOSE_CODE = 4400
+INIT_TIMEOUT_CLOSE_CODE = 4408
+DUPLICATE_ID_CLOSE_CODE = 4409
+SECOND_INIT_CLOSE_CODE = 4429
+
+#: What a message of each type carries beyond its ``type``: nothing checked, an operation ``id``,
+#: or an ``id`` and a payload holding an operation.
+Shape = Literal["plain", "id", "operation"]
+_OPTIONAL_OPERATION_FIELDS: tuple[tuple[str, type, str], ...] = (
+    ("variables", dict, "an object"),
+    ("operationName", str, "a string"),
+    ("extensions", dict, "an object"),
+)
+
+
+def message_problem(message: object, shapes: Mapping[str, Shape]) -> str | None:
+    """Why ``message`` is not a well-formed message of the protocol whose types are ``shapes``,
+    or None. Checked before Strawberry dispatches it, which assumes every field's type."""
+    if not isinstance(message, dict):
+        return "Message must be a JSON object"
+    kind = message.get("type")
+    if not isinstance(kind, str) or kind not in shapes:
+        return "Unknown message type"
+    payload = message.get("payload")
+    if payload is not None and not isinstance(payload, dict):
+        return "Message payload must be an object"
+    shape = shapes[kind]
+    if shape != "plain" and not isinstance(message.get("id"), str):
+        return "Operation id must be a string"
+    if shape == "operation":
+        if payload is None or not isinstance(payload.get("query"), str):
+            return "Operation payload must hold a query string"
+        for field, expected, described in _OPTIONAL_OPERATION_FIELDS:
+            value = payload.get(field)
+            if value is not None and not isinstance(value, expected):
+                return f"Operation {field} must be {described}"
+    return None
+
+
+def _over(text: str, max_bytes: int) -> bool:
+    """Whether ``text`` is more than ``max_bytes`` in UTF-8, as the HTTP cap counts bytes."""
+    # A character is one to four bytes: encode only when the length alone cannot tell.
+    if len(text) > max_bytes:
+        return True
+    if len(text) * 4 <= max_bytes:
+        return False
+    return len(text.encode("utf-8", "surrogatepass")) > max_bytes
+
+
+def _short(reason: str) -> str:
+    # A close reason may be 123 bytes at most (RFC 6455), and may quote what the client sent.
+    return reason.encode()[:120].decode(errors="ignore")
+
+
+async def _refuse(websocket: Any, code: int, reason: str) -> None:
+    """Close for the client's fault: one short log line, never a traceback."""
+    reason = _short(reason)
+    logger.info("Websocket closed with %d: %s", code, reason)
+    try:
+        await websocket.close(code=code, reason=reason)
+    except (RuntimeError, WebSocketDisconnect):
+        pass  # already closed by the peer
+
+
+class CappedWebSocketAdapter(ASGIWebSocketAdapter):
+    """Strawberry's ASGI adapter, reading frames under the view's body cap (``max_body_bytes``,
+    the same as HTTP bodies, whatever server runs the app): a larger one closes with 1009; a
+    binary frame or one that is not JSON closes with 4400 on both subprotocols (Strawberry's
+    graphql-ws handler asks for bad JSON to be skipped, ``ignore_parsing_errors``: it is not)."""
+
+    async def iter_json(self, *, ignore_parsing_errors: bool = False) -> AsyncGenerator[object, None]:
+        max_bytes: int = self.view.max_body_bytes  # type: ignore[attr-defined]
+        while self.ws.application_state != WebSocketState.DISCONNECTED:
+            frame = await self.ws.receive()
+            if frame["type"] == "websocket.disconnect":
+                return
+            text = frame.get("text")
+            if text is None:
+                await _refuse(self, BAD_MESSAGE_CLOSE_CODE, "WebSocket message type must be text")
+                return
+            if _over(text, max_bytes):
+                reason = f"Message too big: at most {max_bytes} bytes"
+                await _refuse(self, MESSAGE_TOO_BIG_CLOSE_CODE, reason)
+                return
+            try:
+                message = self.view.decode_json(text)
+            except (JSONDecodeError, ValueError):
+                await _refuse(self, BAD_MESSAGE_CLOSE_CODE, "WebSocket message must be valid JSON")
+                return
+            yield message
+
+    async def close(self, code: int, reason: str) -> None:
+        # Strawberry's reasons quote the client (an operation id, a syntax error's token): a long
+        # one would make the close itself fail.
+        await super().close(code, _short(reason))
 
 
 def _text_sender(websocket: Any) -> Callable[[str], Awaitable[None]]:
@@ -52,14 +158,46 @@ def _text_sender(websocket: Any) -> Callable[[str], Awaitable[None]]:
 
 
 class _Supervised:
-    """What both protocol handlers share: registration with the view, token expiry, closing."""
+    """What both protocol handlers share: registration with the view, message checks, token
+    expiry, closing, background tasks."""
 
     view: GraphQLView
     context: Context
     websocket: Any
+    max_subscriptions_per_connection: int | None
+    #: The protocol's message types and what each carries.
+    shapes: ClassVar[Mapping[str, Shape]]
 
     _expiry: asyncio.TimerHandle | None = None
     _closing: asyncio.Task[None] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background, keeping a reference so it is not collected mid-way."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def handle_message(self, message: Any) -> None:
+        """Strawberry's dispatch, for well-formed messages only; anything else closes with 4400."""
+        problem = message_problem(message, self.shapes)
+        if problem is not None:
+            await _refuse(self.websocket, BAD_MESSAGE_CLOSE_CODE, problem)
+            return
+        await super().handle_message(message)  # type: ignore[misc]
+
+    def over_limit(self, running: int) -> bool:
+        limit = self.max_subscriptions_per_connection
+        return limit is not None and running >= limit
+
+    def limit_error(self) -> GraphQLFormattedError:
+        """The error for an operation over ``WS_MAX_SUBSCRIPTIONS``, with its code."""
+        limit = self.max_subscriptions_per_connection
+        error = BadUserInput(f"Subscription limit reached: at most {limit} operations per connection")
+        return {"message": error.message, "extensions": error.extensions}
 
     async def supervised(self, handle: Callable[[], Awaitable[None]]) -> None:
         self.view.connections.add(self)
@@ -105,10 +243,26 @@ class GraphQLTransportWSHandler(_Supervised, BaseGraphQLTransportWSHandler[Conte
     """graphql-transport-ws: supervised, with each subscription bound to its socket for
     shared rendering."""
 
+    shapes: ClassVar[Mapping[str, Shape]] = {
+        "connection_init": "plain",
+        "ping": "plain",
+        "pong": "plain",
+        "subscribe": "operation",
+        "complete": "id",
+    }
     _awaiting_pong = False
 
     async def handle(self) -> None:
         await self.supervised(super().handle)
+
+    async def handle_subscribe(self, message: Any) -> None:
+        # Strawberry's own limit error has no code; its 4401 and 4409 checks come first.
+        operation_id = message["id"]
+        running = len(self.operations)
+        if self.connection_acknowledged and operation_id not in self.operations and self.over_limit(running):
+            await self.send_message(ErrorMessage(id=operation_id, type="error", payload=[self.limit_error()]))
+            return
+        await super().handle_subscribe(message)
 
     async def handle_connection_init(self, message: Any) -> None:
         try:
@@ -129,7 +283,7 @@ class GraphQLTransportWSHandler(_Supervised, BaseGraphQLTransportWSHandler[Conte
             self.close_soon(PONG_MISSING_CLOSE_CODE, "No pong: connection timed out")
             return
         self._awaiting_pong = True
-        asyncio.create_task(self._send_ping())
+        self.spawn(self._send_ping())
 
     async def _send_ping(self) -> None:
         try:
@@ -150,19 +304,39 @@ class GraphQLTransportWSHandler(_Supervised, BaseGraphQLTransportWSHandler[Conte
 
 
 class LegacyGraphQLWSHandler(_Supervised, BaseGraphQLWSHandler[Context, None]):
-    """The legacy graphql-ws protocol: supervised, shared rendering, and a rejected connection
-    closed with 4403 like the new protocol does."""
+    """The legacy graphql-ws protocol: supervised, shared rendering, and the same promises as
+    graphql-transport-ws (init timeout 4408, second init 4429, duplicate id 4409, a rejected
+    connection 4403), which Strawberry's handler does not keep."""
+
+    shapes: ClassVar[Mapping[str, Shape]] = {
+        "connection_init": "plain",
+        "connection_terminate": "plain",
+        "start": "operation",
+        "stop": "id",
+    }
+    _init_received = False
+    _init_timer: asyncio.TimerHandle | None = None
 
     async def handle(self) -> None:
-        await self.supervised(super().handle)
+        timeout = self.view.connection_init_wait_timeout.total_seconds()
+        self._init_timer = asyncio.get_running_loop().call_later(
+            timeout, self.close_soon, INIT_TIMEOUT_CLOSE_CODE, "Connection initialisation timeout"
+        )
+        try:
+            await self.supervised(super().handle)
+        finally:
+            self._init_timer.cancel()
 
     async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
-        payload = message.get("payload")
-        if payload is not None and not isinstance(payload, dict):
-            await self.send_message({"type": "connection_error"})
-            await self.websocket.close(code=1000, reason="")
+        if self._closing is not None:
+            return  # timed out meanwhile
+        if self._init_received:
+            await _refuse(self.websocket, SECOND_INIT_CLOSE_CODE, "Too many initialisation requests")
             return
-        self.context.connection_params = payload
+        self._init_received = True
+        if self._init_timer is not None:
+            self._init_timer.cancel()
+        self.context.connection_params = message.get("payload")
         try:
             ack_payload = await self.view.on_ws_connect(self.context)
         except ConnectionRejectionError as exc:
@@ -180,6 +354,20 @@ class LegacyGraphQLWSHandler(_Supervised, BaseGraphQLWSHandler[Context, None]):
         self.watch_expiry()
         if self.keep_alive:
             self.keep_alive_task = asyncio.create_task(self.handle_keep_alive())
+
+    async def handle_start(self, message: StartMessage) -> None:
+        # Strawberry replaces a running operation of the same id and its limit error has no code.
+        operation_id = message["id"]
+        if self.connection_acknowledged:
+            if operation_id in self.tasks:
+                reason = f"Subscriber for {operation_id} already exists"
+                await _refuse(self.websocket, DUPLICATE_ID_CLOSE_CODE, reason)
+                return
+            if self.over_limit(len(self.tasks)):
+                error = LegacyErrorMessage(type="error", id=operation_id, payload=self.limit_error())
+                await self.send_message(error)
+                return
+        await super().handle_start(message)
 
     async def handle_async_results(
         self,
