@@ -54,7 +54,7 @@ def report(info: dict[str, Any], runs: list[tuple[Config, dict[str, dict[str, An
         lines.append(f"Not run: {target} ({reason}).")
     for config, results in runs:
         if len(runs) > 1:
-            lines += ["", f"### Websocket compression: {compression_label(config.compression)}", ""]
+            lines += ["", f"### Websocket compression: {compression_label(config.compression)}"]
         else:
             lines.append(f"Websocket compression: {compression_label(config.compression)}.")
         lines += ["", sections(config, results)]
