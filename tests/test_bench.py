@@ -7,6 +7,7 @@ import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -21,8 +22,9 @@ from bench.targets import node_unavailable, start_node
 from tests.conftest import LiveServer
 
 
-def _config(**changes: object) -> Config:
-    return replace(Config(**QUICK, targets=["project", "baseline", "node"], compression=True), **changes)
+def _config(**changes: Any) -> Config:
+    quick: dict[str, Any] = dict(QUICK)
+    return replace(Config(**quick, targets=["project", "baseline", "node"], compression=True), **changes)
 
 
 async def test_http_request_returns_the_status_and_the_body(server: LiveServer) -> None:
@@ -68,14 +70,14 @@ def test_node_peer_is_reported_unavailable_without_node(monkeypatch: pytest.Monk
     assert node_unavailable() == "node is not on PATH"
 
 
-def _fanout(deliveries_per_s: float) -> dict[str, object]:
+def _fanout(deliveries_per_s: float) -> dict[str, Any]:
     return {"deliveries_per_s": deliveries_per_s, "p50_ms": 10.0, "p99_ms": 20.0, "expected": 5, "delivered": 5}
 
 
 def test_report_has_a_set_of_tables_per_compression_mode_and_the_node_peer() -> None:
-    info = {"date": "today", "cpus": 2, "cpu": "cpu", "memory_gib": 1.0, "system": "Linux", "python": "3.11",
+    info: dict[str, Any] = {"date": "today", "cpus": 2, "cpu": "cpu", "memory_gib": 1.0, "system": "Linux", "python": "3.11",
             "node": "20.0.0", "loadavg_at_start": (0.0, 0.0, 0.0), "skipped": {}}
-    results = {name: {"fanout_1000": _fanout(rate)}
+    results: dict[str, dict[str, Any]] = {name: {"fanout_1000": _fanout(rate)}
                for name, rate in (("project", 8000.0), ("baseline", 2000.0), ("node", 4000.0))}
     text = report(info, [(_config(sizes=[1000]), results), (_config(sizes=[1000], compression=False), results)])
     assert "### Websocket compression: permessage-deflate" in text
@@ -85,9 +87,9 @@ def test_report_has_a_set_of_tables_per_compression_mode_and_the_node_peer() -> 
 
 
 def test_report_says_which_peer_was_not_run() -> None:
-    info = {"date": "today", "cpus": 2, "cpu": "cpu", "memory_gib": 1.0, "system": "Linux", "python": "3.11",
+    info: dict[str, Any] = {"date": "today", "cpus": 2, "cpu": "cpu", "memory_gib": 1.0, "system": "Linux", "python": "3.11",
             "loadavg_at_start": (0.0, 0.0, 0.0), "skipped": {"node": "node is not on PATH"}}
-    results = {name: {"fanout_1000": _fanout(1000.0)} for name in ("project", "baseline")}
+    results: dict[str, dict[str, Any]] = {name: {"fanout_1000": _fanout(1000.0)} for name in ("project", "baseline")}
     text = report(info, [(_config(sizes=[1000], compression=False), results)])
     assert "Not run: node (node is not on PATH)." in text
     assert "Websocket compression: off." in text
