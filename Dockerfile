@@ -6,12 +6,13 @@ WORKDIR /app
 
 RUN useradd --create-home --uid 10001 app
 
-# Dependencies first, so a source change does not reinstall them.
-COPY pyproject.toml README.md ./
-RUN mkdir gql_api && touch gql_api/__init__.py \
-    && pip install . \
-    && pip uninstall -y gql-api && rm -rf gql_api
+# Dependencies first, so a source change does not reinstall them: the exact versions (and their
+# hashes) of requirements.lock, not whatever is newest on the day of the build (see the README,
+# "Benchmark", for the command that refreshes the lock).
+COPY requirements.lock ./
+RUN pip install --require-hashes --no-deps -r requirements.lock
 
+COPY pyproject.toml README.md ./
 COPY gql_api ./gql_api
 RUN pip install --no-deps .
 

@@ -54,21 +54,10 @@ from typing import Any
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
-from bench.run import (
-    PONG,
-    Http,
-    ServerProcess,
-    _base_env,
-    _tokens,
-    cpu_seconds,
-    free_port,
-    log,
-    machine,
-    percentile,
-    raise_nofile,
-    rss_kib,
-    seed,
-)
+from bench.clients import PONG, Http
+from bench.processes import ServerProcess, base_env, cpu_seconds, free_port, log, machine, raise_nofile, rss_kib
+from bench.scenarios import percentile
+from bench.targets import make_tokens, seed
 from gql_api.pagination import decode_cursor
 
 SUBSCRIPTION = (
@@ -88,45 +77,6 @@ CONTENT_PREFIX = "soak "
 RATE_WINDOW_SECONDS = 30.0  # the server's default RATE_LIMIT_WINDOW_SECONDS
 REQUEST_TIMEOUT = 30.0
 MEMORY_TOLERANCE = 0.10
-
-
-# -- HTTP with the status code ------------------------------------------------------------------
-
-
-class StatusHttp(Http):
-    """bench.run's keep-alive HTTP client, also reporting the response's status code."""
-
-    async def request(self, query: str, variables: dict[str, Any], token: str | None = None) -> tuple[int, Any]:
-        body = json.dumps({"query": query, "variables": variables}).encode()
-        request = (f"{self.head}Authorization: {token or self.token}\r\n"
-                   f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-        for attempt in (1, 2):  # the server may have closed an idle keep-alive connection
-            try:
-                if self.writer is None:
-                    self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-                assert self.reader is not None
-                self.writer.write(request)
-                head = await self.reader.readuntil(b"\r\n\r\n")
-                lines = head.split(b"\r\n")
-                status = int(lines[0].split()[1])
-                length = None
-                for line in lines[1:]:
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                if length is None:
-                    raise RuntimeError(f"no content-length in {head!r}")
-                raw = await self.reader.readexactly(length)
-                try:
-                    return status, json.loads(raw)
-                except ValueError:
-                    return status, {"errors": [{"message": raw[:300].decode(errors="replace")}]}
-            except (ConnectionError, asyncio.IncompleteReadError):
-                # Safe to repeat: every send carries a clientMessageId.
-                await self.close()
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
 
 
 # -- what the run records ---------------------------------------------------------------------
@@ -191,8 +141,8 @@ class Replica:
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/graphql"
 
-    def http(self, token: str) -> StatusHttp:
-        return StatusHttp("127.0.0.1", self.port, token)
+    def http(self, token: str) -> Http:
+        return Http("127.0.0.1", self.port, token)
 
 
 class Client:
@@ -462,7 +412,7 @@ async def soak(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="gql-api-soak-"))
     data_dir = workdir / "data"
     secret = secrets.token_urlsafe(48)
-    env = {**_base_env(), "GQL_API_DATA_DIR": str(data_dir), "MONGODB_DB": "gql_api", "JWT_SECRET": secret}
+    env = {**base_env(), "GQL_API_DATA_DIR": str(data_dir), "MONGODB_DB": "gql_api", "JWT_SECRET": secret}
     replicas: list[Replica] = []
     clients: list[Client] = []
     stats = Stats()
@@ -484,7 +434,7 @@ async def soak(args: argparse.Namespace) -> int:
 
         # -- users, tokens, streams --------------------------------------------------------
         _, user_ids = await seed(uri, "gql_api", [], args.clients + 1)
-        tokens = _tokens(secret, user_ids)
+        tokens = make_tokens(secret, user_ids)
         owner = tokens[-1]  # owns every stream, sends nothing (owners are exempt from the limit)
         http = replicas[0].http(owner)
         streams = []
