@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit
@@ -52,6 +52,8 @@ def _free_port(host: str) -> int:
 
 def _port_is_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As a listening server binds: a port whose old connections linger in TIME_WAIT is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -238,7 +240,8 @@ class EmbeddedMongo:
             logger.warning("Cannot stop the embedded MongoDB server: no process recorded for it (%r)", exc)
             return
         if not _wait_for_exit(pid, STOP_TIMEOUT_SECONDS):
-            os.kill(pid, signal.SIGKILL)
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
             _wait_for_exit(pid, STOP_TIMEOUT_SECONDS)
 
 
