@@ -30,6 +30,7 @@ from gql_api.errors import ApiError, BadUserInput, as_api_error
 from gql_api.graphql.context import Context
 from gql_api.graphql.fanout import fan_out
 from gql_api.graphql.types import ChatMessage, ChatMessageConnection, LiveStream, User
+from gql_api.metrics import Metrics
 from gql_api.pagination import PageRequest
 from gql_api.settings import Settings
 
@@ -133,9 +134,12 @@ class Subscription:
 class ChatSchema(strawberry.Schema):
     """The schema, with every error given a ``code`` and ``statusCode`` and the unexpected masked."""
 
+    metrics: Metrics  # set by ``build_schema``; errors are counted by code
+
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         for error in errors:
             api_error = _classify(error)
+            self.metrics.error(api_error.code, "graphql")
             error.message = api_error.message
             error.extensions = {**(error.extensions or {}), **api_error.extensions}
             if api_error.status_code >= 500 and error.original_error is not None:
@@ -167,7 +171,7 @@ class _ParserCache(ParserCache):
         yield
 
 
-def build_schema(settings: Settings | None = None) -> ChatSchema:
+def build_schema(settings: Settings | None = None, metrics: Metrics | None = None) -> ChatSchema:
     """The schema with the request limits of ``settings`` (the defaults when None).
 
     The limits are schema extensions, so they apply to every operation however it arrives:
@@ -193,7 +197,7 @@ def build_schema(settings: Settings | None = None) -> ChatSchema:
     if settings.production:
         extensions.append(DisableIntrospection)
     batch = settings.graphql_batch_max_operations
-    return ChatSchema(
+    schema = ChatSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
@@ -204,3 +208,5 @@ def build_schema(settings: Settings | None = None) -> ChatSchema:
             batching_config={"max_operations": batch} if batch else None,
         ),
     )
+    schema.metrics = metrics or Metrics()
+    return schema

@@ -119,9 +119,12 @@ class GraphQLView(GraphQL[Context, None]):
             response = await self.run(request)
         except ApiError as exc:
             response = error_response(exc)
+            self.chat.metrics.error(exc.code, "graphql")
         except StrawberryHTTPException as exc:
             # Strawberry's own refusals (bad JSON, GET mutation, batching...) as GraphQL errors.
-            response = error_response(_status_error(exc.status_code, exc.reason))
+            error = _status_error(exc.status_code, exc.reason)
+            response = error_response(error)
+            self.chat.metrics.error(error.code, "graphql")
             if exc.status_code == 405:
                 response.headers["Allow"] = "GET, POST"  # RFC 9110 requires it on a 405
         await response(scope, receive, send)

@@ -14,6 +14,7 @@ from starlette.types import Message as AsgiMessage
 from gql_api.bodylimit import capped_receive, declared_length
 from gql_api.documents import utcnow
 from gql_api.errors import ApiError, BadUserInput, PayloadTooLarge, RateLimited, as_api_error
+from gql_api.metrics import Metrics
 from gql_api.rest.models import ErrorEnvelope
 
 logger = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ _TOO_LARGE = f"Request body too large: the limit is {MAX_BODY_BYTES} bytes (64 K
 
 
 _HTTP_MESSAGES = {404: "Resource not found", 405: "Method not allowed"}
+_HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
 
 
 def _envelope(status_code: int, errors: list[str], headers: dict[str, str] | None = None) -> JSONResponse:
@@ -34,12 +36,19 @@ def _envelope(status_code: int, errors: list[str], headers: dict[str, str] | Non
     return JSONResponse(body.model_dump(mode="json"), status_code=status_code, headers=headers)
 
 
-def error_response(exc: BaseException, where: str = "a REST request") -> JSONResponse:
-    """The envelope for any exception; the unexpected are logged with their traceback and masked."""
+def error_response(
+    exc: BaseException, where: str = "a REST request", metrics: Metrics | None = None
+) -> JSONResponse:
+    """The envelope for any exception; the unexpected are logged with their traceback and masked.
+    With ``metrics``, the error is counted by code."""
     if isinstance(exc, HTTPException):  # routing: unknown path, wrong method
+        if metrics is not None:
+            metrics.error(_HTTP_CODES.get(exc.status_code, f"HTTP_{exc.status_code}"), "rest")
         message = _HTTP_MESSAGES.get(exc.status_code, exc.detail)
         return _envelope(exc.status_code, [message], dict(exc.headers or {}))
     error = as_api_error(exc)
+    if metrics is not None:
+        metrics.error(error.code, "rest")
     if error is not exc:
         if error.code == ApiError.code:
             logger.error("Unexpected error in %s", where, exc_info=exc)
@@ -70,8 +79,9 @@ def validate(model: type[ModelT], where: str, *, json: bytes | None = None, data
 class RestEdge:
     """Around every route under /api/v1: oversized bodies refused early, every failure enveloped."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -79,7 +89,7 @@ class RestEdge:
             return
         too_large = PayloadTooLarge(_TOO_LARGE)
         if (declared_length(scope) or 0) > MAX_BODY_BYTES:  # also for routes that read no body
-            await error_response(too_large)(scope, receive, send)
+            await error_response(too_large, metrics=self.metrics)(scope, receive, send)
             return
         receive = capped_receive(scope, receive, MAX_BODY_BYTES, too_large)
         started = False
@@ -94,5 +104,5 @@ class RestEdge:
         except Exception as exc:
             if started:
                 raise
-            response = error_response(exc, f"{scope['method']} {scope['path']}")
+            response = error_response(exc, f"{scope['method']} {scope['path']}", self.metrics)
             await response(scope, receive, send)

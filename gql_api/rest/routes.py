@@ -14,6 +14,7 @@ from starlette.types import ASGIApp
 from gql_api import documents
 from gql_api.auth import Authenticator, token_from_header
 from gql_api.errors import BadUserInput
+from gql_api.metrics import Metrics
 from gql_api.pagination import PageRequest, decode_cursor, encode_cursor
 from gql_api.rest.edge import RestEdge, error_response, validate
 from gql_api.rest.models import HistoryQuery, Message, MessagePage, SendMessageRequest
@@ -85,14 +86,14 @@ def _json(model: BaseModel, status_code: int) -> JSONResponse:
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def _enveloped(endpoint: Endpoint) -> Endpoint:
+def _enveloped(endpoint: Endpoint, metrics: Metrics) -> Endpoint:
     """Any failure of the endpoint as the error envelope, whatever exception handlers the app has."""
 
     async def enveloped(request: Request) -> Response:
         try:
             return await endpoint(request)
         except Exception as exc:  # noqa: BLE001 - error_response logs and masks the unexpected
-            return error_response(exc, f"{request.method} {request.url.path}")
+            return error_response(exc, f"{request.method} {request.url.path}", metrics)
 
     return enveloped
 
@@ -110,13 +111,13 @@ def rest_app(chat: ChatService, authenticator: Authenticator) -> ASGIApp:
 
     router = Router(
         routes=[
-            Route("/live-stream/{streamId}/chat/messages", _enveloped(messages), methods=["GET", "POST"]),
-            Route("/live-stream/{streamId}/chat/superlike", _enveloped(api.send_superlike), methods=["POST"]),
+            Route("/live-stream/{streamId}/chat/messages", _enveloped(messages, chat.metrics), methods=["GET", "POST"]),
+            Route("/live-stream/{streamId}/chat/superlike", _enveloped(api.send_superlike, chat.metrics), methods=["POST"]),
             Route("/openapi.json", openapi, methods=["GET"]),
         ],
         redirect_slashes=False,
     )
-    return RestEdge(router)
+    return RestEdge(router, chat.metrics)
 
 
 class _PrefixMount(Mount):
