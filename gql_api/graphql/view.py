@@ -34,6 +34,7 @@ from gql_api.errors import (
 from gql_api.graphql.context import Context
 from gql_api.graphql.fanout import EventRenderer
 from gql_api.graphql.websockets import Connections, GraphQLTransportWSHandler, LegacyGraphQLWSHandler
+from gql_api.pages import graphiql_page
 from gql_api.service import ChatService
 
 logger = logging.getLogger(__name__)
@@ -116,6 +117,10 @@ class GraphQLView(GraphQL[Context, None]):
             # Strawberry's own refusals (bad JSON, GET mutation, batching...) as GraphQL errors.
             response = error_response(_status_error(exc.status_code, exc.reason))
         await response(scope, receive, send)
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        # The app's own GraphiQL build (no CDN), under a Content-Security-Policy.
+        return graphiql_page(request)
 
     async def parse_http_body(
         self, request: AsyncHTTPRequestAdapter
