@@ -34,7 +34,7 @@ def missing(needs_browser: bool) -> str | None:
     if shutil.which("node") is None:
         return "Node.js is not installed: apt-get install -y nodejs npm"
     if not (NODE_MODULES / "playwright-core").is_dir():
-        return "frontend/node_modules is missing: npm --prefix frontend ci"
+        return "frontend/node_modules is missing: npm --prefix frontend ci --ignore-scripts"
     if needs_browser and chromium() is None:
         return "Chromium is not installed: apt-get install -y chromium"
     return None

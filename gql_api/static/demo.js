@@ -205,7 +205,7 @@ async function main() {
     const demo = await response.json();
     tokens = Object.fromEntries(Object.entries(demo.users).map(([name, user]) => [name, user.token]));
     $("stream").value = fragment.get("stream") || demo.streamId;
-    $("hint").textContent = "The demo stream and users of `gql-api demo`; open a second tab as another user.";
+    $("hint").textContent = "Signed in with the demo users' tokens (gql-api demo). Open a second tab as someone else.";
   }
   for (const name of Object.keys(tokens)) $("user").append(new Option(name, name));
   if (fragment.get("user") in tokens) $("user").value = fragment.get("user");
