@@ -45,8 +45,8 @@ export function firstFieldCursor(result) {
  *
  * Only operations that declare the variable (`$after` by default) are changed. `subscribe`
  * returns the same dispose function as graphql-ws; `on`, `dispose` and `terminate` are the
- * client's own. Use the wrapper wherever a graphql-ws client goes (Apollo's GraphQLWsLink,
- * urql's subscriptionExchange).
+ * client's own; `iterate` is not wrapped. Use the wrapper wherever a graphql-ws client goes
+ * (Apollo's GraphQLWsLink, urql's subscriptionExchange).
  *
  * @param {{ subscribe: Function, on?: Function, dispose?: Function, terminate?: Function }} client
  *   a client from graphql-ws's `createClient`
