@@ -24,6 +24,7 @@ from gql_api.graphql.view import GraphQLView
 from gql_api.hub import MessageHub
 from gql_api.logs import RequestIdMiddleware
 from gql_api.metrics import Metrics, metrics_endpoint
+from gql_api.pages import development_routes
 from gql_api.rest import rest_routes
 from gql_api.ratelimit import MessageRateLimiter
 from gql_api.service import ChatService
@@ -111,6 +112,7 @@ def create_app(
             Route("/graphql", graphql),
             WebSocketRoute("/graphql", graphql),
             *rest_routes(chat, authenticator),
+            *([] if settings.production else development_routes(chat, authenticator)),
         ],
         middleware=[
             # Outermost: every log line of a request, CORS refusals included, has its id.
