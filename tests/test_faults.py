@@ -91,7 +91,7 @@ async def test_an_outage_is_503_within_the_timeout_and_the_same_process_recovers
                 me, timings[f"{phase}: me"] = await graphql(ME)
                 ready, timings[f"{phase}: readyz"] = await _timed(http, "GET", "/readyz")
                 health = await http.get("/healthz")
-                async with websockets.connect(api.ws_url, subprotocols=["graphql-transport-ws"]) as ws:
+                async with websockets.connect(api.ws_url, subprotocols=["graphql-transport-ws"], ping_interval=None) as ws:
                     await ws.send(json.dumps({"type": "connection_init", "payload": auth}))
                     with pytest.raises(websockets.ConnectionClosed) as closed:
                         await asyncio.wait_for(ws.recv(), 30)

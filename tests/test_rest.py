@@ -504,7 +504,10 @@ async def test_a_rest_message_reaches_graphql_subscribers_and_history(server, ht
     viewer, sender = await make_user(), await make_user()
     stream_id = str((await make_stream()).id)
     transport = WebsocketsTransport(
-        url=server.ws_url, init_payload={"Authorization": server.token(viewer)}, subprotocols=["graphql-transport-ws"]
+        url=server.ws_url,
+        init_payload={"Authorization": server.token(viewer)},
+        subprotocols=["graphql-transport-ws"],
+        connect_args={"ping_interval": None},
     )
 
     async def first_message(session) -> dict[str, Any]:
