@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
 import websockets
 from gql import Client, GraphQLRequest
 from gql.transport.websockets import WebsocketsTransport
@@ -85,6 +86,7 @@ def _seqs(messages: list[dict[str, Any]]) -> list[int]:
     return [decode_cursor(m["cursor"]) for m in messages]
 
 
+@pytest.mark.slow
 async def test_two_api_processes_deliver_every_message_to_both_once_and_in_order(tmp_path):
     async with api_process(tmp_path) as a, api_process(tmp_path) as b:
         assert not any("Started the embedded" in line for line in b.output)  # b reused a's server
@@ -124,6 +126,7 @@ async def _died(pid: int) -> None:
         os.close(fd)
 
 
+@pytest.mark.slow
 async def test_subscribers_see_no_gap_or_duplicate_across_a_database_restart(tmp_path):
     async with api_process(tmp_path, MONGODB_SERVER_SELECTION_TIMEOUT_MS="10000") as api:
         demo = await _demo(tmp_path)

@@ -60,6 +60,7 @@ async def _timed(http: httpx.AsyncClient, method: str, url: str, **kwargs) -> tu
     return response, time.perf_counter() - started
 
 
+@pytest.mark.slow
 async def test_an_outage_is_503_within_the_timeout_and_the_same_process_recovers(tmp_path: Path):
     data_dir = tmp_path / "data"
     env: dict[str, str | None] = {

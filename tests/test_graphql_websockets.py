@@ -178,6 +178,7 @@ async def test_abruptly_dropped_sockets_leave_no_subscription_task_or_queue(serv
     assert not leftover, leftover
 
 
+@pytest.mark.slow
 async def test_sigterm_closes_websockets_with_1001_and_exits_cleanly(tmp_path):
     async with api_process(tmp_path) as api:
         demo = await _demo_token(api)

@@ -635,6 +635,7 @@ def _run_schemathesis(base_url: str, token: str, stream_ids: list[str], max_exam
     return sent
 
 
+@pytest.mark.slow
 async def test_schemathesis_finds_no_response_that_breaks_the_document(server, make_user, make_stream, tmp_path):
     owner, user = await make_user(), await make_user()
     live, ended = await make_stream(owner), await make_stream(owner)
