@@ -37,6 +37,7 @@ TEST_SECRET = "test-secret-" + "x" * 64
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "allow_error_logs: the test provokes ERROR logs on purpose")
+    config.addinivalue_line("markers", "slow: starts processes, restarts a database or fuzzes (-m 'not slow' skips)")
 
 
 @pytest.fixture(autouse=True)

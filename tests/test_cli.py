@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from gql_api.cli import schema_sdl, uvicorn_config
 
@@ -38,11 +39,13 @@ def test_the_checked_in_schema_is_the_running_schema():
     assert (ROOT / "schema.graphql").read_text() == schema_sdl()
 
 
+@pytest.mark.slow
 def test_export_schema_writes_the_schema(tmp_path, mongo_uri):
     gql_api("export-schema", "--output", str(tmp_path / "s.graphql"), env=_env(tmp_path, mongo_uri))
     assert (tmp_path / "s.graphql").read_text() == schema_sdl()
 
 
+@pytest.mark.slow
 def test_demo_is_idempotent_and_its_tokens_work(tmp_path, mongo_uri):
     env = _env(tmp_path, mongo_uri, database="cli_demo")
     first = json.loads(gql_api("demo", "--json", env=env).stdout)
@@ -54,6 +57,7 @@ def test_demo_is_idempotent_and_its_tokens_work(tmp_path, mongo_uri):
     assert all(d["token"].count(".") == 2 for d in first["users"].values())
 
 
+@pytest.mark.slow
 def test_user_create_and_token(tmp_path, mongo_uri):
     env = _env(tmp_path, mongo_uri, database="cli_users")
     created = json.loads(gql_api("user", "create", "JohnDoe", "--name", "John", "--surname", "Doe", env=env).stdout)
@@ -67,6 +71,7 @@ def test_user_create_and_token(tmp_path, mongo_uri):
     assert unknown.returncode == 2 and "no user" in unknown.stderr
 
 
+@pytest.mark.slow
 def test_production_refuses_to_start_without_a_secret(tmp_path):
     env = _env(tmp_path, "mongodb://127.0.0.1:1") | {"APP_ENV": "production"}
     result = gql_api("serve", env=env, check=False)
@@ -80,6 +85,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_serve_on_the_embedded_database_from_scratch(tmp_path):
     """The README's first command: no MongoDB anywhere, an empty data dir, a banner with a token."""
     port = _free_port()

@@ -121,7 +121,7 @@ async def test_by_default_no_other_origin_is_allowed(http):
 async def _handshake(live: LiveServer, token: str, origin: str | None) -> int | str:
     """The HTTP status of a refused websocket handshake, or the first message once accepted."""
     try:
-        async with websockets.connect(live.ws_url, subprotocols=["graphql-transport-ws"], origin=origin) as ws:
+        async with websockets.connect(live.ws_url, subprotocols=["graphql-transport-ws"], ping_interval=None, origin=origin) as ws:
             await ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": token}}))
             return json.loads(await ws.recv())["type"]
     except websockets.InvalidStatus as refused:

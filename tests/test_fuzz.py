@@ -18,6 +18,8 @@ from hypothesis_graphql import Mode, from_schema
 from gql_api.users import create_user
 from tests.conftest import LiveServer
 
+pytestmark = pytest.mark.slow
+
 SCHEMA = (Path(__file__).resolve().parent.parent / "schema.graphql").read_text()
 # Every code the README documents, with its statusCode.
 DOCUMENTED = {

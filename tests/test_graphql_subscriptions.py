@@ -23,7 +23,9 @@ SUBPROTOCOLS = ["graphql-transport-ws", "graphql-ws"]
 
 def _transport(server, token: str | None, subprotocol: str) -> WebsocketsTransport:
     payload = {"Authorization": token} if token is not None else {}
-    return WebsocketsTransport(url=server.ws_url, init_payload=payload, subprotocols=[subprotocol])
+    return WebsocketsTransport(
+        url=server.ws_url, init_payload=payload, subprotocols=[subprotocol], connect_args={"ping_interval": None}
+    )
 
 
 async def _collect(session, stream_id: str, count: int) -> list[dict[str, Any]]:
@@ -117,7 +119,7 @@ async def test_subscribing_to_an_unknown_stream_is_not_found(server, make_user):
 @pytest.mark.parametrize("subprotocol", SUBPROTOCOLS)
 @pytest.mark.parametrize("payload", [{}, {"Authorization": "garbage"}, {"authorization": "Bearer x.y.z"}])
 async def test_a_missing_or_bad_token_closes_the_socket_with_4403(server, subprotocol, payload):
-    async with websockets.connect(server.ws_url, subprotocols=[subprotocol]) as ws:
+    async with websockets.connect(server.ws_url, subprotocols=[subprotocol], ping_interval=None) as ws:
         await ws.send(json.dumps({"type": "connection_init", "payload": payload}))
         with pytest.raises(websockets.ConnectionClosed) as closed:
             while True:
@@ -129,7 +131,7 @@ async def test_a_missing_or_bad_token_closes_the_socket_with_4403(server, subpro
 @pytest.mark.parametrize("key", ["Authorization", "authorization", "AUTHORIZATION"])
 async def test_the_connection_payload_key_is_case_insensitive(server, make_user, key):
     user = await make_user()
-    async with websockets.connect(server.ws_url, subprotocols=["graphql-transport-ws"]) as ws:
+    async with websockets.connect(server.ws_url, subprotocols=["graphql-transport-ws"], ping_interval=None) as ws:
         await ws.send(json.dumps({"type": "connection_init", "payload": {key: f"Bearer {server.token(user)}"}}))
         assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == {"type": "connection_ack"}
 

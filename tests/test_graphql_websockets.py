@@ -41,6 +41,18 @@ async def limited(server: LiveServer, make_settings) -> AsyncIterator[LiveServer
         yield live
 
 
+@pytest.fixture
+async def pinging(server: LiveServer, make_settings) -> AsyncIterator[LiveServer]:
+    """An app that pings every half second, with the default ``connection_init`` timeout.
+
+    Long enough for a loaded machine to answer a ping and to send ``connection_init`` in time,
+    short enough to see several rounds quickly.
+    """
+    app, ready = app_with_ready(make_settings(ws_ping_interval_seconds=0.5), database=server.app.state.database)
+    async with serve(app, ready=ready) as live:
+        yield live
+
+
 async def _recv(ws) -> dict[str, Any]:
     return json.loads(await asyncio.wait_for(ws.recv(), 10))
 
@@ -60,7 +72,7 @@ async def _closed_with(ws) -> int:
 
 
 async def _connect(live: LiveServer, token: str | None, protocol: str = "graphql-transport-ws"):
-    ws = await websockets.connect(live.ws_url, subprotocols=[protocol])
+    ws = await websockets.connect(live.ws_url, subprotocols=[protocol], ping_interval=None)
     if token is not None:
         await ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": token}}))
         assert (await _recv(ws))["type"] == "connection_ack"
@@ -72,7 +84,7 @@ def _subscribe(op_id: str, stream_id: str) -> str:
 
 
 async def test_connection_init_must_arrive_in_time(tight):
-    async with websockets.connect(tight.ws_url, subprotocols=["graphql-transport-ws"]) as ws:
+    async with websockets.connect(tight.ws_url, subprotocols=["graphql-transport-ws"], ping_interval=None) as ws:
         assert await _closed_with(ws) == 4408
 
 
@@ -95,16 +107,17 @@ async def test_protocol_violations_close_with_their_codes(server, make_user, mak
         assert await _closed_with(ws) == code
 
 
-async def test_one_subscription_too_many_is_an_error_while_the_others_keep_streaming(tight, make_user, make_stream):
+async def test_one_subscription_too_many_is_an_error_while_the_others_keep_streaming(limited, make_user, make_stream):
     stream = await make_stream()
     user = await make_user()
-    async with await _connect(tight, tight.token(user)) as ws:
+    async with await _connect(limited, limited.token(user)) as ws:
         for n in range(3):
             await ws.send(_subscribe(str(n), str(stream.id)))
-        await tight.app.state.hub.wait_for_subscribers(str(stream.id), 3)
+        await limited.app.state.hub.wait_for_subscribers(str(stream.id), 3)
         await ws.send(_subscribe("extra", str(stream.id)))
+
         refused = await _recv_operation(ws)
-        await tight.chat.send_message(user, str(stream.id), "still here")
+        await limited.chat.send_message(user, str(stream.id), "still here")
         frames = [await _recv_operation(ws) for _ in range(3)]
 
     assert refused["id"] == "extra" and refused["type"] == "error"
@@ -112,27 +125,28 @@ async def test_one_subscription_too_many_is_an_error_while_the_others_keep_strea
     assert {f["payload"]["data"]["messageAdded"]["content"] for f in frames} == {"still here"}
 
 
-async def test_the_server_pings_and_keeps_a_connection_that_answers(tight, make_user):
-    async with await _connect(tight, tight.token(await make_user())) as ws:
+async def test_the_server_pings_and_keeps_a_connection_that_answers(pinging, make_user):
+    async with await _connect(pinging, pinging.token(await make_user())) as ws:
         for _ in range(3):  # three rounds: each later round checked the previous pong
             assert await _recv(ws) == {"type": "ping"}
             await ws.send(json.dumps({"type": "pong"}))
 
 
-async def test_a_connection_that_stops_answering_pings_is_closed_and_its_subscriptions_freed(tight, make_user, make_stream):
+async def test_a_connection_that_stops_answering_pings_is_closed_and_its_subscriptions_freed(pinging, make_user, make_stream):
     stream = await make_stream()
-    async with await _connect(tight, tight.token(await make_user())) as ws:
+    async with await _connect(pinging, pinging.token(await make_user())) as ws:
         await ws.send(_subscribe("1", str(stream.id)))
-        await tight.app.state.hub.wait_for_subscribers(str(stream.id), 1)
+        await pinging.app.state.hub.wait_for_subscribers(str(stream.id), 1)
         code = await _closed_with(ws)  # never answers the pings
-    await tight.app.state.hub.wait_for_subscribers(str(stream.id), 0)
+    await pinging.app.state.hub.wait_for_subscribers(str(stream.id), 0)
     assert code == 4499
 
 
 @pytest.mark.parametrize("protocol", ["graphql-transport-ws", "graphql-ws"])
 async def test_a_token_that_expires_closes_the_connection_with_4403(server, make_user, make_stream, protocol):
     stream = await make_stream()
-    token = server.token(await make_user(), ttl=timedelta(seconds=1))
+    # "exp" has whole seconds: a 1 s ttl could leave ~0 s, expiring before the subscription starts.
+    token = server.token(await make_user(), ttl=timedelta(seconds=3))
     async with await _connect(server, token, protocol) as ws:
         start = {"id": "1", "type": "subscribe" if protocol == "graphql-transport-ws" else "start",
                  "payload": {"query": SUBSCRIBE, "variables": {"s": str(stream.id)}}}
@@ -172,10 +186,11 @@ async def test_abruptly_dropped_sockets_leave_no_subscription_task_or_queue(serv
     assert not leftover, leftover
 
 
+@pytest.mark.slow
 async def test_sigterm_closes_websockets_with_1001_and_exits_cleanly(tmp_path):
     async with api_process(tmp_path) as api:
         demo = await _demo_token(api)
-        async with websockets.connect(api.ws_url, subprotocols=["graphql-transport-ws"]) as ws:
+        async with websockets.connect(api.ws_url, subprotocols=["graphql-transport-ws"], ping_interval=None) as ws:
             await ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": demo}}))
             assert (await _recv(ws))["type"] == "connection_ack"
             api.process.send_signal(signal.SIGTERM)

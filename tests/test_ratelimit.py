@@ -122,6 +122,7 @@ async def test_concurrent_sends_admit_exactly_the_limit(server, make_user, make_
     assert all(isinstance(r, RateLimited) for r in results if r is not None)
 
 
+@pytest.mark.slow
 async def test_the_limit_holds_across_replicas(server, make_user, make_stream, client_for, tmp_path):
     """A second `gql-api serve` process on the same database shares the counters."""
     settings = server.app.state.settings

@@ -504,7 +504,10 @@ async def test_a_rest_message_reaches_graphql_subscribers_and_history(server, ht
     viewer, sender = await make_user(), await make_user()
     stream_id = str((await make_stream()).id)
     transport = WebsocketsTransport(
-        url=server.ws_url, init_payload={"Authorization": server.token(viewer)}, subprotocols=["graphql-transport-ws"]
+        url=server.ws_url,
+        init_payload={"Authorization": server.token(viewer)},
+        subprotocols=["graphql-transport-ws"],
+        connect_args={"ping_interval": None},
     )
 
     async def first_message(session) -> dict[str, Any]:
@@ -632,6 +635,7 @@ def _run_schemathesis(base_url: str, token: str, stream_ids: list[str], max_exam
     return sent
 
 
+@pytest.mark.slow
 async def test_schemathesis_finds_no_response_that_breaks_the_document(server, make_user, make_stream, tmp_path):
     owner, user = await make_user(), await make_user()
     live, ended = await make_stream(owner), await make_stream(owner)
