@@ -15,8 +15,8 @@ Everything here is also correct, and means the same, on a real MongoDB:
   MongoDB waits up to ``maxAwaitTimeMS``: a follower pauses ``EMPTY_BATCH_PAUSE_SECONDS``
   after an empty batch rather than spin (on MongoDB the wait already happened).
 - A change event's document id is read from ``documentKey._id``: nx-27017 sends
-  ``fullDocument._id`` as a dict, and the rest of the document as extended JSON. Its update events carry the whole document, not
-  ``updateDescription``; its duplicate-key errors name the index but not its key pattern.
+  ``fullDocument._id`` as a dict, and the rest of the document as extended JSON. Its
+  duplicate-key errors name the index but not its key pattern.
 """
 
 from __future__ import annotations
@@ -67,26 +67,14 @@ def _from_extended_json(value: Any) -> Any:
     return value
 
 
-def ended_stream_id(event: dict[str, Any]) -> str | None:
-    """The id of the stream an update event marked ENDED, if it did.
-
-    MongoDB reports the change in ``updateDescription``; nx-27017 sends the whole document.
-    """
-    if event.get("operationType") not in {"update", "replace"}:
-        return None
-    changed = (event.get("updateDescription") or {}).get("updatedFields") or event.get("fullDocument") or {}
-    if changed.get("status") != "ENDED":
-        return None
-    return str(event["documentKey"]["_id"])
-
-
 def is_duplicate_of(exc: DuplicateKeyError, field: str) -> bool:
     """Whether a duplicate-key error is about an index over ``field``.
 
-    MongoDB names the index and its key pattern; nx-27017 names only its own index name,
-    which contains the field names.
+    MongoDB names the index and its key pattern (its message also quotes the duplicate
+    values, so it is not searched); nx-27017 names only its own index name, which contains
+    the field names.
     """
     details = exc.details or {}
-    if field in (details.get("keyPattern") or {}):
-        return True
+    if pattern := details.get("keyPattern"):
+        return field in pattern
     return field in str(details.get("errmsg", exc))

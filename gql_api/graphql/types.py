@@ -6,6 +6,7 @@ from datetime import datetime
 from enum import Enum
 
 import strawberry
+from strawberry.types import Info
 
 from gql_api import documents
 from gql_api.pagination import Page, encode_cursor
@@ -83,9 +84,13 @@ class LiveStream:
     title: str
     status: StreamStatus
     owner: User
-    superlike_count: int
     created_at: datetime
     ended_at: datetime | None
+
+    @strawberry.field(description="How many users superliked the stream (one superlike each).")
+    async def superlike_count(self, info: Info) -> int:
+        # Counted from the stored superlikes when asked for, so it can never drift from them.
+        return await info.context.chat.superlike_count(str(self.id))
 
     @classmethod
     def from_document(cls, stream: documents.LiveStream) -> LiveStream:
@@ -94,7 +99,6 @@ class LiveStream:
             title=stream.title,
             status=StreamStatus(stream.status.value),
             owner=User.from_profile(stream.owner),
-            superlike_count=stream.superlike_count,
             created_at=stream.created_at,
             ended_at=stream.ended_at,
         )
