@@ -87,7 +87,7 @@ class LiveStream:
     created_at: datetime
     ended_at: datetime | None
 
-    @strawberry.field(description="How many users superliked the stream (one superlike each).")
+    @strawberry.field
     async def superlike_count(self, info: Info) -> int:
         # Counted from the stored superlikes when asked for, so it can never drift from them.
         return await info.context.chat.superlike_count(str(self.id))
