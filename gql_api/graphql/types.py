@@ -78,19 +78,20 @@ class User:
         return cls.from_profile(user.public_profile())
 
 
+async def _superlike_count(root: LiveStream, info: Info) -> int:
+    # Counted from the stored superlikes when asked for, so it can never drift from them.
+    return await info.context.chat.superlike_count(str(root.id))
+
+
 @strawberry.type(description="A live stream that viewers chat in.")
 class LiveStream:
     id: strawberry.ID
     title: str
     status: StreamStatus
     owner: User
+    superlike_count: int = strawberry.field(resolver=_superlike_count)
     created_at: datetime
     ended_at: datetime | None
-
-    @strawberry.field
-    async def superlike_count(self, info: Info) -> int:
-        # Counted from the stored superlikes when asked for, so it can never drift from them.
-        return await info.context.chat.superlike_count(str(self.id))
 
     @classmethod
     def from_document(cls, stream: documents.LiveStream) -> LiveStream:
