@@ -14,6 +14,9 @@ Everything here is also correct, and means the same, on a real MongoDB:
 - nx-27017 answers a change stream's ``getMore`` at once when there is nothing new, where
   MongoDB waits up to ``maxAwaitTimeMS``: a follower pauses ``EMPTY_BATCH_PAUSE_SECONDS``
   after an empty batch rather than spin (on MongoDB the wait already happened).
+- Counting is a find of ids, not ``count_documents``: nx-27017 runs that aggregation
+  as a table scan (measured: 5 s over 40,000 messages), but answers an indexed find in
+  milliseconds (``count_matching``).
 - A change event's document id is read from ``documentKey._id``: nx-27017 sends
   ``fullDocument._id`` as a dict, and the rest of the document as extended JSON. Its
   duplicate-key errors name the index but not its key pattern.
@@ -26,6 +29,7 @@ from typing import Any
 
 from bson import ObjectId
 from bson.errors import InvalidId
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
 
@@ -65,6 +69,15 @@ def _from_extended_json(value: Any) -> Any:
     if isinstance(value, list):
         return [_from_extended_json(item) for item in value]
     return value
+
+
+async def count_matching(collection: AsyncCollection, condition: dict[str, Any]) -> int:
+    """How many documents match ``condition``, through the index that covers it.
+
+    Only for small counts (a stream's superlikes: one per viewer at most); on MongoDB
+    ``count_documents`` would be the choice.
+    """
+    return len([1 async for _ in collection.find(condition, {"_id": 1})])
 
 
 def is_duplicate_of(exc: DuplicateKeyError, field: str) -> bool:

@@ -11,7 +11,7 @@ from typing import Any
 
 from pymongo import ASCENDING, DESCENDING
 
-from gql_api.compat import eq
+from gql_api.compat import count_matching, eq
 from gql_api.database import detached
 from gql_api.documents import VISIBLE_KINDS, ChatMessage, MessageKind
 
@@ -49,18 +49,13 @@ async def read_window(
     before: int | None,
     limit: int,
     newest_first: bool,
-    with_end: bool = False,
 ) -> list[ChatMessage]:
     """Up to ``limit`` messages with ``after < seq < before``, from the chosen end, in that order.
 
-    The end entry is left out unless ``with_end``. It is filtered here rather than in the
-    query, so the query keeps to the (stream_id, seq) index: there is at most one, so one row
-    more than asked for is always enough.
+    The end entry is left out here rather than in the query, so the query keeps to the
+    (stream_id, seq) index: there is at most one, so one row more than asked for is enough.
     """
-    window = _window(after, before)
-    if with_end:
-        return await _read(stream_id, window, limit=limit, newest_first=newest_first)
-    rows = await _read(stream_id, window, limit=limit + 1, newest_first=newest_first)
+    rows = await _read(stream_id, _window(after, before), limit=limit + 1, newest_first=newest_first)
     return [row for row in rows if row.kind in VISIBLE_KINDS][:limit]
 
 
@@ -97,4 +92,4 @@ async def replay(
 async def superlike_count(stream_id: str) -> int:
     """How many superlikes the stream has: counted from the stored messages, so never adrift."""
     condition = {"stream_id": eq(stream_id), "kind": eq(MessageKind.SUPERLIKE.value)}
-    return await detached(ChatMessage.get_pymongo_collection().count_documents(condition))
+    return await detached(count_matching(ChatMessage.get_pymongo_collection(), condition))

@@ -22,6 +22,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from typing import Any
 
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
@@ -100,7 +101,7 @@ class MessageRateLimiter:
         )
 
 
-def _entries(raw: dict | None) -> list[tuple[int, str]]:
+def _entries(raw: dict[str, Any] | None) -> list[tuple[int, str]]:
     """The (send time, dedup key) pairs of a stored log; a log written before keys were
     recorded has none, so none of its entries matches a retry."""
     if raw is None:
