@@ -268,12 +268,12 @@ async def api_process(data_dir: Path, *, workers: int = 1, **env: str | None) ->
 
     async def drain() -> None:
         # Read to the end, or a full pipe would block the server's logging.
+        started = 0
         async for raw in process.stdout:  # type: ignore[union-attr]
             line = raw.decode(errors="replace").rstrip()
             output.append(line)
-            if workers == 1 and "Uvicorn running" in line:
-                serving.set()
-            if workers > 1 and sum("Application startup complete" in seen for seen in output) == workers:
+            started += "Application startup complete" in line
+            if ("Uvicorn running" in line) if workers == 1 else started == workers:
                 serving.set()
         serving.set()
 

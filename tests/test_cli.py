@@ -125,11 +125,12 @@ def test_serve_caps_websocket_messages_in_uvicorn_too(make_settings):
 
 
 @pytest.mark.parametrize(("ws_compression", "negotiated"), [(False, None), (True, "permessage-deflate")])
-async def test_websocket_compression_is_negotiated_only_when_turned_on(make_settings, ws_compression, negotiated):
+async def test_websocket_compression_is_negotiated_only_when_turned_on(server, make_settings, ws_compression, negotiated):
     """Browsers always offer permessage-deflate: uvicorn, as ``gql-api serve`` configures it,
     accepts it only with WS_COMPRESSION on."""
     settings = make_settings(ws_compression=ws_compression)
-    app, ready = app_with_ready(settings)
+    # The session's database: Beanie's binding is process-wide, and must outlive this app.
+    app, ready = app_with_ready(settings, database=server.app.state.database)
 
     def config(app: Any, port: int) -> Any:
         return uvicorn_config(app, settings, host="127.0.0.1", port=port)
