@@ -29,6 +29,25 @@ def token_from_header(value: str | None) -> str | None:
     return value or None
 
 
+TIME_CLAIMS = ("exp", "iat", "nbf")
+
+
+def _expiry(claims: dict[str, object]) -> datetime:
+    """The token's ``exp`` as a moment, once its time claims are known to be real NumericDates.
+
+    PyJWT checks ``int(claim)`` only, so it lets through numeric strings (``"1900000000"``) and
+    moments past what ``datetime`` holds (after the year 9999): neither makes a valid token.
+    """
+    for name in TIME_CLAIMS:
+        value = claims.get(name, 0)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise Unauthenticated(f"Authentication required: the token's {name} is not a number")
+    try:
+        return datetime.fromtimestamp(claims["exp"], UTC)  # type: ignore[arg-type]
+    except (OverflowError, OSError, ValueError) as exc:
+        raise Unauthenticated("Authentication required: the token's exp is out of range") from exc
+
+
 @dataclass(frozen=True)
 class TokenClaims:
     user_id: str
@@ -79,9 +98,7 @@ class Authenticator:
         subject = claims["sub"]
         if not isinstance(subject, str):
             raise Unauthenticated("Authentication required: the token's subject is not valid")
-        return TokenClaims(
-            user_id=subject, expires_at=datetime.fromtimestamp(claims["exp"], UTC)
-        )
+        return TokenClaims(user_id=subject, expires_at=_expiry(claims))
 
     async def authenticate(self, token: str | None) -> User:
         """The existing user a valid token names."""

@@ -82,6 +82,13 @@ def _bad_tokens(user_id: str) -> dict[str, str | None]:
         "unknown user": _token(_claims("64d15f9e2e6c8f4d5a123456")),
         "sub not an id": _token(_claims("johndoe")),
         "wrong algorithm": _token(_claims(user_id), key=TEST_SECRET * 2, algorithm="HS512"),
+        # Correctly signed, with time claims PyJWT lets through (it checks int(claim) only).
+        "exp a numeric string": _token({**_numeric(user_id), "exp": str(_numeric(user_id)["exp"])}),
+        "exp after the year 9999": _token({**_numeric(user_id), "exp": 253_402_300_800}),
+        "exp far beyond": _token({**_numeric(user_id), "exp": 10**30}),
+        "exp a float beyond": _token({**_numeric(user_id), "exp": 1e300}),
+        "iat a numeric string": _token({**_numeric(user_id), "iat": "1"}),
+        "nbf after the year 9999": _token({**_numeric(user_id), "nbf": 253_402_300_800}),
     }
 
 

@@ -239,6 +239,7 @@ BEFORE_INIT = {
     "a string": '"x"',
     "null": "null",
     "not json": "{",
+    "JSON nested deeper than the interpreter's recursion limit": "[" * 20_000 + "]" * 20_000,
     "a binary frame": b'{"type": "connection_init"}',
     "no type": '{"payload": {}}',
     "a type that is not a string": '{"type": ["connection_init"]}',

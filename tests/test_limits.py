@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
 import websockets
-from graphql import get_introspection_query
+from graphql import DocumentNode, get_introspection_query, parse
+from strawberry.extensions import SchemaExtension
 
 from gql_api.app import create_app
-from tests.conftest import LiveServer, serve
+from gql_api.graphql.limits import CachedDocument, DocumentCache
+from gql_api.graphql.schema import build_schema
+from tests.conftest import TEST_SECRET, LiveServer, api_process, serve
 
 LIMIT = 64 * 1024
 
@@ -52,22 +58,19 @@ async def test_aliases_over_the_limit_are_refused(http):
 
 
 def _tokens(count: int) -> str:
-    """A valid query of exactly ``count`` tokens (about 1,600 to 2,500).
+    """A valid query of exactly ``count`` tokens (over 40).
 
-    Spread over many field names: graphql-core gives up on a document that repeats one field
-    hundreds of times ("Validation aborted."), which would hide the token limit.
+    Padded with spreads of one fragment: graphql-core gives up on a document that repeats one
+    field many times ("Validation aborted.", the field-merging budget), which would hide the
+    token limit.
     """
-    def repeat(fields: list[str], times: int) -> str:
-        return (" " + " ".join(fields)) * times
-
-    user = ["id", "username", "name", "surname", "availabilityStatus", "__typename"]
-    photo = ["id", "url", "type", "createdAt", "updatedAt", "__typename"]
-    rest = count - 11 - 6 * 130 - 6 * 130  # 11 tokens of braces and the three object fields
-    return (
-        "{" + repeat(["__typename"], rest - 3 * (rest // 4)) + " me {" + repeat(user, 130)
-        + " profilePhoto {" + repeat(photo, 130) + " variants {" + repeat(["size", "url", "__typename"], rest // 4)
-        + " } } } }"
+    head = (
+        "{ me { id username name surname availabilityStatus __typename profilePhoto"
+        " { id url type createdAt updatedAt __typename variants { size url __typename } } }"
     )
+    tail = " } fragment P on Query { __typename }"
+    rest = count - 25 - 8  # the tokens of head and tail
+    return head + " __typename" * (rest % 2) + " ...P" * (rest // 2) + tail
 
 
 async def test_tokens_over_the_limit_are_refused(make_user, client_for):
@@ -214,3 +217,187 @@ async def test_limits_apply_to_subscriptions_over_websockets(server, make_user, 
     assert close_code == 4400, long
     assert long == {"reason": "Syntax Error: Document contains more than 2000 tokens. Parsing aborted."}
     assert server.app.state.hub.subscriber_count(stream_id) == 0
+
+
+# Checking a document costs time linear in its size; caches hold bounded memory; production
+# suggests nothing.
+
+
+def _doubling(levels: int, leaf: str = "__typename") -> str:
+    """A document whose fragments each spread the next twice: 2^levels leaves once expanded."""
+    fragments = " ".join(f"fragment F{n} on Query {{ ...F{n + 1} ...F{n + 1} }}" for n in range(levels))
+    return f"query {{ ...F0 }} {fragments} fragment F{levels} on Query {{ {leaf} }}"
+
+
+async def test_fragments_spread_twice_at_each_of_30_levels_get_an_answer(tmp_path, mongo_uri):
+    # A replica of its own: were checking the document to block its event loop, the test's
+    # loop (which also runs the in-process servers) would not block with it.
+    env = {"MONGODB_URI": mongo_uri, "MONGODB_DB": "limits_doubling", "JWT_SECRET": TEST_SECRET}
+    async with api_process(tmp_path, **env) as api, httpx.AsyncClient(base_url=api.url, timeout=None) as client:
+        try:
+            # A guard against a hang (2^30 spreads walked one by one), not a speed threshold.
+            plain, aliased = await asyncio.wait_for(
+                asyncio.gather(
+                    client.post("/graphql", json={"query": _doubling(30)}),
+                    client.post("/graphql", json={"query": _doubling(30, leaf="a: __typename")}),
+                ),
+                20,
+            )
+        except TimeoutError:
+            api.process.kill()  # still walking them: it would not stop on SIGINT either
+            raise
+
+    assert plain.json() == {"data": {"__typename": "Query"}}
+    assert aliased.json() == {
+        "data": None,
+        "errors": [
+            {
+                "message": "1073741824 aliases found. Allowed: 15",
+                "extensions": {"code": "BAD_USER_INPUT", "statusCode": 400},
+            }
+        ],
+    }
+
+
+async def test_aliases_count_once_per_spread_of_their_fragment(http):
+    allowed = await http.post("/graphql", json={"query": _doubling(3, leaf="a: __typename")})
+    refused = await http.post("/graphql", json={"query": _doubling(4, leaf="a: __typename")})
+
+    assert allowed.json() == {"data": {"a": "Query"}}
+    assert [e["message"] for e in _errors(refused)] == ["16 aliases found. Allowed: 15"]
+
+
+async def test_depth_is_counted_through_fragments(strict):
+    at_limit = (
+        "query Deep { me { ...U } } fragment U on User { profilePhoto { ...P } }"
+        " fragment P on ProfilePhoto { variants { url } }"
+    )
+    over = (
+        'query Deep { chatMessages(streamId: "x") { ...C } }'
+        " fragment C on ChatMessageConnection { edges { node { ...M } } }"
+        " fragment M on ChatMessage { sender { id } }"
+    )
+    async with httpx.AsyncClient(base_url=strict.url) as client:
+        allowed = await client.post("/graphql", json={"query": at_limit})
+        refused = await client.post("/graphql", json={"query": over})
+
+    assert _errors(allowed)[0]["extensions"]["code"] == "UNAUTHENTICATED"  # it ran
+    [error] = _errors(refused)
+    assert error["message"] == "'Deep' exceeds maximum operation depth of 3"
+    assert error["extensions"] == {"code": "BAD_USER_INPUT", "statusCode": 400}
+
+
+async def test_fragment_cycles_are_refused(http):
+    query = "{ ...A } fragment A on Query { ...B __typename } fragment B on Query { ...A }"
+    body = (await http.post("/graphql", json={"query": query})).json()
+
+    assert body["data"] is None
+    assert [e["message"] for e in body["errors"]] == ["Cannot spread fragment 'A' within itself via 'B'."]
+    assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+
+
+async def test_a_field_repeated_hundreds_of_times_is_refused(http):
+    # graphql-core compares every pair of same-named fields; its work budget is lowered so
+    # such a document is refused before it can block the event loop for long.
+    allowed = await http.post("/graphql", json={"query": "{" + " __typename" * 100 + "}"})
+    refused = await http.post("/graphql", json={"query": "{" + " me { id }" * 400 + "}"})
+
+    assert allowed.json() == {"data": {"__typename": "Query"}}
+    assert _errors(refused) == [
+        {"message": "Validation aborted.", "extensions": {"code": "BAD_USER_INPUT", "statusCode": 400}}
+    ]
+
+
+def test_the_document_cache_is_bounded_by_bytes_and_keeps_no_large_entry():
+    document = parse("{ __typename }")
+    cache = DocumentCache(max_bytes=1000, max_entry_bytes=450)
+    for key in "abc":
+        assert cache.put(key, CachedDocument(document, cost=300))
+    cache.get("a")  # now the most recently used
+    assert cache.put("d", CachedDocument(document, cost=300))
+
+    assert ("a" in cache, "b" in cache, "c" in cache, "d" in cache) == (True, False, True, True)
+    assert cache.bytes == 900
+    assert not cache.put("big", CachedDocument(document, cost=451))
+    assert "big" not in cache and cache.bytes == 900
+
+    grown = cache.get("a")
+    assert grown is not None
+    grown.cost = 450
+    assert cache.put("a", grown)  # accounted anew, evicting the least recently used
+    assert cache.bytes == 750 and len(cache) == 2 and "c" not in cache
+    grown.cost = 500
+    assert not cache.put("a", grown)
+    assert "a" not in cache and cache.bytes == 300
+
+
+async def test_a_large_document_is_not_kept_after_its_request():
+    schema = build_schema()
+    documents: list[weakref.ref[DocumentNode]] = []
+
+    class Witness(SchemaExtension):
+        def on_validate(self) -> Iterator[None]:
+            assert self.execution_context.graphql_document is not None
+            documents.append(weakref.ref(self.execution_context.graphql_document))
+            yield
+
+    schema.extensions = (*schema.extensions, Witness)  # sees the document each request uses
+    small = "query Small { __typename }"
+
+    def large(n: int) -> str:  # few tokens, a 1 MiB string literal
+        return f'query Large($pad: String = "{n}{"x" * 1024 * 1024}") {{ __typename }}'
+
+    for query in (small, large(0), large(1), small):
+        result = await schema.execute(query)
+        assert result.data == {"__typename": "Query"} or [e.message for e in result.errors or []] == [
+            "Variable '$pad' is never used in operation 'Large'."
+        ]
+    del result
+    gc.collect()
+
+    small_first, large_first, large_second, small_again = (document() for document in documents)
+    assert large_first is None and large_second is None
+    assert small_first is not None and small_again is small_first  # small ones are still cached
+    assert len(schema.document_cache) == 1
+
+
+SUGGESTING = [
+    '{ liveStream(idd: "1") { id } }',  # Did you mean 'id'?
+    "query($x: Idd) { __typename }",  # Did you mean 'ID' or 'Int'?
+    "{ mee { id } }",  # Did you mean 'me'?
+    "{ __typename @include(iff: true) }",  # Did you mean 'if'?
+    "{ ...F } fragment F on Usr { id }",  # Did you mean 'User'?
+]
+
+
+@pytest.fixture(scope="module")
+async def production(make_settings) -> AsyncIterator[LiveServer]:
+    """A production app; without its lifespan (see ``strict``)."""
+    async with serve(create_app(make_settings(app_env="production")), lifespan="off") as live:
+        yield live
+
+
+async def test_production_suggests_nothing(http, production):
+    async with httpx.AsyncClient(base_url=production.url) as client:
+        for query in SUGGESTING:
+            development = _errors(await http.post("/graphql", json={"query": query}))
+            quiet = _errors(await client.post("/graphql", json={"query": query}))
+
+            assert any("Did you mean" in e["message"] for e in development), development
+            assert not any("Did you mean" in e["message"] for e in quiet), quiet
+            assert {e["extensions"]["code"] for e in quiet} == {"BAD_USER_INPUT"}
+            assert len(quiet) == len(development)
+
+
+def test_production_coerces_variables_without_suggestions(make_settings):
+    # No argument of this schema takes an enum yet; a variable of one would suggest values.
+    document = parse("query($kind: MessageKind) { __typename }")
+    messages = {}
+    for env in ("development", "production"):
+        schema = build_schema(make_settings(app_env=env))
+        errors = schema.execution_context_class.build(schema._schema, document, raw_variable_values={"kind": "TEXX"})
+        assert isinstance(errors, list)
+        messages[env] = [error.message for error in errors]
+
+    assert "Did you mean the enum value 'TEXT'?" in messages["development"][0]
+    assert messages["production"] == [messages["development"][0].split(" Did you mean")[0]]

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -12,15 +11,7 @@ from typing import Any
 import strawberry
 from graphql import GraphQLError
 from strawberry.exceptions import MissingQueryError
-from strawberry.extensions import (
-    AddValidationRules,
-    DisableIntrospection,
-    MaxAliasesLimiter,
-    MaxTokensLimiter,
-    ParserCache,
-    QueryDepthLimiter,
-    ValidationCache,
-)
+from strawberry.extensions import AddValidationRules, DisableIntrospection, MaxTokensLimiter
 from strawberry.schema.config import StrawberryConfig
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types import Info
@@ -29,6 +20,14 @@ from gql_api.documents import isoformat_z
 from gql_api.errors import ApiError, BadUserInput, as_api_error
 from gql_api.graphql.context import Context
 from gql_api.graphql.fanout import fan_out
+from gql_api.graphql.limits import (
+    CachedParse,
+    CachedValidation,
+    DocumentCache,
+    QuietExecutionContext,
+    alias_limit_rule,
+    depth_limit_rule,
+)
 from gql_api.graphql.types import ChatMessage, ChatMessageConnection, LiveStream, User
 from gql_api.pagination import PageRequest
 from gql_api.settings import Settings
@@ -42,8 +41,11 @@ DATETIME_SCALAR = strawberry.scalar(
     serialize=isoformat_z,
     parse_value=datetime.fromisoformat,
 )
-# Distinct query texts whose parse and validation are remembered (clients send few).
-DOCUMENT_CACHE_SIZE = 1024
+# Parsed and validated documents are remembered by query text (clients send few distinct
+# ones), within an estimate of the memory they hold: at most 16 MiB per schema, and no
+# document over 1 MiB (about 1,600 tokens, or a long string literal) is kept at all.
+DOCUMENT_CACHE_BYTES = 16 * 1024 * 1024
+DOCUMENT_CACHE_ENTRY_BYTES = 1024 * 1024
 _REQUEST_ERRORS = (CannotGetOperationTypeError, InvalidOperationTypeError, MissingQueryError)
 
 
@@ -133,6 +135,8 @@ class Subscription:
 class ChatSchema(strawberry.Schema):
     """The schema, with every error given a ``code`` and ``statusCode`` and the unexpected masked."""
 
+    document_cache: DocumentCache  # parsed and validated documents, set by build_schema
+
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         for error in errors:
             api_error = _classify(error)
@@ -155,18 +159,6 @@ def _classify(error: GraphQLError) -> ApiError:
     return as_api_error(original)
 
 
-class _ParserCache(ParserCache):
-    """Strawberry's parse cache, except that a document which fails to parse is left to
-    Strawberry's own parse step, which reports the syntax error as the request's error (the
-    stock extension raises it out of the operation: over websockets, a silent ``complete``)."""
-
-    def on_parse(self) -> Iterator[None]:
-        context = self.execution_context
-        with contextlib.suppress(GraphQLError):
-            context.graphql_document = self.cached_parse_document(context.query, **context.parse_options)
-        yield
-
-
 def build_schema(settings: Settings | None = None) -> ChatSchema:
     """The schema with the request limits of ``settings`` (the defaults when None).
 
@@ -177,30 +169,34 @@ def build_schema(settings: Settings | None = None) -> ChatSchema:
     """
     # model_construct: the declared defaults, without reading the environment.
     settings = settings or Settings.model_construct()
-    # The limiters' validation rules are built once and shared: a subscription keeps its
-    # operation's extensions alive for hours, and equal rules let validation results be cached.
+    # The limit rules are built once and shared: a subscription keeps its operation's
+    # extensions alive for hours, and equal rules let validation results be cached.
     limit_rules = [
-        *QueryDepthLimiter(max_depth=settings.graphql_max_depth).validation_rules,
-        *MaxAliasesLimiter(max_alias_count=settings.graphql_max_aliases).validation_rules,
+        depth_limit_rule(settings.graphql_max_depth),
+        alias_limit_rule(settings.graphql_max_aliases),
     ]
+    document_cache = DocumentCache(DOCUMENT_CACHE_BYTES, DOCUMENT_CACHE_ENTRY_BYTES)
     # Factories, not instances: Strawberry builds a fresh extension for each operation.
     extensions: list[Any] = [
         partial(MaxTokensLimiter, max_token_count=settings.graphql_max_tokens),
-        partial(_ParserCache, maxsize=DOCUMENT_CACHE_SIZE),
+        partial(CachedParse, document_cache),
         partial(AddValidationRules, limit_rules),
-        partial(ValidationCache, maxsize=DOCUMENT_CACHE_SIZE),
+        partial(CachedValidation, document_cache, hide_suggestions=settings.production),
     ]
     if settings.production:
         extensions.append(DisableIntrospection)
     batch = settings.graphql_batch_max_operations
-    return ChatSchema(
+    schema = ChatSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
         extensions=extensions,
+        execution_context_class=QuietExecutionContext if settings.production else None,
         config=StrawberryConfig(
             disable_field_suggestions=settings.production,
             scalar_map={datetime: DATETIME_SCALAR},
             batching_config={"max_operations": batch} if batch else None,
         ),
     )
+    schema.document_cache = document_cache
+    return schema

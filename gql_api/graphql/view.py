@@ -180,7 +180,17 @@ class GraphQLView(GraphQL[Context, None]):
             # Strawberry's own refusals (bad JSON, GET mutation, batching...) as GraphQL errors.
             error = _status_error(exc.status_code, exc.reason)
             response = error_response(error, response_media_type(request.headers.get("accept")))
+            if exc.status_code == 405:
+                response.headers["Allow"] = "GET, POST"  # RFC 9110 requires it on a 405
         await response(scope, receive, send)
+
+    def parse_json(self, data: str | bytes) -> Any:
+        # Strawberry turns only JSONDecodeError into a 400; bytes that are not UTF-8 and nesting
+        # deeper than the interpreter's recursion limit raise other errors, and were 500s.
+        try:
+            return super().parse_json(data)
+        except (UnicodeDecodeError, RecursionError) as exc:
+            raise StrawberryHTTPException(400, "Unable to parse request body as JSON") from exc
 
     async def parse_http_body(
         self, request: AsyncHTTPRequestAdapter

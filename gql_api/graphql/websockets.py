@@ -136,7 +136,7 @@ class CappedWebSocketAdapter(ASGIWebSocketAdapter):
                 return
             try:
                 message = self.view.decode_json(text)
-            except (JSONDecodeError, ValueError):
+            except (JSONDecodeError, ValueError, RecursionError):  # deep nesting: still bad JSON
                 await _refuse(self, BAD_MESSAGE_CLOSE_CODE, "WebSocket message must be valid JSON")
                 return
             yield message
