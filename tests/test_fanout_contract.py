@@ -54,12 +54,20 @@ def test_strawberry_internals_are_there() -> None:
     _require(isinstance(getattr(schema, "_schema", None), graphql.GraphQLSchema), "strawberry Schema._schema")
     _require("_raw_info" in inspect.signature(Info).parameters, "strawberry Info._raw_info")
     overridden = {
-        BaseGraphQLTransportWSHandler: ["handle", "handle_connection_init", "handle_pong", "run_operation"],
+        BaseGraphQLTransportWSHandler: [
+            "handle", "handle_connection_init", "handle_pong", "run_operation", "_send_result_stream"
+        ],
         BaseGraphQLWSHandler: ["handle", "handle_connection_init", "handle_async_results"],
     }
     for base, names in overridden.items():
         for name in names:
             _require(callable(getattr(base, name, None)), f"strawberry {base.__name__}.{name}")
+    _require(callable(getattr(schema, "_process_errors", None)), "strawberry Schema._process_errors")
+    send_stream = inspect.signature(BaseGraphQLTransportWSHandler._send_result_stream).parameters
+    _require(
+        list(send_stream) == ["self", "operation", "result_source"],
+        "BaseGraphQLTransportWSHandler._send_result_stream(operation, result_source), awaited before `complete`",
+    )
     run_operation = inspect.signature(BaseGraphQLTransportWSHandler.run_operation).parameters
     _require(list(run_operation) == ["self", "operation"], "BaseGraphQLTransportWSHandler.run_operation(operation)")
     async_results = inspect.signature(BaseGraphQLWSHandler.handle_async_results).parameters

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import signal
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 import websockets
+from strawberry.types import ExecutionContext
 from tests.conftest import LiveServer, api_process, app_with_ready, serve
 
 SUBSCRIBE = "subscription($s: ID!) { messageAdded(streamId: $s) { id content } }"
@@ -189,6 +191,38 @@ async def test_abruptly_dropped_sockets_leave_no_subscription_task_or_queue(serv
         _, leftover = await asyncio.wait(leftover, timeout=10)
     assert server.app.state.hub.subscriber_count() == 0
     assert not leftover, leftover
+
+
+async def test_an_idle_subscription_keeps_no_execution_context_and_still_delivers(
+    server, make_user, make_stream, client_for
+):
+    # Strawberry's per-operation state (execution context, extensions, graphql-core's executor)
+    # was kept for a subscription's whole life: about 15 KiB of each idle subscription.
+    stream, sender = await make_stream(), await make_user()
+    query = "subscription IdleProbe($s: ID!) { messageAdded(streamId: $s) { id content } }"
+    sockets = [await _connect(server, server.token(await make_user())) for _ in range(3)]
+    try:
+        for ws in sockets:
+            payload = {"query": query, "variables": {"s": str(stream.id)}}
+            await ws.send(json.dumps({"id": "idle", "type": "subscribe", "payload": payload}))
+        await server.app.state.hub.wait_for_subscribers(str(stream.id), 3)
+        gc.collect()
+        kept = [o for o in gc.get_objects() if isinstance(o, ExecutionContext) and o.query == query]
+        assert kept == []
+
+        sent = await client_for(sender).data(
+            "mutation($s: ID!) { sendChatMessage(streamId: $s, content: \"still live\") { id } }",
+            {"s": str(stream.id)},
+        )
+        for ws in sockets:
+            message = await _recv_operation(ws)
+            assert message["type"] == "next" and message["id"] == "idle"
+            assert message["payload"]["data"]["messageAdded"] == {
+                "id": sent["sendChatMessage"]["id"], "content": "still live"
+            }
+    finally:
+        for ws in sockets:
+            await ws.close()
 
 
 @pytest.mark.slow

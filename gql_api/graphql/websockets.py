@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from json import JSONDecodeError
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from graphql import GraphQLFormattedError
+from graphql import GraphQLError, GraphQLFormattedError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 from strawberry.asgi import ASGIWebSocketAdapter
 from strawberry.exceptions import ConnectionRejectionError
@@ -35,11 +35,12 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.types import ErrorM
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMessage, StartMessage
 from strawberry.subscriptions.protocols.graphql_ws.types import ErrorMessage as LegacyErrorMessage
+from strawberry.types.execution import ExecutionResult
 from strawberry.types.unset import UnsetType
 
 from gql_api.errors import BadUserInput, as_api_error
 from gql_api.graphql.context import Context
-from gql_api.graphql.fanout import bind_sink
+from gql_api.graphql.fanout import bind_sink, current_sink
 
 if TYPE_CHECKING:
     from gql_api.graphql.view import GraphQLView
@@ -354,8 +355,28 @@ class GraphQLTransportWSHandler(_Supervised, BaseGraphQLTransportWSHandler[Conte
             query=operation.query,
             operation_name=operation.operation_name,
             variables=operation.variables,
+            handoff=True,
         )
         await super().run_operation(operation)
+
+    async def _send_result_stream(self, operation: Operation[Context, None], result_source: Any) -> None:
+        # Strawberry's stream ends as soon as a fanned-out resolver has started (see fanout.py):
+        # its execution context, extensions and graphql-core executor are freed, and the live
+        # phase runs here, before Strawberry sends `complete`, for the subscription's lifetime.
+        await super()._send_result_stream(operation, result_source)
+        sink = current_sink()
+        if sink is None or sink.live is None:
+            return
+        live, sink.live = sink.live, None
+        try:
+            await live()
+        except Exception as exc:  # noqa: BLE001 - reported to the client, as Strawberry does
+            # What Strawberry's stream makes of an exception from a subscription's events: a
+            # `next` without data, its error classified (and counted) by the schema, then
+            # `complete`.
+            error = GraphQLError(str(exc), original_error=exc)
+            self.schema._process_errors([error])
+            await operation.send_next(ExecutionResult(data=None, errors=[error]))
 
 
 class LegacyGraphQLWSHandler(_Supervised, BaseGraphQLWSHandler[Context, None]):
