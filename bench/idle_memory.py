@@ -2,19 +2,22 @@
 
     python bench/idle_memory.py                         # RSS per subscription, compression off
     python bench/idle_memory.py --compression both      # ... with and without permessage-deflate
-    python bench/idle_memory.py --tracemalloc --top 20  # also the top allocation sites
+    python bench/idle_memory.py --tracemalloc --top 20  # the allocation sites instead
 
 Each run starts a fresh ``python -m gql_api serve`` on one embedded database (started and seeded
 once), opens ``--low`` and then ``--high`` idle graphql-transport-ws subscriptions to one stream
-(one per connection, each proven live by a marker message, as the benchmark's memory phase does),
+(one per connection, each proven live by a marker message, as the benchmark's memory phase does)
 and reports the server's RSS growth between the two counts divided by the difference, so fixed
-costs cancel. ``--repeat`` runs it again on a fresh server and the report gives the spread.
+costs cancel. ``--repeat`` runs it again on a fresh server; the report gives the spread.
+``--compression on`` has the server accept permessage-deflate (``WS_COMPRESSION``) and the
+subscribers offer it, as browsers do.
 
-With ``--tracemalloc`` the server runs with Python's tracemalloc on (which inflates RSS, so those
-runs report allocations only): a snapshot at each count, compared, gives the Python allocation
-sites that grew, per subscription, grouped by the innermost frame of this project, Strawberry,
-uvicorn, websockets, asyncio... RSS minus what tracemalloc sees is memory outside Python's
-allocator (zlib's compressor state for permessage-deflate, the kernel-side socket is not in RSS).
+With ``--tracemalloc`` the server starts Python's tracemalloc once the ``--low`` subscriptions are
+open (tracing slows everything, and what grows is what is allocated after that), takes a snapshot
+there and another at ``--high``, and the report lists the allocation sites that grew, per
+subscription, each with ``--depth`` callers (``--keep DIR`` keeps both snapshots, for
+``tracemalloc.Snapshot.load``). Its RSS figure is inflated by the tracing. RSS minus what
+tracemalloc sees is memory outside Python's allocator (zlib's state with compression on).
 """
 
 from __future__ import annotations
