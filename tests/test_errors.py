@@ -23,7 +23,7 @@ def test_an_unexpected_exception_is_logged_with_its_traceback_and_masked(caplog)
     except RuntimeError as exc:
         error = _resolver_error(exc)
 
-    with caplog.at_level(logging.ERROR, logger="gql_api.graphql.schema"):
+    with caplog.at_level(logging.ERROR, logger="gql_api.errors"):
         build_schema().process_errors([error])
 
     assert error.formatted["message"] == "Internal server error"

@@ -156,7 +156,7 @@ async def test_a_retry_with_the_same_client_message_id_returns_the_original(serv
 
     assert first.status_code == retry.status_code == 201
     assert retry.json() == first.json()
-    errors = assert_envelope(other, 409, Conflict.default_message)
+    errors = assert_envelope(other, 409, Conflict.summary)
     assert "clientMessageId" in errors[1]
     assert _contents((await http.get(messages_url(stream.id), headers=headers)).json()) == ["once"]
 
@@ -170,7 +170,7 @@ async def test_a_superlike_is_201_once_then_409(server, http, make_user, make_st
     body = first.json()
     assert set(body) == MESSAGE_KEYS
     assert (body["kind"], body["content"], body["streamId"]) == ("SUPERLIKE", "", str(stream.id))
-    assert_envelope(second, 409, Conflict.default_message)
+    assert_envelope(second, 409, Conflict.summary)
     assert (await server.chat.get_stream(str(stream.id))).superlike_count == 1
 
 
@@ -379,8 +379,8 @@ async def test_an_ended_stream_refuses_messages_and_superlikes_with_409(server, 
     liked = await http.post(superlike_url(stream.id), headers=headers)
     history = await http.get(messages_url(stream.id), headers=headers)
 
-    assert_envelope(sent, 409, Conflict.default_message)
-    assert_envelope(liked, 409, Conflict.default_message)
+    assert_envelope(sent, 409, Conflict.summary)
+    assert_envelope(liked, 409, Conflict.summary)
     assert _contents(history.json()) == ["before the end"]
 
 
@@ -430,7 +430,7 @@ def _decode(response) -> dict[str, Any]:
 @pytest.mark.allow_error_logs
 def test_an_unexpected_exception_is_500_masked_and_logged_with_its_traceback(caplog):
     exc = _raised(RuntimeError("secret connection string mongodb://admin:hunter2@db"))
-    with caplog.at_level(logging.ERROR, logger="gql_api.rest"):
+    with caplog.at_level(logging.ERROR, logger="gql_api.errors"):
         response = error_response(exc, "POST /api/v1/x")
 
     body = _decode(response)
@@ -453,7 +453,7 @@ async def test_the_edge_turns_an_exception_escaping_a_route_into_the_500_envelop
         raise RuntimeError("hunter2")
 
     transport = httpx.ASGITransport(app=RestEdge(failing_app))
-    with caplog.at_level(logging.ERROR, logger="gql_api.rest"):
+    with caplog.at_level(logging.ERROR, logger="gql_api.errors"):
         async with httpx.AsyncClient(transport=transport, base_url="http://rest") as client:
             response = await client.get("/api/v1/anything")
 
@@ -463,7 +463,7 @@ async def test_the_edge_turns_an_exception_escaping_a_route_into_the_500_envelop
 
 
 def test_a_database_outage_is_503_without_a_traceback(caplog):
-    with caplog.at_level(logging.WARNING, logger="gql_api.rest"):
+    with caplog.at_level(logging.WARNING, logger="gql_api.errors"):
         response = error_response(_raised(ServerSelectionTimeoutError("No servers found yet")))
     assert response.status_code == 503
     assert _decode(response)["errors"] == ["Service temporarily unavailable, try again"]
@@ -481,7 +481,7 @@ SUPERLIKED = "Resource already exists: you have already superliked this stream"
         (Unauthenticated("Authentication required: expired"), 401, ["Authentication required", "expired"]),
         (Forbidden("Insufficient permissions: only the owner may"), 403, ["Insufficient permissions", "only the owner may"]),
         (NotFound(), 404, ["Resource not found"]),
-        (Conflict(SUPERLIKED), 409, [Conflict.default_message, SUPERLIKED]),
+        (Conflict(SUPERLIKED), 409, [Conflict.summary, SUPERLIKED]),
         (HTTPException(405, headers={"Allow": "GET"}), 405, ["Method not allowed"]),
     ],
 )

@@ -3,7 +3,6 @@ caps request bodies, refuses CSRF-able requests, and hands websockets to ``webso
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -22,15 +21,7 @@ from strawberry.types.unset import UNSET, UnsetType
 from gql_api.auth import Authenticator, token_from_header
 from gql_api.bodylimit import capped_receive
 from gql_api.csrf import check_preflighted
-from gql_api.errors import (
-    ApiError,
-    BadUserInput,
-    MethodNotAllowed,
-    NotFound,
-    PayloadTooLarge,
-    Unauthenticated,
-    as_api_error,
-)
+from gql_api.errors import ApiError, PayloadTooLarge, Unauthenticated, error_for_status, report
 from gql_api.graphql.context import Context
 from gql_api.graphql.fanout import EventRenderer
 from gql_api.graphql.websockets import (
@@ -41,26 +32,10 @@ from gql_api.graphql.websockets import (
 )
 from gql_api.service import ChatService
 
-logger = logging.getLogger(__name__)
-
-
-_STATUS_ERRORS: dict[int, type[ApiError]] = {
-    400: BadUserInput,
-    404: NotFound,
-    405: MethodNotAllowed,
-    413: PayloadTooLarge,
-}
-
-
 def error_response(error: ApiError) -> JSONResponse:
     """A request-level failure as a GraphQL response body, with the error's HTTP status."""
     body = {"errors": [{"message": error.message, "extensions": error.extensions}]}
-    return JSONResponse(body, status_code=error.status_code)
-
-
-def _status_error(status_code: int, message: str) -> ApiError:
-    error_class = _STATUS_ERRORS.get(status_code, BadUserInput)
-    return error_class(message or None)
+    return JSONResponse(body, status_code=error.status_code, headers=error.headers or None)
 
 
 def _token_from_params(params: dict[str, Any] | None) -> str | None:
@@ -121,9 +96,7 @@ class GraphQLView(GraphQL[Context, None]):
             response = error_response(exc)
         except StrawberryHTTPException as exc:
             # Strawberry's own refusals (bad JSON, GET mutation, batching...) as GraphQL errors.
-            response = error_response(_status_error(exc.status_code, exc.reason))
-            if exc.status_code == 405:
-                response.headers["Allow"] = "GET, POST"  # RFC 9110 requires it on a 405
+            response = error_response(error_for_status(exc.status_code, exc.reason))
         await response(scope, receive, send)
 
     def parse_json(self, data: str | bytes) -> Any:
@@ -147,16 +120,11 @@ class GraphQLView(GraphQL[Context, None]):
             token = token_from_header(request.headers.get("authorization"))
             try:
                 context.authenticated_user = await self.authenticator.authenticate(token)
-            except ApiError as exc:
-                context.auth_error = exc
             except Exception as exc:  # noqa: BLE001 - becomes the operation's error, below
-                # A database outage while looking the user up is SERVICE_UNAVAILABLE, not
-                # UNAUTHENTICATED nor a crash: the resolvers raise it through `context.user`.
-                context.auth_error = as_api_error(exc)
-                if context.auth_error.status_code == 500:
-                    logger.error("Unexpected error while authenticating", exc_info=exc)
-                else:
-                    logger.warning("%s while authenticating: %r", context.auth_error.code, exc)
+                # Ours as they are; a database outage while looking the user up is
+                # SERVICE_UNAVAILABLE, not UNAUTHENTICATED nor a crash. The resolvers raise it
+                # through `context.user`.
+                context.auth_error = report(exc, "authentication")
         return context
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:

@@ -2,29 +2,24 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
+from starlette.middleware.exceptions import ExceptionMiddleware
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
-from starlette.types import Message as AsgiMessage
 
 from gql_api.bodylimit import capped_receive, declared_length
 from gql_api.documents import utcnow
-from gql_api.errors import ApiError, BadUserInput, PayloadTooLarge, RateLimited, as_api_error
+from gql_api.errors import BadUserInput, PayloadTooLarge, error_for_status, report
 from gql_api.rest.models import ErrorEnvelope
-
-logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
 
 
 _TOO_LARGE = f"Request body too large: the limit is {MAX_BODY_BYTES} bytes (64 KiB)"
-
-
-_HTTP_MESSAGES = {404: "Resource not found", 405: "Method not allowed"}
 
 
 def _envelope(status_code: int, errors: list[str], headers: dict[str, str] | None = None) -> JSONResponse:
@@ -35,21 +30,22 @@ def _envelope(status_code: int, errors: list[str], headers: dict[str, str] | Non
 
 
 def error_response(exc: BaseException, where: str = "a REST request") -> JSONResponse:
-    """The envelope for any exception; the unexpected are logged with their traceback and masked."""
-    if isinstance(exc, HTTPException):  # routing: unknown path, wrong method
-        message = _HTTP_MESSAGES.get(exc.status_code, exc.detail)
-        return _envelope(exc.status_code, [message], dict(exc.headers or {}))
-    error = as_api_error(exc)
-    if error is not exc:
-        if error.code == ApiError.code:
-            logger.error("Unexpected error in %s", where, exc_info=exc)
-        else:
-            logger.warning("%s in %s: %r", error.code, where, exc)
-    errors = [error.default_message]
-    specifics = error.details or [error.message.removeprefix(f"{error.default_message}: ")]
-    errors += [text for text in specifics if text != error.default_message]
-    headers = {"Retry-After": str(error.retry_after)} if isinstance(error, RateLimited) else None
-    return _envelope(error.status_code, errors, headers)
+    """The envelope for any exception: ``errors[0]`` its summary, then the specifics; the
+    unexpected are logged with their traceback and masked (``errors.report``)."""
+    if isinstance(exc, HTTPException):  # routing: unknown path, wrong method (with its Allow)
+        error = error_for_status(exc.status_code)
+        headers = {**error.headers, **(exc.headers or {})}
+    else:
+        error = report(exc, where)
+        headers = error.headers
+    errors = [error.summary]
+    specifics = error.details or [error.message.removeprefix(f"{error.summary}: ")]
+    errors += [text for text in specifics if text != error.summary]
+    return _envelope(error.status_code, errors, headers or None)
+
+
+async def _handle(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(exc, f"{request.method} {request.scope['path']}")
 
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -71,7 +67,10 @@ class RestEdge:
     """Around every route under /api/v1: oversized bodies refused early, every failure enveloped."""
 
     def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+        # The one catch: Starlette's exception handlers, which its routes use for what their
+        # endpoints raise (in place of the enclosing app's) and this middleware for the rest,
+        # routing's 404 and 405 included.
+        self.app = ExceptionMiddleware(app, handlers={Exception: _handle, HTTPException: _handle})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -82,17 +81,4 @@ class RestEdge:
             await error_response(too_large)(scope, receive, send)
             return
         receive = capped_receive(scope, receive, MAX_BODY_BYTES, too_large)
-        started = False
-
-        async def tracking_send(message: AsgiMessage) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        except Exception as exc:
-            if started:
-                raise
-            response = error_response(exc, f"{scope['method']} {scope['path']}")
-            await response(scope, receive, send)
+        await self.app(scope, receive, send)

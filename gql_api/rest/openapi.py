@@ -6,23 +6,22 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from gql_api.errors import (
+    ApiError,
+    BadUserInput,
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    Unauthenticated,
+)
 from gql_api.rest.models import ErrorEnvelope, HistoryQuery, Message, MessagePage, SendMessageRequest
 
 API_PREFIX = "/api/v1"
 REF_TEMPLATE = "#/components/schemas/{model}"
 
-_ERROR_RESPONSES = {  # status: (name in components.responses, description)
-    400: ("ValidationFailed", "Malformed JSON, a missing or invalid field, a bad cursor or limit"),
-    401: ("AuthenticationRequired", "No token, or a bad or expired one"),
-    404: ("NotFound", "No live stream has this id"),
-    409: (
-        "Conflict",
-        "The stream has ended, a second superlike, or a clientMessageId reused with other content",
-    ),
-    413: ("PayloadTooLarge", "The request body is over 64 KiB"),
-    500: ("InternalServerError", "Something unexpected; the details are logged, never shown"),
-    503: ("ServiceUnavailable", "The database is unreachable; try again"),
-}
+# Any operation can fail unexpectedly or lose the database.
+_ALWAYS: tuple[type[ApiError], ...] = (ApiError, ServiceUnavailable)
 
 
 def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
@@ -52,10 +51,16 @@ def openapi_document() -> dict[str, Any]:
     error = ref(ErrorEnvelope, "serialization")
     message = ref(Message, "serialization")
 
-    def responses(success: int, description: str, schema: dict[str, Any], *errors: int) -> dict[str, Any]:
+    # One response per error code, named by it, described by its summary (errors[0]).
+    error_responses: dict[str, Any] = {}
+
+    def responses(
+        success: int, description: str, schema: dict[str, Any], *errors: type[ApiError]
+    ) -> dict[str, Any]:
         result = {str(success): {"description": description, **json_content(schema)}}
-        for status in (*errors, 500, 503):
-            result[str(status)] = {"$ref": f"#/components/responses/{_ERROR_RESPONSES[status][0]}"}
+        for error_class in sorted({*errors, *_ALWAYS}, key=lambda e: e.status_code):
+            error_responses[error_class.code] = {"description": error_class.summary, **json_content(error)}
+            result[str(error_class.status_code)] = {"$ref": f"#/components/responses/{error_class.code}"}
         return result
 
     stream_id = {
@@ -82,7 +87,12 @@ def openapi_document() -> dict[str, Any]:
             "operationId": "sendChatMessage",
             "summary": "Send a chat message",
             "requestBody": {"required": True, **json_content(ref(SendMessageRequest, "validation"))},
-            "responses": responses(201, "The message (on a retry, the original)", message, 400, 401, 404, 409, 413),
+            "responses": responses(
+                201,
+                "The message (on a retry, the original)",
+                message,
+                *(BadUserInput, Unauthenticated, NotFound, Conflict, PayloadTooLarge),
+            ),
         },
         "get": {
             "operationId": "listChatMessages",
@@ -90,7 +100,9 @@ def openapi_document() -> dict[str, Any]:
             "description": "Without a cursor: the newest `limit` messages. With `before` or `after` "
             "(never both): the `limit` messages before or after that cursor.",
             "parameters": query_parameters,
-            "responses": responses(200, "The page", ref(MessagePage, "serialization"), 400, 401, 404),
+            "responses": responses(
+                200, "The page", ref(MessagePage, "serialization"), BadUserInput, Unauthenticated, NotFound
+            ),
         },
     }
     superlike_path = {
@@ -98,7 +110,9 @@ def openapi_document() -> dict[str, Any]:
         "post": {
             "operationId": "sendSuperlike",
             "summary": "Superlike a stream: once per user per stream",
-            "responses": responses(201, "The SUPERLIKE message", message, 401, 404, 409, 413),
+            "responses": responses(
+                201, "The SUPERLIKE message", message, Unauthenticated, NotFound, Conflict, PayloadTooLarge
+            ),
         },
     }
     return {
@@ -116,10 +130,7 @@ def openapi_document() -> dict[str, Any]:
         },
         "components": {
             "schemas": dict(sorted(components.items())),
-            "responses": {
-                name: {"description": description, **json_content(error)}
-                for name, description in _ERROR_RESPONSES.values()
-            },
+            "responses": dict(sorted(error_responses.items())),
             "securitySchemes": {
                 "jwt": {
                     "type": "apiKey",

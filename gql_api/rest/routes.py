@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
 
 from pydantic import BaseModel
 from starlette.requests import Request
@@ -15,7 +14,7 @@ from gql_api import documents
 from gql_api.auth import Authenticator, token_from_header
 from gql_api.errors import BadUserInput
 from gql_api.pagination import PageRequest, decode_cursor, encode_cursor
-from gql_api.rest.edge import RestEdge, error_response, validate
+from gql_api.rest.edge import RestEdge, validate
 from gql_api.rest.models import HistoryQuery, Message, MessagePage, SendMessageRequest
 from gql_api.rest.openapi import API_PREFIX, openapi_document
 from gql_api.service import ChatService
@@ -82,21 +81,6 @@ def _json(model: BaseModel, status_code: int) -> JSONResponse:
     return JSONResponse(model.model_dump(mode="json"), status_code=status_code)
 
 
-Endpoint = Callable[[Request], Awaitable[Response]]
-
-
-def _enveloped(endpoint: Endpoint) -> Endpoint:
-    """Any failure of the endpoint as the error envelope, whatever exception handlers the app has."""
-
-    async def enveloped(request: Request) -> Response:
-        try:
-            return await endpoint(request)
-        except Exception as exc:  # noqa: BLE001 - error_response logs and masks the unexpected
-            return error_response(exc, f"{request.method} {request.url.path}")
-
-    return enveloped
-
-
 def rest_app(chat: ChatService, authenticator: Authenticator) -> ASGIApp:
     """The routes under /api/v1, inside the edge that envelopes every failure."""
     api = RestApi(chat, authenticator)
@@ -110,8 +94,8 @@ def rest_app(chat: ChatService, authenticator: Authenticator) -> ASGIApp:
 
     router = Router(
         routes=[
-            Route("/live-stream/{streamId}/chat/messages", _enveloped(messages), methods=["GET", "POST"]),
-            Route("/live-stream/{streamId}/chat/superlike", _enveloped(api.send_superlike), methods=["POST"]),
+            Route("/live-stream/{streamId}/chat/messages", messages, methods=["GET", "POST"]),
+            Route("/live-stream/{streamId}/chat/superlike", api.send_superlike, methods=["POST"]),
             Route("/openapi.json", openapi, methods=["GET"]),
         ],
         redirect_slashes=False,
