@@ -14,6 +14,9 @@ from typing import Any
 
 import pytest
 import websockets
+
+from gql_api.graphql.schema import build_schema
+from gql_api.graphql.view import GraphQLView
 from tests.conftest import LiveServer, api_process, app_with_ready, serve
 
 SUBSCRIBE = "subscription($s: ID!) { messageAdded(streamId: $s) { id content } }"
@@ -376,3 +379,29 @@ async def test_a_syntax_error_quoting_a_long_token_still_closes_with_4400(server
     await server.app.state.graphql.connections.drained()
     assert code == 4400
     _assert_no_traceback(caplog)
+
+
+class _FailingAuthenticator:
+    """Stands in for ``Authenticator``: looking the user up fails with a bug."""
+
+    async def authenticate_claims(self, token: str | None) -> Any:
+        raise RuntimeError("secret connection string mongodb://admin:hunter2@db")
+
+
+@pytest.mark.allow_error_logs
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_a_bug_at_connection_init_closes_with_1013_and_is_logged_with_its_traceback(server, caplog, protocol):
+    view = GraphQLView(build_schema(), chat=server.chat, authenticator=_FailingAuthenticator(), graphiql=False)
+    with caplog.at_level(logging.WARNING, logger="gql_api"):
+        async with serve(view, lifespan="off") as live:
+            async with websockets.connect(live.ws_url, subprotocols=[protocol], ping_interval=None) as ws:
+                await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await asyncio.wait_for(ws.recv(), 10)
+            await view.connections.drained()
+
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+    assert "hunter2" not in closed.value.rcvd.reason
+    [record] = [r for r in caplog.records if r.name.startswith("gql_api")]
+    assert record.levelno == logging.ERROR and "connection_init" in record.getMessage()
+    assert record.exc_info is not None and "hunter2" in str(record.exc_info[1])

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,13 +15,18 @@ from gql import Client, GraphQLRequest
 from gql.transport.websockets import WebsocketsTransport
 from hypothesis.configuration import set_hypothesis_home_dir
 from pymongo.errors import ServerSelectionTimeoutError
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Mount, Route, Router
 
 from gql_api.compat import eq
 from gql_api.documents import ChatMessage, isoformat_z
-from gql_api.errors import ApiError, BadUserInput, Conflict, Forbidden, NotFound, Unauthenticated
+from gql_api.errors import ERRORS, ApiError, BadUserInput, Conflict, Forbidden, NotFound, Unauthenticated
 from gql_api.pagination import encode_cursor
 from gql_api.rest import MAX_BODY_BYTES, RestEdge, error_response, openapi_document
+from tests.conftest import serve
 
 STREAMS = "/api/v1/live-stream"
 UNKNOWN_STREAM = "64d15f9e2e6c8f4d5a123000"
@@ -493,6 +499,48 @@ def test_every_api_error_maps_to_its_status_and_message(exc, status, errors):
     assert isinstance(exc, (ApiError, HTTPException))
 
 
+async def test_an_error_an_endpoint_raises_is_enveloped_whatever_handlers_the_enclosing_app_has():
+    async def superlike(request: Request) -> Response:
+        raise Conflict(SUPERLIKED)
+
+    async def not_the_envelope(request: Request, exc: Exception) -> Response:
+        return PlainTextResponse("not the envelope", status_code=418)
+
+    rest = RestEdge(Router(routes=[Route("/superlike", superlike, methods=["POST"])]))
+    handlers = {ApiError: not_the_envelope, HTTPException: not_the_envelope}
+    app = Starlette(routes=[Mount("/api/v1", app=rest)], exception_handlers=handlers)
+    async with serve(app, lifespan="off") as live, httpx.AsyncClient(base_url=live.url) as client:
+        raised = await client.post("/api/v1/superlike")
+        wrong_method = await client.get("/api/v1/superlike")
+        unknown = await client.get("/api/v1/nothing-here")
+
+    assert assert_envelope(raised, 409, Conflict.summary) == [Conflict.summary, SUPERLIKED]
+    assert_envelope(wrong_method, 405, "Method not allowed")
+    assert wrong_method.headers["allow"] == "POST"
+    assert_envelope(unknown, 404, "Resource not found")
+
+
+def _readme_section(title: str) -> str:
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = text.index(f"\n## {title}\n")
+    return text[start : text.index("\n## ", start + 1)]
+
+
+def test_the_readme_rest_errors_table_is_the_error_table():
+    rows = re.findall(r"^\| (\d{3}) \| ([^|`]+?) \|", _readme_section("REST"), flags=re.MULTILINE)
+    documented = {(int(status), summary) for status, summary in rows}
+    assert documented <= {(error.status_code, error.summary) for error in ERRORS.values()}
+    in_openapi = {
+        int(status)
+        for item in openapi_document()["paths"].values()
+        for operation in item.values()
+        if isinstance(operation, dict)
+        for status in operation["responses"]
+        if int(status) >= 400
+    }
+    assert in_openapi <= {status for status, _ in documented}
+
+
 # -- GraphQL and REST are one service -------------------------------------------------------------
 
 MESSAGE_ADDED = "subscription($s: ID!) { messageAdded(streamId: $s) { id content kind createdAt sender { id } } }"
@@ -569,6 +617,20 @@ async def test_the_openapi_document_is_served_without_a_token(http):
     assert set(schemas["Sender"]["properties"]) == SENDER_KEYS
     assert set(schemas["ProfilePhoto"]["properties"]) == PHOTO_KEYS
     assert set(schemas["ErrorEnvelope"]["required"]) == ENVELOPE_KEYS
+
+
+def test_the_openapi_error_responses_come_from_the_error_table():
+    document = openapi_document()
+    for code, response in document["components"]["responses"].items():
+        assert response["description"] == ERRORS[code].summary
+        assert response["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorEnvelope"}
+    for item in document["paths"].values():
+        for method in ("get", "post"):
+            if method not in item:
+                continue
+            errors = {s: r["$ref"] for s, r in item[method]["responses"].items() if int(s) >= 400}
+            assert {ERRORS[ref.rsplit("/", 1)[1]].status_code for ref in errors.values()} == set(map(int, errors))
+            assert {"500", "503"} <= set(errors)
 
 
 # -- schemathesis: no response breaks the document, none is a 5xx ---------------------------------
