@@ -22,6 +22,7 @@ from gql_api.graphql.schema import build_schema
 from gql_api.csrf import PREFLIGHT_HEADERS
 from gql_api.graphql.view import GraphQLView
 from gql_api.hub import MessageHub
+from gql_api.pages import development_routes
 from gql_api.rest import rest_routes
 from gql_api.ratelimit import MessageRateLimiter
 from gql_api.service import ChatService
@@ -100,6 +101,7 @@ def create_app(
             Route("/graphql", graphql),
             WebSocketRoute("/graphql", graphql),
             *rest_routes(chat, authenticator),
+            *([] if settings.production else development_routes(chat, authenticator)),
         ],
         middleware=[
             # One list of origins for CORS and the websocket Origin check (in the view).

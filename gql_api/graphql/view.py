@@ -30,6 +30,7 @@ from gql_api.graphql.websockets import (
     GraphQLTransportWSHandler,
     LegacyGraphQLWSHandler,
 )
+from gql_api.pages import graphiql_page
 from gql_api.service import ChatService
 
 def error_response(error: ApiError) -> JSONResponse:
@@ -106,6 +107,10 @@ class GraphQLView(GraphQL[Context, None]):
             return super().parse_json(data)
         except (UnicodeDecodeError, RecursionError) as exc:
             raise StrawberryHTTPException(400, "Unable to parse request body as JSON") from exc
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        # The app's own GraphiQL build (no CDN), under a Content-Security-Policy.
+        return graphiql_page(request)
 
     async def parse_http_body(
         self, request: AsyncHTTPRequestAdapter

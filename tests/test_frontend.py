@@ -1,0 +1,74 @@
+"""The JS tests in tests/js, run by Node's test runner against the real app served here.
+
+``browser.test.mjs`` drives Debian's Chromium (GraphiQL, the demo page, a dropped connection),
+``resume.test.mjs`` runs resume.js with the graphql-ws npm client, ``assets.test.mjs`` rebuilds
+the committed static files. Each skips, naming the command that enables it, when Node, Chromium
+or ``frontend/node_modules`` is missing. Screenshots go to ``GQL_API_SCREENSHOTS`` when set
+(``GQL_API_SCREENSHOTS=docs`` refreshes the README's), else to a temporary directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import LiveServer
+
+ROOT = Path(__file__).resolve().parent.parent
+JS_TESTS = Path(__file__).resolve().parent / "js"
+NODE_MODULES = ROOT / "frontend" / "node_modules"
+# Generous: the browser tests take about 30 s on a loaded 2-core machine.
+NODE_TEST_TIMEOUT_SECONDS = 600
+
+
+def chromium() -> str | None:
+    return os.environ.get("CHROMIUM") or shutil.which("chromium")
+
+
+def missing(needs_browser: bool) -> str | None:
+    """Why the JS tests cannot run here, and the command that fixes it; None when they can."""
+    if shutil.which("node") is None:
+        return "Node.js is not installed: apt-get install -y nodejs npm"
+    if not (NODE_MODULES / "playwright-core").is_dir():
+        return "frontend/node_modules is missing: npm --prefix frontend ci --ignore-scripts"
+    if needs_browser and chromium() is None:
+        return "Chromium is not installed: apt-get install -y chromium"
+    return None
+
+
+async def run_node_tests(path: Path, env: dict[str, str]) -> None:
+    process = await asyncio.create_subprocess_exec(
+        "node", "--test", "--test-reporter=spec", str(path),
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), NODE_TEST_TIMEOUT_SECONDS)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    assert process.returncode == 0, output.decode(errors="replace")
+
+
+@pytest.mark.parametrize(
+    ("name", "needs_browser"),
+    [("assets.test.mjs", False), ("resume.test.mjs", False), ("browser.test.mjs", True)],
+)
+async def test_js(name: str, needs_browser: bool, server: LiveServer, tmp_path: Path) -> None:
+    if reason := missing(needs_browser):
+        pytest.skip(f"JS tests ({name}): {reason}")
+    screenshots = Path(os.environ.get("GQL_API_SCREENSHOTS") or tmp_path).resolve()
+    await run_node_tests(
+        JS_TESTS / name,
+        {"GQL_API_URL": server.url, "CHROMIUM": chromium() or "", "GQL_API_SCREENSHOTS": str(screenshots)},
+    )
+    if needs_browser:
+        assert {"graphiql.png", "demo.png"} <= {p.name for p in screenshots.iterdir()}
