@@ -198,7 +198,7 @@ async def test_a_slow_subscriber_is_closed_with_subscriber_too_slow_while_a_fast
         query = {"query": "subscription($s: ID!) { messageAdded(streamId: $s) { content } }", "variables": {"s": str(stream.id)}}
 
         async def open_subscription(**options: Any):
-            ws = await websockets.connect(live.ws_url, subprotocols=["graphql-transport-ws"], **options)
+            ws = await websockets.connect(live.ws_url, subprotocols=["graphql-transport-ws"], ping_interval=None, **options)
             await ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": token}}))
             assert json.loads(await ws.recv())["type"] == "connection_ack"
             await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": query}))
