@@ -22,6 +22,8 @@ from gql_api.graphql.schema import build_schema
 from gql_api.csrf import PREFLIGHT_HEADERS
 from gql_api.graphql.view import GraphQLView
 from gql_api.hub import MessageHub
+from gql_api.logs import RequestIdMiddleware
+from gql_api.metrics import Metrics, metrics_endpoint
 from gql_api.pages import development_routes
 from gql_api.rest import rest_routes
 from gql_api.ratelimit import MessageRateLimiter
@@ -54,12 +56,13 @@ def create_app(
     """
     settings = settings or load_settings()
     authenticator = Authenticator(settings)
-    hub = MessageHub(settings.subscriber_queue_size)
+    metrics = Metrics()  # this app's own registry: apps in one process count separately
+    hub = MessageHub(settings.subscriber_queue_size, metrics)
     chat = ChatService(
         hub, MessageRateLimiter(settings.rate_limit_messages, settings.rate_limit_window_seconds)
     )
     graphql = GraphQLView(
-        build_schema(settings),
+        build_schema(settings, metrics),
         chat=chat,
         authenticator=authenticator,
         graphiql=not settings.production,
@@ -69,6 +72,7 @@ def create_app(
         max_body_bytes=settings.graphql_max_body_bytes,
         allowed_origins=settings.allowed_origins,
     )
+    metrics.read_gauges(connections=lambda: len(graphql.connections), subscriptions=hub.subscriber_count)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -94,16 +98,25 @@ def create_app(
             return JSONResponse({"status": "unavailable"}, status_code=503)
         return JSONResponse({"status": "ready"})
 
+    # Not for the public: operators scrape it over an internal network, or with METRICS_TOKEN.
+    operations = (
+        [Route("/metrics", metrics_endpoint(metrics, settings.metrics_token), methods=["GET"])]
+        if settings.metrics_enabled
+        else []
+    )
     app = Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            *operations,
             Route("/graphql", graphql),
             WebSocketRoute("/graphql", graphql),
             *rest_routes(chat, authenticator),
             *([] if settings.production else development_routes(chat, authenticator)),
         ],
         middleware=[
+            # Outermost: every log line of a request, CORS refusals included, has its id.
+            Middleware(RequestIdMiddleware, on_websocket_close=metrics.websocket_closed),
             # One list of origins for CORS and the websocket Origin check (in the view).
             Middleware(
                 CORSMiddleware,
@@ -118,6 +131,7 @@ def create_app(
     app.state.settings = settings
     app.state.authenticator = authenticator
     app.state.hub = hub
+    app.state.metrics = metrics
     app.state.chat = chat
     app.state.graphql = graphql
     return app

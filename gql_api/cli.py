@@ -25,6 +25,7 @@ from gql_api.errors import ApiError, ConfigurationError
 from gql_api.graphql.schema import build_schema
 from gql_api.graphql.websockets import GOING_AWAY_CLOSE_CODE
 from gql_api.hub import MessageHub
+from gql_api.logs import configure_logging, uvicorn_log_config
 from gql_api.service import ChatService
 from gql_api.settings import Settings, load_settings
 from gql_api.users import create_user, get_user
@@ -59,6 +60,7 @@ def uvicorn_config(app: Any, settings: Settings, *, host: str, port: int) -> uvi
         host=host,
         port=port,
         log_level="info",
+        log_config=uvicorn_log_config(settings.log_format),
         lifespan="on",
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
         # The app closes a websocket message over the body cap with 1009 itself, whatever server
@@ -68,6 +70,7 @@ def uvicorn_config(app: Any, settings: Settings, *, host: str, port: int) -> uvi
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> None:
+    configure_logging(settings.log_format)
 
     async def banner(app: Any) -> None:
         if settings.production:

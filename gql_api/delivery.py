@@ -97,7 +97,9 @@ class ChangeStreamDelivery(Delivery):
 
     async def _on_message(self, event: dict[str, Any]) -> None:
         if event.get("operationType") == "insert":
-            await self.hub.deliver(ChatMessage.model_validate(change_event_document(event)))
+            message = ChatMessage.model_validate(change_event_document(event))
+            self.hub.metrics.change_event(message.created_at)
+            await self.hub.deliver(message)
 
     async def _on_stream_change(self, event: dict[str, Any]) -> None:
         if stream_id := ended_stream_id(event):

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from gql_api import history
 from gql_api.documents import ChatMessage
 from gql_api.errors import ServiceUnavailable, SubscriberTooSlow
+from gql_api.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +80,9 @@ class Subscriber:
 class _Group:
     """The subscribers of one stream in this process, and how far the stream was delivered."""
 
-    def __init__(self, stream_id: str) -> None:
+    def __init__(self, stream_id: str, metrics: Metrics) -> None:
         self.stream_id = stream_id
+        self.metrics = metrics
         self.subscribers: set[Subscriber] = set()
         self.last_seq = 0
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -89,7 +91,9 @@ class _Group:
     def fan_out(self, message: ChatMessage) -> list[Subscriber]:
         """Hand a message to every subscriber; return those that fell behind."""
         self.last_seq = message.seq
-        return [s for s in tuple(self.subscribers) if not s.offer(message)]
+        behind = [s for s in tuple(self.subscribers) if not s.offer(message)]
+        self.metrics.deliveries.inc(len(self.subscribers) - len(behind))
+        return behind
 
     async def catch_up(self, through: int | None = None) -> list[Subscriber]:
         """Deliver stored messages after ``last_seq`` (up to ``through``) that the feed skipped."""
@@ -102,8 +106,9 @@ class _Group:
 class MessageHub:
     """Groups of subscribers by stream; fed by a ``Delivery`` with each new message and stream end."""
 
-    def __init__(self, queue_size: int = 1000) -> None:
+    def __init__(self, queue_size: int = 1000, metrics: Metrics | None = None) -> None:
         self._queue_size = queue_size
+        self.metrics = metrics or Metrics()
         self._groups: dict[str, _Group] = {}
         self._waiters: list[tuple[str, int, asyncio.Future[None]]] = []
 
@@ -178,7 +183,7 @@ class MessageHub:
     async def _group(self, stream_id: str) -> _Group:
         group = self._groups.get(stream_id)
         if group is None:
-            group = self._groups[stream_id] = _Group(stream_id)
+            group = self._groups[stream_id] = _Group(stream_id, self.metrics)
             try:
                 group.last_seq = await history.latest_seq(stream_id)
             except BaseException as exc:
@@ -208,6 +213,7 @@ class MessageHub:
         self._changed()
 
     def _drop(self, group: _Group, subscribers: list[Subscriber]) -> None:
+        self.metrics.slow_subscribers_dropped.inc(len(set(subscribers)))  # one catch-up may list one twice
         for subscriber in subscribers:
             logger.warning("Closed a subscriber of stream %s that fell behind", group.stream_id)
             self._leave(group, subscriber)

@@ -19,6 +19,7 @@ from gql_api.delivery import Delivery
 from gql_api.documents import ChatMessage, LiveStream, MessageKind, StreamStatus, User, utcnow
 from gql_api.errors import BadUserInput, Conflict, Forbidden, NotFound
 from gql_api.hub import MessageHub
+from gql_api.metrics import timed_send
 from gql_api.pagination import Page, PageRequest, decode_cursor
 from gql_api.ratelimit import MessageRateLimiter
 
@@ -72,6 +73,7 @@ class ChatService:
         self.delivery: Delivery = Delivery(hub)
         self._writers = _StreamWriters()
         self.rate_limiter = rate_limiter or MessageRateLimiter(0, 1)
+        self.metrics = hub.metrics
 
     # -- streams ---------------------------------------------------------------------------
 
@@ -116,6 +118,7 @@ class ChatService:
 
     # -- messages --------------------------------------------------------------------------
 
+    @timed_send("text")
     async def send_message(
         self, sender: User, stream_id: str, content: str, client_message_id: str | None = None
     ) -> ChatMessage:
@@ -154,6 +157,7 @@ class ChatService:
                 continue  # a concurrent retry won the race: read its message
         raise Conflict("Resource already exists: this clientMessageId is being used")  # pragma: no cover
 
+    @timed_send("superlike")
     async def send_superlike(self, sender: User, stream_id: str) -> ChatMessage:
         """Append the sender's one SUPERLIKE of this stream and count it."""
         stream = await self._live_stream(stream_id)

@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     rate_limit_messages: int = Field(default=20, ge=0)
     rate_limit_window_seconds: int = Field(default=30, ge=1)
 
+    # Operations: /metrics (Prometheus), and the log format of `gql-api serve`.
+    metrics_enabled: bool = True
+    metrics_token: SecretStr | None = Field(default=None, min_length=16)
+    log_format: Literal["text", "json"] = "text"
+
     @property
     def production(self) -> bool:
         return self.app_env == "production"

@@ -28,6 +28,7 @@ from gql_api.graphql.limits import (
     depth_limit_rule,
 )
 from gql_api.graphql.types import ChatMessage, ChatMessageConnection, LiveStream, User
+from gql_api.metrics import Metrics
 from gql_api.pagination import PageRequest
 from gql_api.settings import Settings
 
@@ -133,10 +134,12 @@ class ChatSchema(strawberry.Schema):
     """The schema, with every error given a ``code`` and ``statusCode`` and the unexpected masked."""
 
     document_cache: DocumentCache  # parsed and validated documents, set by build_schema
+    metrics: Metrics  # set by ``build_schema``; errors are counted by code
 
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         for error in errors:
             api_error = _classify(error)
+            self.metrics.error(api_error.code, "graphql")
             error.message = api_error.message
             error.extensions = {**(error.extensions or {}), **api_error.extensions}
             error.original_error = None
@@ -152,7 +155,7 @@ def _classify(error: GraphQLError) -> ApiError:
     return report(original, error.path)
 
 
-def build_schema(settings: Settings | None = None) -> ChatSchema:
+def build_schema(settings: Settings | None = None, metrics: Metrics | None = None) -> ChatSchema:
     """The schema with the request limits of ``settings`` (the defaults when None).
 
     The limits are schema extensions, so they apply to every operation however it arrives:
@@ -192,4 +195,5 @@ def build_schema(settings: Settings | None = None) -> ChatSchema:
         ),
     )
     schema.document_cache = document_cache
+    schema.metrics = metrics or Metrics()
     return schema

@@ -93,11 +93,12 @@ class GraphQLView(GraphQL[Context, None]):
             # is parsed or anyone is authenticated.
             await request.body()
             response = await self.run(request)
-        except ApiError as exc:
-            response = error_response(exc)
-        except StrawberryHTTPException as exc:
-            # Strawberry's own refusals (bad JSON, GET mutation, batching...) as GraphQL errors.
-            response = error_response(error_for_status(exc.status_code, exc.reason))
+        except (ApiError, StrawberryHTTPException) as exc:
+            # Ours (an oversized body, a CSRF refusal) and Strawberry's own refusals (bad JSON,
+            # a GET mutation, batching...) as GraphQL errors.
+            error = exc if isinstance(exc, ApiError) else error_for_status(exc.status_code, exc.reason)
+            response = error_response(error)
+            self.chat.metrics.error(error.code, "graphql")
         await response(scope, receive, send)
 
     def parse_json(self, data: str | bytes) -> Any:

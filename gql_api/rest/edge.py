@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gql_api.bodylimit import capped_receive, declared_length
 from gql_api.documents import utcnow
 from gql_api.errors import BadUserInput, PayloadTooLarge, error_for_status, report
+from gql_api.metrics import Metrics
 from gql_api.rest.models import ErrorEnvelope
 
 MAX_BODY_BYTES = 64 * 1024
@@ -29,23 +30,24 @@ def _envelope(status_code: int, errors: list[str], headers: dict[str, str] | Non
     return JSONResponse(body.model_dump(mode="json"), status_code=status_code, headers=headers)
 
 
-def error_response(exc: BaseException, where: str = "a REST request") -> JSONResponse:
+def error_response(
+    exc: BaseException, where: str = "a REST request", metrics: Metrics | None = None
+) -> JSONResponse:
     """The envelope for any exception: ``errors[0]`` its summary, then the specifics; the
-    unexpected are logged with their traceback and masked (``errors.report``)."""
+    unexpected are logged with their traceback and masked (``errors.report``). With
+    ``metrics``, the error is counted by code."""
     if isinstance(exc, HTTPException):  # routing: unknown path, wrong method (with its Allow)
         error = error_for_status(exc.status_code)
         headers = {**error.headers, **(exc.headers or {})}
     else:
         error = report(exc, where)
         headers = error.headers
+    if metrics is not None:
+        metrics.error(error.code, "rest")
     errors = [error.summary]
     specifics = error.details or [error.message.removeprefix(f"{error.summary}: ")]
     errors += [text for text in specifics if text != error.summary]
     return _envelope(error.status_code, errors, headers or None)
-
-
-async def _handle(request: Request, exc: Exception) -> JSONResponse:
-    return error_response(exc, f"{request.method} {request.scope['path']}")
 
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -66,11 +68,16 @@ def validate(model: type[ModelT], where: str, *, json: bytes | None = None, data
 class RestEdge:
     """Around every route under /api/v1: oversized bodies refused early, every failure enveloped."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics
+
+        async def envelope(request: Request, exc: Exception) -> JSONResponse:
+            return error_response(exc, f"{request.method} {request.scope['path']}", metrics)
+
         # The one catch: Starlette's exception handlers, which its routes use for what their
         # endpoints raise (in place of the enclosing app's) and this middleware for the rest,
         # routing's 404 and 405 included.
-        self.app = ExceptionMiddleware(app, handlers={Exception: _handle, HTTPException: _handle})
+        self.app = ExceptionMiddleware(app, handlers={Exception: envelope, HTTPException: envelope})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -78,7 +85,7 @@ class RestEdge:
             return
         too_large = PayloadTooLarge(_TOO_LARGE)
         if (declared_length(scope) or 0) > MAX_BODY_BYTES:  # also for routes that read no body
-            await error_response(too_large)(scope, receive, send)
+            await error_response(too_large, metrics=self.metrics)(scope, receive, send)
             return
         receive = capped_receive(scope, receive, MAX_BODY_BYTES, too_large)
         await self.app(scope, receive, send)

@@ -100,7 +100,7 @@ def rest_app(chat: ChatService, authenticator: Authenticator) -> ASGIApp:
         ],
         redirect_slashes=False,
     )
-    return RestEdge(router)
+    return RestEdge(router, chat.metrics)
 
 
 class _PrefixMount(Mount):

@@ -1,0 +1,130 @@
+"""Logging: a request id on every line, and JSON lines as an option (``LOG_FORMAT=json``).
+
+``RequestIdMiddleware`` gives each HTTP request and each websocket connection an id (the
+client's ``X-Request-Id`` when it is sensible, else a new one), keeps it in a context variable
+for everything that runs on its behalf, and echoes it as the ``X-Request-Id`` response header
+(on a websocket, in the handshake's response). ``RequestIdFilter`` puts it on every log record
+as ``request_id``; ``JsonFormatter`` writes one JSON object per line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+LogFormat = Literal["text", "json"]
+
+REQUEST_ID_HEADER = "x-request-id"
+TEXT_FORMAT = "%(levelname)s %(name)s: %(message)s"
+# What a client's id may look like: it goes into every log line, so no spaces, no control
+# characters, no newlines (forged log lines), and not a whole page of text.
+_ACCEPTED_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
+
+#: The id of the request (or websocket connection) the current code runs for; None outside one.
+request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+class RequestIdMiddleware:
+    """Assigns each request and websocket connection an id, and echoes it to the client.
+
+    ``on_websocket_close`` sees the code of every close frame the app sends: the websocket
+    close-code metric is counted here, in the one wrapper every frame already passes through.
+    """
+
+    def __init__(self, app: ASGIApp, on_websocket_close: Callable[[int], None] | None = None) -> None:
+        self.app = app
+        self.on_websocket_close = on_websocket_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        given = _header(scope, REQUEST_ID_HEADER.encode())
+        rid = given if given is not None and _ACCEPTED_ID.fullmatch(given) else new_request_id()
+        header = (REQUEST_ID_HEADER.encode(), rid.encode())
+        on_close = self.on_websocket_close
+
+        # Every websocket frame passes through here: a plain function handing back the inner
+        # send's awaitable, not a coroutine of its own, costs a tenth as much per frame.
+        def send_with_id(message: Message) -> Awaitable[None]:
+            kind = message["type"]
+            if kind == "http.response.start" or kind == "websocket.accept":
+                message = {**message, "headers": [*message.get("headers", ()), header]}
+            elif kind == "websocket.close" and on_close is not None:
+                on_close(int(message.get("code", 1000)))
+            return send(message)
+
+        token = request_id.set(rid)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id.reset(token)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``request_id`` (None outside a request) to every record of the handler it is on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request_id, and any traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": getattr(record, "request_id", None),
+        }
+        if record.exc_info:
+            entry["exc_info"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack_info"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def log_handler(log_format: LogFormat, stream: Any = None) -> logging.Handler:
+    """A handler writing ``log_format`` lines, each with its request id, to ``stream`` (stderr)."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    return handler
+
+
+def configure_logging(log_format: LogFormat, level: int = logging.INFO) -> None:
+    """Send every log record (uvicorn's included, see ``uvicorn_log_config``) to one handler."""
+    logging.basicConfig(level=level, handlers=[log_handler(log_format)], force=True)
+
+
+def uvicorn_log_config(log_format: LogFormat) -> dict[str, Any] | None:
+    """uvicorn's own logging setup for ``log_format``: its default in text; in JSON none, so its
+    loggers propagate to the root handler that ``configure_logging`` installed."""
+    if log_format == "json":
+        return None
+    from uvicorn.config import LOGGING_CONFIG
+
+    return LOGGING_CONFIG
