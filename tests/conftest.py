@@ -37,6 +37,7 @@ TEST_SECRET = "test-secret-" + "x" * 64
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "allow_error_logs: the test provokes ERROR logs on purpose")
+    config.addinivalue_line("markers", "slow: starts processes, restarts a database or fuzzes (-m 'not slow' skips)")
 
 
 @pytest.fixture(autouse=True)
@@ -113,6 +114,7 @@ async def serve(
     lifespan: str = "on",
     ready: asyncio.Event | None = None,
     send_buffer: int | None = None,
+    config: Callable[[Starlette, int], uvicorn.Config] | None = None,
     **uvicorn_options: Any,
 ) -> AsyncIterator[LiveServer]:
     """Serve ``app`` with uvicorn on a free loopback port until the block ends.
@@ -121,7 +123,8 @@ async def serve(
     nothing has to poll for the port. With ``ready``, the block starts once it is set, and a
     startup that fails raises instead of hanging. ``send_buffer`` fixes the kernel's send
     buffer of every accepted connection (they inherit it), so a client that stops reading
-    backs the server up after kilobytes rather than megabytes.
+    backs the server up after kilobytes rather than megabytes. ``config``: uvicorn's
+    configuration built by the caller from the app and the port (``gql-api serve``'s own, say).
     """
     # IPPROTO_TCP spelled out: asyncio sets TCP_NODELAY only on sockets whose proto says TCP,
     # and without it every response waits ~40 ms on Nagle's algorithm and delayed ACKs.
@@ -131,7 +134,10 @@ async def serve(
     sock.bind(("127.0.0.1", 0))
     sock.listen(1024)
     host, port = sock.getsockname()
-    server = uvicorn.Server(uvicorn.Config(app, lifespan=lifespan, log_level="warning", **uvicorn_options))
+    if config is None:
+        server = uvicorn.Server(uvicorn.Config(app, lifespan=lifespan, log_level="warning", **uvicorn_options))
+    else:
+        server = uvicorn.Server(config(app, port))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         if ready is not None:
@@ -241,18 +247,20 @@ class ApiProcess:
 
 
 @asynccontextmanager
-async def api_process(data_dir: Path, **env: str | None) -> AsyncIterator[ApiProcess]:
+async def api_process(data_dir: Path, *, workers: int = 1, **env: str | None) -> AsyncIterator[ApiProcess]:
     """Run ``gql-api serve`` on a free port with this data dir until the block ends.
 
     ``env`` adds variables (None unsets one). Without ``MONGODB_URI`` it uses (or starts) the
-    data dir's embedded server. Yields once uvicorn is serving; its log is kept in ``output``.
+    data dir's embedded server. Yields once uvicorn is serving (with ``workers`` > 1, once every
+    worker has started); its log is kept in ``output``.
     """
     port = free_port()
+    extra = ["--workers", str(workers)] if workers > 1 else []
     environment = {k: v for k, v in os.environ.items() if k not in {"MONGODB_URI", "JWT_SECRET", "APP_ENV"}}
     environment["GQL_API_DATA_DIR"] = str(data_dir)
     environment.update(env)
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gql_api", "serve", "--port", str(port),
+        sys.executable, "-m", "gql_api", "serve", "--port", str(port), *extra,
         env={name: value for name, value in environment.items() if value is not None},
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
@@ -261,10 +269,12 @@ async def api_process(data_dir: Path, **env: str | None) -> AsyncIterator[ApiPro
 
     async def drain() -> None:
         # Read to the end, or a full pipe would block the server's logging.
+        started = 0
         async for raw in process.stdout:  # type: ignore[union-attr]
             line = raw.decode(errors="replace").rstrip()
             output.append(line)
-            if "Uvicorn running" in line:
+            started += "Application startup complete" in line
+            if ("Uvicorn running" in line) if workers == 1 else started == workers:
                 serving.set()
         serving.set()
 

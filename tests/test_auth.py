@@ -156,7 +156,7 @@ async def test_every_bad_token_is_refused_over_websockets_and_rest(server, make_
         rest = await http.get(f"/api/v1/live-stream/{stream.id}/chat/messages", headers=headers)
         assert rest.status_code == 401 and rest.json()["errors"][0] == "Authentication required", name
 
-        async with websockets.connect(server.ws_url, subprotocols=["graphql-transport-ws"]) as ws:
+        async with websockets.connect(server.ws_url, subprotocols=["graphql-transport-ws"], ping_interval=None) as ws:
             await ws.send(json.dumps({"type": "connection_init", "payload": headers}))
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 await asyncio.wait_for(ws.recv(), 10)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
 import websockets
 from gql import Client, GraphQLRequest
 from gql.transport.websockets import WebsocketsTransport
@@ -33,7 +34,9 @@ class Subscription:
     """A messageAdded subscription through the gql client, collecting into a queue."""
 
     def __init__(self, ws_url: str, token: str, stream_id: str, after: str | None) -> None:
-        transport = WebsocketsTransport(url=ws_url, init_payload={"Authorization": token})
+        transport = WebsocketsTransport(
+            url=ws_url, init_payload={"Authorization": token}, connect_args={"ping_interval": None}
+        )
         self.client = Client(transport=transport)
         self.request = GraphQLRequest(MESSAGE_ADDED, variable_values={"s": stream_id, "after": after})
         self.received: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -83,6 +86,7 @@ def _seqs(messages: list[dict[str, Any]]) -> list[int]:
     return [decode_cursor(m["cursor"]) for m in messages]
 
 
+@pytest.mark.slow
 async def test_two_api_processes_deliver_every_message_to_both_once_and_in_order(tmp_path):
     async with api_process(tmp_path) as a, api_process(tmp_path) as b:
         assert not any("Started the embedded" in line for line in b.output)  # b reused a's server
@@ -122,6 +126,7 @@ async def _died(pid: int) -> None:
         os.close(fd)
 
 
+@pytest.mark.slow
 async def test_subscribers_see_no_gap_or_duplicate_across_a_database_restart(tmp_path):
     async with api_process(tmp_path, MONGODB_SERVER_SELECTION_TIMEOUT_MS="10000") as api:
         demo = await _demo(tmp_path)
@@ -205,11 +210,13 @@ async def test_a_slow_subscriber_is_closed_with_subscriber_too_slow_while_a_fast
             return ws
 
         # The slow one never reads: a tiny receive buffer, and its client library stops reading
-        # from the socket after one unread message, so the server's writes back up.
+        # from the socket after one unread message, so the server's writes back up. Without
+        # compression: deflated, each repetitive message is ~17 bytes on the wire, and filling
+        # the buffers took thousands of sends (minutes on a loaded machine) instead of ~200.
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", int(live.url.rsplit(":", 1)[1])))
-        slow = await open_subscription(sock=sock, max_queue=1)
+        slow = await open_subscription(sock=sock, max_queue=1, compression=None)
         fast = await open_subscription()
         await live.app.state.hub.wait_for_subscribers(str(stream.id), 2)
 
@@ -244,16 +251,80 @@ async def test_a_slow_subscriber_is_closed_with_subscriber_too_slow_while_a_fast
         await fast.close()
 
         frames = []
-        while True:  # now the slow one reads: some messages, then the error
+        # Now the slow one reads: some messages, the error, and the operation's end. Read to
+        # the end: an unread frame keeps its client paused, and close() would wait out its timeout.
+        while True:
             frame = json.loads(await asyncio.wait_for(slow.recv(), 30))
             if frame["type"] == "ping":
                 continue
             frames.append(frame)
-            if frame["type"] in {"error", "complete"} or frame["payload"].get("errors"):
+            if frame["type"] in {"error", "complete"}:
                 break
         await slow.close()
 
     assert [int(c[:5]) for c in received] == list(range(sent))
-    errors = frames[-1]["payload"] if frames[-1]["type"] == "error" else frames[-1]["payload"]["errors"]
+    *delivered, failed = [f for f in frames if f["type"] != "complete"]
+    errors = failed["payload"] if failed["type"] == "error" else failed["payload"]["errors"]
     assert errors[0]["extensions"] == {"code": "SUBSCRIBER_TOO_SLOW", "statusCode": 503}
-    assert len(frames) - 1 < sent, (len(frames), sent)
+    assert all(f["type"] == "next" and "errors" not in f["payload"] for f in delivered)
+    assert len(delivered) < sent, (len(delivered), sent)
+
+
+def test_a_change_stream_closed_cleanly_is_reopened_without_the_failure_backoff():
+    """A clean close (no failure) used to wait RETRY_SECONDS[-1], two seconds of silence."""
+    from gql_api.compat import EMPTY_BATCH_PAUSE_SECONDS
+    from gql_api.delivery import RETRY_SECONDS, retry_pause
+
+    assert retry_pause(0) == EMPTY_BATCH_PAUSE_SECONDS < RETRY_SECONDS[0]
+    assert [retry_pause(n) for n in range(1, 8)] == [*RETRY_SECONDS, RETRY_SECONDS[-1], RETRY_SECONDS[-1]]
+
+
+END = "mutation($id: ID!) { endLiveStream(id: $id) { endedAt } }"
+SEND_AT = "mutation($s: ID!, $c: String!) { sendChatMessage(streamId: $s, content: $c) { id createdAt } }"
+HISTORY_AT = "query($s: ID!) { chatMessages(streamId: $s, last: 100) { edges { node { id createdAt } } } }"
+
+
+async def test_across_two_replicas_senders_racing_the_end_are_delivered_before_it_or_refused(tmp_path):
+    """Sends through both replicas while one of them ends the stream: every acknowledged
+    message is stored before the end and reaches the subscribers of both replicas before
+    `complete`; every other send is a CONFLICT."""
+    import httpx
+
+    async with api_process(tmp_path) as a, api_process(tmp_path) as b:
+        demo = await _demo(tmp_path)
+        stream, carol = demo["streamId"], demo["users"]["carol"]["token"]  # the owner: no rate limit
+        marker = (await _gql(a.url, carol, SEND, {"s": stream, "c": "marker"}))["sendChatMessage"]
+        acknowledged: list[str] = []
+        some_acknowledged = asyncio.Event()
+        async with httpx.AsyncClient(timeout=30) as http:
+
+            async def post(api, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+                response = await http.post(f"{api.url}/graphql", json={"query": query, "variables": variables}, headers={"Authorization": carol})
+                return response.json()
+
+            async def send(n: int) -> None:
+                body = await post((a, b)[n % 2], SEND_AT, {"s": stream, "c": f"m{n}"})
+                if "errors" in body:
+                    assert [e["extensions"]["code"] for e in body["errors"]] == ["CONFLICT"], body
+                    return
+                acknowledged.append(body["data"]["sendChatMessage"]["id"])
+                if len(acknowledged) >= 3:
+                    some_acknowledged.set()
+
+            async with Subscription(a.ws_url, carol, stream, marker["cursor"]) as on_a, Subscription(b.ws_url, carol, stream, marker["cursor"]) as on_b:
+                senders = [asyncio.create_task(send(n)) for n in range(40)]
+                await some_acknowledged.wait()
+                ending = asyncio.create_task(post(a, END, {"id": stream}))
+                senders += [asyncio.create_task(send(n)) for n in range(40, 60)]
+                ended_at = (await ending)["data"]["endLiveStream"]["endedAt"]
+                await asyncio.gather(*senders)
+                # Each subscription completes by itself when its replica delivers the end.
+                await asyncio.wait_for(asyncio.gather(on_a.task, on_b.task), 30)
+                got_a = [on_a.received.get_nowait()["id"] for _ in range(on_a.received.qsize())]
+                got_b = [on_b.received.get_nowait()["id"] for _ in range(on_b.received.qsize())]
+            stored = [e["node"] for e in (await post(b, HISTORY_AT, {"s": stream}))["data"]["chatMessages"]["edges"]]
+
+    after_marker = stored[[m["id"] for m in stored].index(marker["id"]) + 1 :]
+    assert sorted(acknowledged) == sorted(m["id"] for m in after_marker)
+    assert got_a == got_b == [m["id"] for m in after_marker]
+    assert all(m["createdAt"] <= ended_at for m in stored)

@@ -21,6 +21,7 @@ def data_dir(tmp_path):
     return tmp_path / "data"
 
 
+@pytest.mark.slow
 def test_a_second_instance_reuses_the_running_server_and_data_survives_a_restart(data_dir):
     first = EmbeddedMongo(data_dir)
     uri = first.start()

@@ -60,6 +60,7 @@ async def _timed(http: httpx.AsyncClient, method: str, url: str, **kwargs) -> tu
     return response, time.perf_counter() - started
 
 
+@pytest.mark.slow
 async def test_an_outage_is_503_within_the_timeout_and_the_same_process_recovers(tmp_path: Path):
     data_dir = tmp_path / "data"
     env: dict[str, str | None] = {
@@ -91,7 +92,7 @@ async def test_an_outage_is_503_within_the_timeout_and_the_same_process_recovers
                 me, timings[f"{phase}: me"] = await graphql(ME)
                 ready, timings[f"{phase}: readyz"] = await _timed(http, "GET", "/readyz")
                 health = await http.get("/healthz")
-                async with websockets.connect(api.ws_url, subprotocols=["graphql-transport-ws"]) as ws:
+                async with websockets.connect(api.ws_url, subprotocols=["graphql-transport-ws"], ping_interval=None) as ws:
                     await ws.send(json.dumps({"type": "connection_init", "payload": auth}))
                     with pytest.raises(websockets.ConnectionClosed) as closed:
                         await asyncio.wait_for(ws.recv(), 30)

@@ -19,6 +19,8 @@ from gql_api.errors import ERRORS, ApiError
 from gql_api.users import create_user
 from tests.conftest import LiveServer
 
+pytestmark = pytest.mark.slow
+
 SCHEMA = (Path(__file__).resolve().parent.parent / "schema.graphql").read_text()
 # Every code a request may cause, with its statusCode: INTERNAL_SERVER_ERROR is for bugs.
 DOCUMENTED = {code: error.status_code for code, error in ERRORS.items() if error is not ApiError}

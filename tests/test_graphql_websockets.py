@@ -44,6 +44,18 @@ async def limited(server: LiveServer, make_settings) -> AsyncIterator[LiveServer
         yield live
 
 
+@pytest.fixture
+async def pinging(server: LiveServer, make_settings) -> AsyncIterator[LiveServer]:
+    """An app that pings every half second, with the default ``connection_init`` timeout.
+
+    Long enough for a loaded machine to answer a ping and to send ``connection_init`` in time,
+    short enough to see several rounds quickly.
+    """
+    app, ready = app_with_ready(make_settings(ws_ping_interval_seconds=0.5), database=server.app.state.database)
+    async with serve(app, ready=ready) as live:
+        yield live
+
+
 async def _recv(ws) -> dict[str, Any]:
     return json.loads(await asyncio.wait_for(ws.recv(), 10))
 
@@ -63,7 +75,7 @@ async def _closed_with(ws) -> int:
 
 
 async def _connect(live: LiveServer, token: str | None, protocol: str = "graphql-transport-ws"):
-    ws = await websockets.connect(live.ws_url, subprotocols=[protocol])
+    ws = await websockets.connect(live.ws_url, subprotocols=[protocol], ping_interval=None)
     if token is not None:
         await ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": token}}))
         assert (await _recv(ws))["type"] == "connection_ack"
@@ -75,7 +87,7 @@ def _subscribe(op_id: str, stream_id: str) -> str:
 
 
 async def test_connection_init_must_arrive_in_time(tight):
-    async with websockets.connect(tight.ws_url, subprotocols=["graphql-transport-ws"]) as ws:
+    async with websockets.connect(tight.ws_url, subprotocols=["graphql-transport-ws"], ping_interval=None) as ws:
         assert await _closed_with(ws) == 4408
 
 
@@ -98,16 +110,17 @@ async def test_protocol_violations_close_with_their_codes(server, make_user, mak
         assert await _closed_with(ws) == code
 
 
-async def test_one_subscription_too_many_is_an_error_while_the_others_keep_streaming(tight, make_user, make_stream):
+async def test_one_subscription_too_many_is_an_error_while_the_others_keep_streaming(limited, make_user, make_stream):
     stream = await make_stream()
     user = await make_user()
-    async with await _connect(tight, tight.token(user)) as ws:
+    async with await _connect(limited, limited.token(user)) as ws:
         for n in range(3):
             await ws.send(_subscribe(str(n), str(stream.id)))
-        await tight.app.state.hub.wait_for_subscribers(str(stream.id), 3)
+        await limited.app.state.hub.wait_for_subscribers(str(stream.id), 3)
         await ws.send(_subscribe("extra", str(stream.id)))
+
         refused = await _recv_operation(ws)
-        await tight.chat.send_message(user, str(stream.id), "still here")
+        await limited.chat.send_message(user, str(stream.id), "still here")
         frames = [await _recv_operation(ws) for _ in range(3)]
 
     assert refused["id"] == "extra" and refused["type"] == "error"
@@ -115,34 +128,40 @@ async def test_one_subscription_too_many_is_an_error_while_the_others_keep_strea
     assert {f["payload"]["data"]["messageAdded"]["content"] for f in frames} == {"still here"}
 
 
-async def test_the_server_pings_and_keeps_a_connection_that_answers(tight, make_user):
-    async with await _connect(tight, tight.token(await make_user())) as ws:
+async def test_the_server_pings_and_keeps_a_connection_that_answers(pinging, make_user):
+    async with await _connect(pinging, pinging.token(await make_user())) as ws:
         for _ in range(3):  # three rounds: each later round checked the previous pong
             assert await _recv(ws) == {"type": "ping"}
             await ws.send(json.dumps({"type": "pong"}))
 
 
-async def test_a_connection_that_stops_answering_pings_is_closed_and_its_subscriptions_freed(tight, make_user, make_stream):
+async def test_a_connection_that_stops_answering_pings_is_closed_and_its_subscriptions_freed(pinging, make_user, make_stream):
     stream = await make_stream()
-    async with await _connect(tight, tight.token(await make_user())) as ws:
+    async with await _connect(pinging, pinging.token(await make_user())) as ws:
         await ws.send(_subscribe("1", str(stream.id)))
-        await tight.app.state.hub.wait_for_subscribers(str(stream.id), 1)
+        await pinging.app.state.hub.wait_for_subscribers(str(stream.id), 1)
         code = await _closed_with(ws)  # never answers the pings
-    await tight.app.state.hub.wait_for_subscribers(str(stream.id), 0)
+    await pinging.app.state.hub.wait_for_subscribers(str(stream.id), 0)
     assert code == 4499
 
 
 @pytest.mark.parametrize("protocol", ["graphql-transport-ws", "graphql-ws"])
 async def test_a_token_that_expires_closes_the_connection_with_4403(server, make_user, make_stream, protocol):
     stream = await make_stream()
-    token = server.token(await make_user(), ttl=timedelta(seconds=1))
+    # "exp" has whole seconds: a 1 s ttl could leave ~0 s, expiring before the subscription starts.
+    token = server.token(await make_user(), ttl=timedelta(seconds=3))
     async with await _connect(server, token, protocol) as ws:
         start = {"id": "1", "type": "subscribe" if protocol == "graphql-transport-ws" else "start",
                  "payload": {"query": SUBSCRIBE, "variables": {"s": str(stream.id)}}}
         await ws.send(json.dumps(start))
         await server.app.state.hub.wait_for_subscribers(str(stream.id), 1)
-        assert await _closed_with(ws) == 4403
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                await asyncio.wait_for(ws.recv(), 10)
     await server.app.state.hub.wait_for_subscribers(str(stream.id), 0)
+    assert closed.value.rcvd.code == 4403
+    # The reason a token already expired at connection_init gets: one string to match.
+    assert closed.value.rcvd.reason == "Authentication required: the token has expired"
 
 
 async def test_abruptly_dropped_sockets_leave_no_subscription_task_or_queue(server, make_user, make_stream):
@@ -175,10 +194,11 @@ async def test_abruptly_dropped_sockets_leave_no_subscription_task_or_queue(serv
     assert not leftover, leftover
 
 
+@pytest.mark.slow
 async def test_sigterm_closes_websockets_with_1001_and_exits_cleanly(tmp_path):
     async with api_process(tmp_path) as api:
         demo = await _demo_token(api)
-        async with websockets.connect(api.ws_url, subprotocols=["graphql-transport-ws"]) as ws:
+        async with websockets.connect(api.ws_url, subprotocols=["graphql-transport-ws"], ping_interval=None) as ws:
             await ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": demo}}))
             assert (await _recv(ws))["type"] == "connection_ack"
             api.process.send_signal(signal.SIGTERM)
@@ -395,7 +415,7 @@ async def test_a_bug_at_connection_init_closes_with_1013_and_is_logged_with_its_
     with caplog.at_level(logging.WARNING, logger="gql_api"):
         async with serve(view, lifespan="off") as live:
             async with websockets.connect(live.ws_url, subprotocols=[protocol], ping_interval=None) as ws:
-                await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
+                await ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": "a token"}}))
                 with pytest.raises(websockets.ConnectionClosed) as closed:
                     await asyncio.wait_for(ws.recv(), 10)
             await view.connections.drained()
@@ -405,3 +425,57 @@ async def test_a_bug_at_connection_init_closes_with_1013_and_is_logged_with_its_
     [record] = [r for r in caplog.records if r.name.startswith("gql_api")]
     assert record.levelno == logging.ERROR and "connection_init" in record.getMessage()
     assert record.exc_info is not None and "hunter2" in str(record.exc_info[1])
+
+
+async def _refused(live: LiveServer, protocol: str, payload: dict[str, str], **connect: Any):
+    """The close frame and any messages before it, for a ``connection_init`` with ``payload``."""
+    messages = []
+    async with websockets.connect(live.ws_url, subprotocols=[protocol], ping_interval=None, **connect) as ws:
+        await ws.send(json.dumps({"type": "connection_init", "payload": payload}))
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                messages.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+    return closed.value.rcvd, messages
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize(
+    ("case", "says"),
+    [
+        ("missing", "send the token as Authorization in the connection_init payload"),
+        ("in a handshake header", "in the connection_init payload, not a handshake header"),
+        ("not a JWT", "the token is not valid"),
+        ("wrong signature", "the token is not valid"),
+        ("expired", "the token has expired"),
+        ("unknown user", "the token's user does not exist"),
+    ],
+)
+async def test_a_refused_token_closes_with_4403_and_says_why(server, make_user, protocol, case, says):
+    user = await make_user()
+    good = server.token(user)
+    payload = {"Authorization": good}
+    connect: dict[str, Any] = {}
+    if case == "missing":
+        payload = {}
+    elif case == "in a handshake header":
+        payload, connect = {}, {"additional_headers": {"Authorization": good}}
+    elif case == "not a JWT":
+        payload = {"Authorization": "garbage"}
+    elif case == "wrong signature":
+        header, claims, _ = good.split(".")
+        payload = {"Authorization": f"{header}.{claims}.c2lnbmF0dXJl"}
+    elif case == "expired":
+        payload = {"Authorization": server.token(user, ttl=timedelta(minutes=-5))}
+    elif case == "unknown user":
+        payload = {"Authorization": server.app.state.authenticator.issue("64d15f9e2e6c8f4d5a123000")}
+
+    close, messages = await _refused(server, protocol, payload, **connect)
+
+    assert close.code == 4403
+    assert close.reason.startswith("Authentication required: ") and close.reason.endswith(says), close.reason
+    if protocol == "graphql-ws":  # the legacy protocol says it in a message too
+        assert messages == [
+            {"type": "connection_error", "payload": {"message": close.reason, "code": "UNAUTHENTICATED"}}
+        ]
+    else:
+        assert messages == []

@@ -182,7 +182,7 @@ async def test_batching_can_be_turned_on_with_a_maximum(strict):
 
 async def _subscribe(server: LiveServer, token: str, query: str) -> tuple[dict | None, int | None]:
     """Subscribe over graphql-transport-ws: the server's first answer, or how it closed."""
-    async with websockets.connect(server.ws_url, subprotocols=["graphql-transport-ws"]) as ws:
+    async with websockets.connect(server.ws_url, subprotocols=["graphql-transport-ws"], ping_interval=None) as ws:
         await ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": token}}))
         assert json.loads(await ws.recv())["type"] == "connection_ack"
         await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": {"query": query}}))
