@@ -10,8 +10,10 @@ from gql_api.errors import (
     ApiError,
     BadUserInput,
     Conflict,
+    MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    RateLimited,
     ServiceUnavailable,
     Unauthenticated,
 )
@@ -20,8 +22,27 @@ from gql_api.rest.models import ErrorEnvelope, HistoryQuery, Message, MessagePag
 API_PREFIX = "/api/v1"
 REF_TEMPLATE = "#/components/schemas/{model}"
 
-# Any operation can fail unexpectedly or lose the database.
-_ALWAYS: tuple[type[ApiError], ...] = (ApiError, ServiceUnavailable)
+LICENSE = {"name": "MIT", "identifier": "MIT"}  # the repository's LICENSE file
+
+# Every operation can answer these: a wrong method (405), a body over the cap, which the edge
+# refuses before routing, even where the operation reads none (413), and the unexpected (500, 503).
+_ANY_OPERATION: tuple[type[ApiError], ...] = (MethodNotAllowed, PayloadTooLarge, ApiError, ServiceUnavailable)
+_ERROR_HEADERS: dict[type[ApiError], dict[str, str]] = {  # {header name: name in components.headers}
+    MethodNotAllowed: {"Allow": "Allow"},
+    RateLimited: {"Retry-After": "RetryAfter"},
+}
+_HEADERS = {
+    "Allow": {
+        "description": "The methods the path takes, e.g. `GET, HEAD, POST` (HEAD wherever GET is).",
+        "required": True,
+        "schema": {"type": "string"},
+    },
+    "RetryAfter": {
+        "description": "In how many whole seconds the next message will be accepted.",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 1},
+    },
+}
 
 
 def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
@@ -51,6 +72,14 @@ def openapi_document() -> dict[str, Any]:
     error = ref(ErrorEnvelope, "serialization")
     message = ref(Message, "serialization")
 
+    def error_response(error_class: type[ApiError]) -> dict[str, Any]:
+        response: dict[str, Any] = {"description": error_class.summary}
+        if headers := _ERROR_HEADERS.get(error_class):
+            response["headers"] = {
+                name: {"$ref": f"#/components/headers/{component}"} for name, component in headers.items()
+            }
+        return {**response, **json_content(error)}
+
     # One response per error code, named by it, described by its summary (errors[0]).
     error_responses: dict[str, Any] = {}
 
@@ -58,8 +87,8 @@ def openapi_document() -> dict[str, Any]:
         success: int, description: str, schema: dict[str, Any], *errors: type[ApiError]
     ) -> dict[str, Any]:
         result = {str(success): {"description": description, **json_content(schema)}}
-        for error_class in sorted({*errors, *_ALWAYS}, key=lambda e: e.status_code):
-            error_responses[error_class.code] = {"description": error_class.summary, **json_content(error)}
+        for error_class in sorted({*errors, *_ANY_OPERATION}, key=lambda e: e.status_code):
+            error_responses[error_class.code] = error_response(error_class)
             result[str(error_class.status_code)] = {"$ref": f"#/components/responses/{error_class.code}"}
         return result
 
@@ -91,14 +120,15 @@ def openapi_document() -> dict[str, Any]:
                 201,
                 "The message (on a retry, the original)",
                 message,
-                *(BadUserInput, Unauthenticated, NotFound, Conflict, PayloadTooLarge),
+                *(BadUserInput, Unauthenticated, NotFound, Conflict, RateLimited),
             ),
         },
         "get": {
             "operationId": "listChatMessages",
             "summary": "A page of chat history, oldest first",
             "description": "Without a cursor: the newest `limit` messages. With `before` or `after` "
-            "(never both): the `limit` messages before or after that cursor.",
+            "(never both): the `limit` messages before or after that cursor. To follow the chat "
+            "without a websocket, ask again with `after` = `pollCursor` after `pollingIntervalMillis`.",
             "parameters": query_parameters,
             "responses": responses(
                 200, "The page", ref(MessagePage, "serialization"), BadUserInput, Unauthenticated, NotFound
@@ -110,9 +140,7 @@ def openapi_document() -> dict[str, Any]:
         "post": {
             "operationId": "sendSuperlike",
             "summary": "Superlike a stream: once per user per stream",
-            "responses": responses(
-                201, "The SUPERLIKE message", message, Unauthenticated, NotFound, Conflict, PayloadTooLarge
-            ),
+            "responses": responses(201, "The SUPERLIKE message", message, Unauthenticated, NotFound, Conflict),
         },
     }
     return {
@@ -121,6 +149,7 @@ def openapi_document() -> dict[str, Any]:
             "title": "gql_api live-stream chat REST API",
             "version": "1.0.0",
             "description": "The REST face of the chat service; GraphQL at /graphql serves the same data.",
+            "license": LICENSE,
         },
         "servers": [{"url": API_PREFIX}],
         "security": [{"jwt": []}],
@@ -131,6 +160,7 @@ def openapi_document() -> dict[str, Any]:
         "components": {
             "schemas": dict(sorted(components.items())),
             "responses": dict(sorted(error_responses.items())),
+            "headers": _HEADERS,
             "securitySchemes": {
                 "jwt": {
                     "type": "apiKey",
