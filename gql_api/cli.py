@@ -17,9 +17,10 @@ from typing import Any
 import uvicorn
 from strawberry.printer import print_schema
 
-from gql_api.app import create_app
+from gql_api.app import App, create_app
 from gql_api.auth import Authenticator
 from gql_api.database import open_database
+from gql_api.delivery import Delivery
 from gql_api.demo import database_is_empty, ensure_demo_data
 from gql_api.errors import ApiError, ConfigurationError
 from gql_api.graphql.schema import build_schema
@@ -28,6 +29,7 @@ from gql_api.hub import MessageHub
 from gql_api.logs import configure_logging, uvicorn_log_config
 from gql_api.service import ChatService
 from gql_api.settings import Settings, load_settings
+from gql_api.state import Services
 from gql_api.users import create_user, get_user
 
 logger = logging.getLogger(__name__)
@@ -44,12 +46,12 @@ class GracefulServer(uvicorn.Server):
     """uvicorn, closing websockets with 1001 (going away) on shutdown so clients reconnect to
     another replica, instead of uvicorn's 1012; in-flight HTTP requests still finish."""
 
-    def __init__(self, config: uvicorn.Config, app: Any) -> None:
+    def __init__(self, config: uvicorn.Config, app: App) -> None:
         super().__init__(config)
         self._app = app
 
     async def shutdown(self, sockets: Any = None) -> None:
-        await self._app.state.graphql.connections.close_all(GOING_AWAY_CLOSE_CODE, "Server shutting down")
+        await self._app.graphql.connections.close_all(GOING_AWAY_CLOSE_CODE, "Server shutting down")
         await super().shutdown(sockets)
 
 
@@ -72,13 +74,13 @@ def uvicorn_config(app: Any, settings: Settings, *, host: str, port: int) -> uvi
 def _serve(settings: Settings, args: argparse.Namespace) -> None:
     configure_logging(settings.log_format)
 
-    async def banner(app: Any) -> None:
+    async def banner(services: Services) -> None:
         if settings.production:
             return
         lines = ["", "  gql_api is running (development)", f"  GraphiQL:      http://{args.host}:{args.port}/graphql"]
         if await database_is_empty():
-            demo = await ensure_demo_data(app.state.chat)
-            token = app.state.authenticator.issue(str(demo.users["alice"].id))
+            demo = await ensure_demo_data(services.chat)
+            token = services.authenticator.issue(str(demo.users["alice"].id))
             lines += [f"  Demo stream:   {demo.stream_id}", f"  Token (alice): {token}"]
         lines += ["  Tokens:        gql-api demo --json", ""]
         print("\n".join(lines), flush=True)
@@ -96,7 +98,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
 
 async def _with_database(settings: Settings, work: Callable[[ChatService], Awaitable[None]]) -> None:
     async with open_database(settings):
-        await work(ChatService(MessageHub()))
+        hub = MessageHub()
+        # No subscribers in a one-off command: what it stores is delivered in-process, to no one.
+        await work(ChatService(hub, Delivery(hub)))
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> None:
