@@ -8,20 +8,24 @@ import contextlib
 import gc
 import json
 import logging
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
 from strawberry.printer import print_schema
+from uvicorn.supervisors import Multiprocess
 
 from gql_api.app import App, create_app
 from gql_api.auth import Authenticator
 from gql_api.database import open_database
 from gql_api.delivery import Delivery
 from gql_api.demo import database_is_empty, ensure_demo_data
+from gql_api.embedded import EmbeddedMongo
 from gql_api.errors import ApiError, ConfigurationError
 from gql_api.graphql.schema import build_schema
 from gql_api.graphql.websockets import GOING_AWAY_CLOSE_CODE
@@ -34,8 +38,10 @@ from gql_api.users import create_user, get_user
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_FILE = Path("schema.graphql")
+T = TypeVar("T")
 
+SCHEMA_FILE = Path("schema.graphql")
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 def schema_sdl() -> str:
     """The schema as SDL, exactly as ``schema.graphql`` holds it."""
@@ -55,52 +61,111 @@ class GracefulServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def uvicorn_config(app: Any, settings: Settings, *, host: str, port: int) -> uvicorn.Config:
-    """How ``gql-api serve`` runs ``app`` under uvicorn."""
+def uvicorn_config(app: Any, settings: Settings, *, host: str, port: int, **options: Any) -> uvicorn.Config:
+    """How ``gql-api serve`` runs ``app`` under uvicorn (``options``: more of uvicorn's settings)."""
     return uvicorn.Config(
         app,
         host=host,
         port=port,
         log_level="info",
-        log_config=uvicorn_log_config(settings.log_format),
         lifespan="on",
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
         # The app closes a websocket message over the body cap with 1009 itself, whatever server
         # runs it; uvicorn refuses it too (also 1009), before buffering up to its default 16 MiB.
         ws_max_size=settings.graphql_max_body_bytes,
+        # uvicorn accepts the permessage-deflate every browser offers unless told not to.
+        ws_per_message_deflate=settings.ws_compression,
+        **{"log_config": uvicorn_log_config(settings.log_format), **options},
     )
 
 
-def _serve(settings: Settings, args: argparse.Namespace) -> None:
-    configure_logging(settings.log_format)
-
-    async def banner(services: Services) -> None:
-        if settings.production:
-            return
-        lines = ["", "  gql_api is running (development)", f"  GraphiQL:      http://{args.host}:{args.port}/graphql"]
-        if await database_is_empty():
-            demo = await ensure_demo_data(services.chat)
-            token = services.authenticator.issue(str(demo.users["alice"].id))
-            lines += [f"  Demo stream:   {demo.stream_id}", f"  Token (alice): {token}"]
-        lines += ["  Tokens:        gql-api demo --json", ""]
-        print("\n".join(lines), flush=True)
-
-    app = create_app(settings, on_startup=[banner])
-    config = uvicorn_config(app, settings, host=args.host, port=args.port)
+def _tune_gc() -> None:
     # Each open subscription keeps a few hundred small objects alive; with thousands of them
     # the collector's default thresholds stop the event loop for whole seconds (measured in
     # bench/). Collect the young generation less often, and freeze what start-up made.
     gc.set_threshold(50_000, 50, 100)
     gc.freeze()
+
+
+async def _banner(settings: Settings, args: argparse.Namespace, chat: ChatService) -> str:
+    """The development banner; on an empty database, the demo data is created first."""
+    lines = ["", "  gql_api is running (development)", f"  GraphiQL:      http://{args.host}:{args.port}/graphql"]
+    if await database_is_empty():
+        demo = await ensure_demo_data(chat)
+        token = Authenticator(settings).issue(str(demo.users["alice"].id))
+        lines += [f"  Demo stream:   {demo.stream_id}", f"  Token (alice): {token}"]
+    lines += ["  Tokens:        gql-api demo --json", ""]
+    return "\n".join(lines)
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> None:
+    if args.workers > 1:
+        _serve_workers(settings, args)
+        return
+    configure_logging(settings.log_format)
+
+    async def banner(services: Services) -> None:
+        if not settings.production:
+            print(await _banner(settings, args, services.chat), flush=True)
+
+    app = create_app(settings, on_startup=[banner])
+    config = uvicorn_config(app, settings, host=args.host, port=args.port)
+    _tune_gc()
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it handled
         GracefulServer(config, app).run()
 
 
-async def _with_database(settings: Settings, work: Callable[[ChatService], Awaitable[None]]) -> None:
+def worker_app() -> App:
+    """The app of one ``gql-api serve --workers N`` worker process (a uvicorn app factory).
+
+    Every worker builds its own settings from the environment, its own database client, hub and
+    change stream: a replica, sharing only the listening socket with the others.
+    """
+    settings = load_settings()
+    configure_logging(settings.log_format, with_pid=True)
+    app = create_app(settings)
+    _tune_gc()
+    return app
+
+
+def _serve_workers(settings: Settings, args: argparse.Namespace) -> None:
+    """Run ``args.workers`` worker processes under uvicorn's supervisor.
+
+    This parent serves nothing itself: it makes sure the embedded database is running before
+    any worker starts (they reuse it through the data dir), creates the demo data and prints the
+    banner once, and on SIGTERM or Ctrl-C stops the workers, then the embedded database.
+    """
+    # Until uvicorn's supervisor takes the signals over, SIGTERM unwinds like Ctrl-C, so the
+    # embedded server started below is stopped either way.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    embedded = EmbeddedMongo(settings.data_dir) if settings.mongodb_uri is None else None
+    try:
+        if embedded is not None:
+            embedded.start()
+        if not settings.production:
+            print(asyncio.run(_with_database(settings, partial(_banner, settings, args))), flush=True)
+        config = uvicorn_config(
+            "gql_api.cli:worker_app",
+            settings,
+            host=args.host,
+            port=args.port,
+            factory=True,
+            workers=args.workers,
+            log_config=uvicorn_log_config(settings.log_format, with_pid=True),
+        )
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+async def _with_database(settings: Settings, work: Callable[[ChatService], Awaitable[T]]) -> T:
     async with open_database(settings):
         hub = MessageHub()
         # No subscribers in a one-off command: what it stores is delivered in-process, to no one.
-        await work(ChatService(hub, Delivery(hub)))
+        return await work(ChatService(hub, Delivery(hub)))
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> None:
@@ -140,6 +205,13 @@ def _export_schema(settings: Settings, args: argparse.Namespace) -> None:
     print(f"wrote {args.output}")
 
 
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gql-api", description="Live-stream chat API")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the API (GraphiQL at /graphql in development)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--workers", type=_positive, default=1, metavar="N",
+        help="worker processes (about one per core); each is a replica with its own subscribers",
+    )
     serve.set_defaults(handler=_serve)
 
     demo = commands.add_parser("demo", help="make sure the demo data exists and print tokens")
@@ -174,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:
         settings = load_settings()
         args.handler(settings, args)

@@ -14,9 +14,12 @@ Everything here is also correct, and means the same, on a real MongoDB:
 - nx-27017 answers a change stream's ``getMore`` at once when there is nothing new, where
   MongoDB waits up to ``maxAwaitTimeMS``: a follower pauses ``EMPTY_BATCH_PAUSE_SECONDS``
   after an empty batch rather than spin (on MongoDB the wait already happened).
+- Counting is a find of ids, not ``count_documents``: nx-27017 runs that aggregation
+  as a table scan (measured: 5 s over 40,000 messages), but answers an indexed find in
+  milliseconds (``count_matching``).
 - A change event's document id is read from ``documentKey._id``: nx-27017 sends
-  ``fullDocument._id`` as a dict, and the rest of the document as extended JSON. Its update events carry the whole document, not
-  ``updateDescription``; its duplicate-key errors name the index but not its key pattern.
+  ``fullDocument._id`` as a dict, and the rest of the document as extended JSON. Its
+  duplicate-key errors name the index but not its key pattern.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 
 from bson import ObjectId
 from bson.errors import InvalidId
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
 
@@ -67,26 +71,23 @@ def _from_extended_json(value: Any) -> Any:
     return value
 
 
-def ended_stream_id(event: dict[str, Any]) -> str | None:
-    """The id of the stream an update event marked ENDED, if it did.
+async def count_matching(collection: AsyncCollection, condition: dict[str, Any]) -> int:
+    """How many documents match ``condition``, through the index that covers it.
 
-    MongoDB reports the change in ``updateDescription``; nx-27017 sends the whole document.
+    Only for small counts (a stream's superlikes: one per viewer at most); on MongoDB
+    ``count_documents`` would be the choice.
     """
-    if event.get("operationType") not in {"update", "replace"}:
-        return None
-    changed = (event.get("updateDescription") or {}).get("updatedFields") or event.get("fullDocument") or {}
-    if changed.get("status") != "ENDED":
-        return None
-    return str(event["documentKey"]["_id"])
+    return len([1 async for _ in collection.find(condition, {"_id": 1})])
 
 
 def is_duplicate_of(exc: DuplicateKeyError, field: str) -> bool:
     """Whether a duplicate-key error is about an index over ``field``.
 
-    MongoDB names the index and its key pattern; nx-27017 names only its own index name,
-    which contains the field names.
+    MongoDB names the index and its key pattern (its message also quotes the duplicate
+    values, so it is not searched); nx-27017 names only its own index name, which contains
+    the field names.
     """
     details = exc.details or {}
-    if field in (details.get("keyPattern") or {}):
-        return True
+    if pattern := details.get("keyPattern"):
+        return field in pattern
     return field in str(details.get("errmsg", exc))

@@ -1,8 +1,10 @@
-"""How new messages and stream ends reach this process's hub.
+"""How new entries of the streams' logs (messages, and stream ends) reach this process's hub.
 
 With change streams (a replica set, or the embedded server) every API process watches the
-database once and feeds its own hub, so a message sent through any replica reaches subscribers
-on all of them. Without change streams (a standalone MongoDB) delivery stays in-process.
+messages collection once and feeds its own hub, so a message sent through any replica reaches
+subscribers on all of them; a stream's end is an entry of the same collection, so it arrives
+in order after the stream's last message. Without change streams (a standalone MongoDB)
+delivery stays in-process.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from typing import Any
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure, PyMongoError
 
-from gql_api.compat import EMPTY_BATCH_PAUSE_SECONDS, change_event_document, ended_stream_id
-from gql_api.documents import ChatMessage, LiveStream
+from gql_api.compat import EMPTY_BATCH_PAUSE_SECONDS, change_event_document
+from gql_api.documents import ChatMessage
 from gql_api.hub import MessageHub
 
 logger = logging.getLogger(__name__)
@@ -44,55 +46,42 @@ class Delivery:
         """Stop delivering."""
 
     async def message_stored(self, message: ChatMessage) -> None:
-        """Called by the writer once a message is stored."""
+        """Called by the writer once an entry (a message, or a stream's end) is stored."""
         try:
             await self.hub.deliver(message)
         except Exception:  # the message is stored; a subscriber catches up on the next one
             logger.exception("Could not deliver message %s live", message.id)
 
-    async def stream_ended(self, stream_id: str) -> None:
-        """Called by the writer once a stream is marked ENDED."""
-        try:
-            await self.hub.end_stream(stream_id)
-        except Exception:
-            logger.exception("Could not complete the subscriptions of stream %s", stream_id)
-
 
 class ChangeStreamDelivery(Delivery):
-    """One change stream per process on messages (and one on stream ends), feeding the hub."""
+    """One change stream per process on the messages collection, feeding the hub."""
 
     cross_process = True
 
     def __init__(self, hub: MessageHub, database: AsyncDatabase) -> None:
         super().__init__(hub)
         self._database = database
-        self._tasks: list[asyncio.Task[None]] = []
+        self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self.connected = asyncio.Event()
 
     async def start(self) -> None:
-        messages = ChatMessage.get_settings().name
-        streams = LiveStream.get_settings().name
-        self._tasks = [
-            asyncio.create_task(self._follow(messages, self._on_message), name="feed:messages"),
-            asyncio.create_task(self._follow(streams, self._on_stream_change), name="feed:streams"),
-        ]
+        self._task = asyncio.create_task(self._follow(ChatMessage.get_settings().name), name="feed:messages")
 
     async def stop(self) -> None:
         # Ask the followers to finish their current read rather than cancel them in the middle
         # of it: pymongo's async driver can hang a task cancelled mid-operation (see
         # ``database.detached``). Cancel only what has not stopped in time.
         self._stopping.set()
-        _, late = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT_SECONDS) if self._tasks else ((), ())
+        if self._task is None:
+            return
+        _, late = await asyncio.wait({self._task}, timeout=STOP_TIMEOUT_SECONDS)
         for task in late:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await asyncio.gather(self._task, return_exceptions=True)
+        self._task = None
 
     async def message_stored(self, message: ChatMessage) -> None:
-        """Nothing to do: the change stream brings it to every process, this one included."""
-
-    async def stream_ended(self, stream_id: str) -> None:
         """Nothing to do: the change stream brings it to every process, this one included."""
 
     async def _on_message(self, event: dict[str, Any]) -> None:
@@ -101,21 +90,23 @@ class ChangeStreamDelivery(Delivery):
             self.hub.metrics.change_event(message.created_at)
             await self.hub.deliver(message)
 
-    async def _on_stream_change(self, event: dict[str, Any]) -> None:
-        if stream_id := ended_stream_id(event):
-            await self.hub.end_stream(stream_id)
-
-    async def _follow(self, collection: str, handle: Any) -> None:
+    async def _follow(self, collection: str) -> None:
         """Watch one collection for ever: resume from the last token after any failure."""
         token: Any = None
         failures = 0
+        opened = False
         while not self._stopping.is_set():
             try:
                 watch = self._database[collection].watch
                 async with await watch(resume_after=token, max_await_time_ms=AWAIT_MS) as stream:
                     if failures:
                         logger.info("Change stream on %s resumed", collection)
-                        await self.hub.resync()  # what was stored while we were away
+                    if opened or failures:
+                        # What was stored while no stream was open, after a failure or a clean
+                        # close alike: a stream's end is its last entry, and no later event
+                        # would ever pull it in.
+                        await self.hub.resync()
+                    opened = True
                     failures = 0
                     self.connected.set()
                     while stream.alive and not self._stopping.is_set():
@@ -123,7 +114,7 @@ class ChangeStreamDelivery(Delivery):
                         if event is None:
                             await self._pause(EMPTY_BATCH_PAUSE_SECONDS)
                             continue
-                        await handle(event)
+                        await self._on_message(event)
                         token = event["_id"]
             except asyncio.CancelledError:
                 raise
@@ -139,12 +130,23 @@ class ChangeStreamDelivery(Delivery):
             except Exception:
                 failures += 1
                 logger.exception("Delivering from the change stream on %s failed; resuming", collection)
-            await self._pause(RETRY_SECONDS[min(failures, len(RETRY_SECONDS)) - 1])
+            await self._pause(retry_pause(failures))
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, but wake at once when asked to stop."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
+
+
+def retry_pause(failures: int) -> float:
+    """How long to wait before reopening a change stream after ``failures`` failures in a row.
+
+    A stream the server closed cleanly (``failures == 0``) is reopened at once, but for the
+    short pause that keeps a server which keeps closing it from being asked in a tight loop.
+    """
+    if failures <= 0:
+        return EMPTY_BATCH_PAUSE_SECONDS
+    return RETRY_SECONDS[min(failures, len(RETRY_SECONDS)) - 1]
 
 
 async def open_delivery(hub: MessageHub, database: AsyncDatabase) -> Delivery:

@@ -32,6 +32,13 @@ class StreamStatus(StrEnum):
 class MessageKind(StrEnum):
     TEXT = "TEXT"
     SUPERLIKE = "SUPERLIKE"
+    # The end of the stream: the last entry of its log, never shown to clients (see
+    # ``ChatService.end_stream``). Moderation events will join it in the same log.
+    STREAM_ENDED = "STREAM_ENDED"
+
+
+# The kinds clients see in history, on subscriptions and over REST.
+VISIBLE_KINDS = (MessageKind.TEXT, MessageKind.SUPERLIKE)
 
 
 class ProfilePhoto(BaseModel):
@@ -81,11 +88,11 @@ class LiveStream(Document):
     title: str
     owner: PublicProfile
     status: StreamStatus = StreamStatus.LIVE
-    superlike_count: int = 0
-    # The last sequence number handed to a message of this stream; incremented atomically.
-    last_seq: int = 0
     created_at: datetime = Field(default_factory=utcnow)
     ended_at: datetime | None = None
+    # The sequence number of the stream's STREAM_ENDED entry, once it has ended: no message
+    # of the stream has a higher one.
+    ended_seq: int | None = None
 
     class Settings:
         name = "live_streams"
@@ -100,7 +107,7 @@ class ChatMessage(Document):
     sender: PublicProfile
     client_message_id: str | None = None
     # Unique per stream: "c:<sender>:<clientMessageId>" for retries, "s:<sender>" for the one
-    # superlike, else a fresh random key. A plain unique index, because nx-27017 ignores
+    # superlike, "end" for the stream's end, else a fresh random key. A plain unique index, because nx-27017 ignores
     # partial indexes (see ``compat``).
     dedup_key: str
     created_at: datetime = Field(default_factory=utcnow)
@@ -113,6 +120,8 @@ class ChatMessage(Document):
             IndexModel(
                 [("stream_id", ASCENDING), ("dedup_key", ASCENDING)], unique=True, name="stream_dedup"
             ),
+            # Counting a stream's superlikes (its superlikeCount) reads this index only.
+            IndexModel([("stream_id", ASCENDING), ("kind", ASCENDING)], name="stream_kind"),
         ]
 
 
@@ -124,6 +133,9 @@ class ChatRateWindow(Document):
     # Epoch milliseconds of the user's most recent messages in the stream, newest first; at
     # most as many as the limit. Integers, because nx-27017 stores datetimes in arrays as text.
     sent_at_ms: list[int] = Field(default_factory=list)
+    # The dedup key of each of those messages, in the same order: a retry of an admitted
+    # message is admitted again without taking another slot.
+    dedup_keys: list[str] = Field(default_factory=list)
     # Bumped on every change: writers compare-and-swap on it (see ``ratelimit``).
     version: int = 0
 

@@ -5,6 +5,10 @@ message exactly once, in sequence order: a message it has already delivered is d
 message that skips ahead first pulls the ones it skipped from the stored history. So whatever
 feeds the hub (a change stream that resumed after an outage, or in-process calls that race) the
 subscribers see no gap and no duplicate.
+
+A stream's end is an entry of the same log (``MessageKind.STREAM_ENDED``), numbered after its
+last message: the group completes its subscriptions when it reaches that entry in order, so
+every message before the end has been handed over first.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from gql_api import history
-from gql_api.documents import ChatMessage
+from gql_api.documents import ChatMessage, MessageKind
 from gql_api.errors import ServiceUnavailable, SubscriberTooSlow
 from gql_api.metrics import Metrics
 
@@ -85,26 +89,40 @@ class _Group:
         self.metrics = metrics
         self.subscribers: set[Subscriber] = set()
         self.last_seq = 0
+        self.ended = False
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.lock = asyncio.Lock()  # one delivery (with its catch-up reads) at a time
 
     def fan_out(self, message: ChatMessage) -> list[Subscriber]:
-        """Hand a message to every subscriber; return those that fell behind."""
+        """Hand a message to every subscriber; return those that fell behind.
+
+        The stream's end entry completes every subscription instead, and ends the group.
+        """
         self.last_seq = message.seq
+        if message.kind is MessageKind.STREAM_ENDED:
+            self.ended = True
+            for subscriber in tuple(self.subscribers):
+                subscriber.offer(_END)
+            self.subscribers.clear()
+            return []
         behind = [s for s in tuple(self.subscribers) if not s.offer(message)]
         self.metrics.deliveries.inc(len(self.subscribers) - len(behind))
         return behind
 
     async def catch_up(self, through: int | None = None) -> list[Subscriber]:
-        """Deliver stored messages after ``last_seq`` (up to ``through``) that the feed skipped."""
+        """Deliver stored entries after ``last_seq`` (up to ``through``) that the feed skipped."""
         dropped: list[Subscriber] = []
-        async for message in history.replay(self.stream_id, after=self.last_seq, through=through):
+        async for message in history.replay(
+            self.stream_id, after=self.last_seq, through=through, with_end=True
+        ):
+            if self.ended:
+                break
             dropped += self.fan_out(message)
         return dropped
 
 
 class MessageHub:
-    """Groups of subscribers by stream; fed by a ``Delivery`` with each new message and stream end."""
+    """Groups of subscribers by stream; fed by a ``Delivery`` with each new entry of a stream's log."""
 
     def __init__(self, queue_size: int = 1000, metrics: Metrics | None = None) -> None:
         self._queue_size = queue_size
@@ -114,10 +132,17 @@ class MessageHub:
 
     @asynccontextmanager
     async def subscribe(self, stream_id: str) -> AsyncIterator[Subscriber]:
-        """Join the stream's group for the duration of the block."""
+        """Join the stream's group for the duration of the block.
+
+        The subscriber of a stream that has ended (its end entry is delivered or stored) is
+        complete at once: it only replays from history.
+        """
         group = await self._group(stream_id)
         subscriber = Subscriber(stream_id, self._queue_size, group.last_seq)
-        group.subscribers.add(subscriber)
+        if group.ended:
+            subscriber.offer(_END)
+        else:
+            group.subscribers.add(subscriber)
         self._changed()
         try:
             yield subscriber
@@ -125,40 +150,29 @@ class MessageHub:
             self._leave(group, subscriber)
 
     async def deliver(self, message: ChatMessage) -> None:
-        """Hand a new message to its stream's subscribers, once each, in sequence order."""
+        """Hand a new entry to its stream's subscribers, once each, in sequence order.
+
+        A message is queued to each subscriber; the end entry completes them all.
+        """
         group = self._groups.get(message.stream_id)
         if group is None or not await self._is_ready(group):
             return
         async with group.lock:
-            if message.seq <= group.last_seq:
+            if message.seq <= group.last_seq or group.ended:
                 return  # delivered already (a resumed feed repeats itself)
             dropped = await group.catch_up(through=message.seq - 1)
-            dropped += group.fan_out(message)
-        self._drop(group, dropped)
-
-    async def end_stream(self, stream_id: str) -> None:
-        """Deliver the stream's last messages, then complete its subscriptions."""
-        group = self._groups.get(stream_id)
-        if group is None or not await self._is_ready(group):
-            return
-        async with group.lock:
-            dropped = await group.catch_up()
-            for subscriber in tuple(group.subscribers):
-                subscriber.offer(_END)
-            group.subscribers.clear()
-            if self._groups.get(stream_id) is group:
-                del self._groups[stream_id]
-        self._drop(group, dropped)
-        self._changed()
+            if not group.ended:
+                dropped += group.fan_out(message)
+        self._settle(group, dropped)
 
     async def resync(self) -> None:
-        """Deliver whatever was stored while the feed was down, to every group."""
+        """Deliver whatever was stored while the feed was down (ends included), to every group."""
         for group in tuple(self._groups.values()):
             if not await self._is_ready(group):
                 continue
             async with group.lock:
-                dropped = await group.catch_up()
-            self._drop(group, dropped)
+                dropped = [] if group.ended else await group.catch_up()
+            self._settle(group, dropped)
 
     def subscriber_count(self, stream_id: str | None = None) -> int:
         """How many subscribers one stream (or every stream) has in this process."""
@@ -185,7 +199,7 @@ class MessageHub:
         if group is None:
             group = self._groups[stream_id] = _Group(stream_id, self.metrics)
             try:
-                group.last_seq = await history.latest_seq(stream_id)
+                newest = await history.newest(stream_id)
             except BaseException as exc:
                 del self._groups[stream_id]
                 # Joiners waiting on this group fail too; a cancelled creator is not their cancel.
@@ -193,6 +207,9 @@ class MessageHub:
                 group.ready.set_exception(failure)
                 group.ready.exception()  # mark it retrieved: the joiners re-raise it themselves
                 raise
+            if newest is not None:
+                group.last_seq = newest.seq
+                group.ended = newest.kind is MessageKind.STREAM_ENDED
             group.ready.set_result(None)
         else:
             await asyncio.shield(group.ready)
@@ -217,6 +234,14 @@ class MessageHub:
         for subscriber in subscribers:
             logger.warning("Closed a subscriber of stream %s that fell behind", group.stream_id)
             self._leave(group, subscriber)
+
+    def _settle(self, group: _Group, dropped: list[Subscriber]) -> None:
+        """After a delivery: close who fell behind, and forget a group whose stream ended."""
+        self._drop(group, dropped)
+        if group.ended:
+            if self._groups.get(group.stream_id) is group:
+                del self._groups[group.stream_id]
+            self._changed()
 
     def _changed(self) -> None:
         for stream_id, count, future in self._waiters:

@@ -9,6 +9,7 @@ as ``request_id``; ``JsonFormatter`` writes one JSON object per line.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import re
@@ -99,6 +100,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
             "request_id": getattr(record, "request_id", None),
+            "pid": record.process,
         }
         if record.exc_info:
             entry["exc_info"] = self.formatException(record.exc_info)
@@ -107,24 +109,35 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
-def log_handler(log_format: LogFormat, stream: Any = None) -> logging.Handler:
-    """A handler writing ``log_format`` lines, each with its request id, to ``stream`` (stderr)."""
+def log_handler(log_format: LogFormat, stream: Any = None, *, with_pid: bool = False) -> logging.Handler:
+    """A handler writing ``log_format`` lines, each with its request id, to ``stream`` (stderr).
+
+    ``with_pid``: text lines say which process wrote them (``serve --workers N``); JSON lines
+    always carry ``pid``.
+    """
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(RequestIdFilter())
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    text_format = TEXT_FORMAT.replace("%(name)s", "[%(process)d] %(name)s") if with_pid else TEXT_FORMAT
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(text_format))
     return handler
 
 
-def configure_logging(log_format: LogFormat, level: int = logging.INFO) -> None:
+def configure_logging(log_format: LogFormat, level: int = logging.INFO, *, with_pid: bool = False) -> None:
     """Send every log record (uvicorn's included, see ``uvicorn_log_config``) to one handler."""
-    logging.basicConfig(level=level, handlers=[log_handler(log_format)], force=True)
+    logging.basicConfig(level=level, handlers=[log_handler(log_format, with_pid=with_pid)], force=True)
 
 
-def uvicorn_log_config(log_format: LogFormat) -> dict[str, Any] | None:
-    """uvicorn's own logging setup for ``log_format``: its default in text; in JSON none, so its
-    loggers propagate to the root handler that ``configure_logging`` installed."""
+def uvicorn_log_config(log_format: LogFormat, *, with_pid: bool = False) -> dict[str, Any] | None:
+    """uvicorn's own logging setup for ``log_format``: its default in text (with the process id
+    when ``with_pid``); in JSON none, so its loggers propagate to the root handler that
+    ``configure_logging`` installed."""
     if log_format == "json":
         return None
     from uvicorn.config import LOGGING_CONFIG
 
-    return LOGGING_CONFIG
+    if not with_pid:
+        return LOGGING_CONFIG
+    config = copy.deepcopy(LOGGING_CONFIG)
+    for formatter in config["formatters"].values():
+        formatter["fmt"] = formatter["fmt"].replace("%(levelprefix)s ", "%(levelprefix)s [%(process)d] ")
+    return config

@@ -4,6 +4,9 @@ A sliding log: for each (stream, user) one document holds the send times of the 
 ``limit`` messages. A message is admitted while fewer than ``limit`` of them fall inside the
 last ``window`` seconds, so no span of ``window`` seconds ever holds more than ``limit``
 messages (a fixed-window counter lets twice the limit through across a window boundary).
+Each entry also records the message's dedup key: a retry of a message that was admitted (its
+client sent it again, perhaps concurrently, with the same ``clientMessageId``) is admitted
+again without taking a slot.
 
 Written here rather than taken from the ``limits`` package: its MongoDB storage talks through
 Motor (this app uses pymongo's own async client) and updates with aggregation pipelines
@@ -19,6 +22,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from typing import Any
 
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
@@ -41,35 +45,41 @@ class MessageRateLimiter:
     def enabled(self) -> bool:
         return self.limit > 0
 
-    async def acquire(self, stream_id: str, user_id: str) -> None:
-        """Count one message of ``user_id`` in ``stream_id``; RateLimited when over the limit."""
+    async def acquire(self, stream_id: str, user_id: str, dedup_key: str) -> None:
+        """Count one message of ``user_id`` in ``stream_id``; RateLimited when over the limit.
+
+        ``dedup_key`` names the message: one that is in the log already is admitted again
+        and not counted twice.
+        """
         if not self.enabled:
             return
         collection = ChatRateWindow.get_pymongo_collection()
         key = f"{stream_id}:{user_id}"
         window_ms = self.window_seconds * 1000
-        # Each lost swap means another message of this same user took a slot, so within
-        # `limit` rounds the log is full and the read below refuses.
+        # Each lost swap means another message of this same user took a slot (or a retry of
+        # this one did), so within `limit` rounds the log is full or holds this message.
         for _ in range(self.limit + 1):
             now_ms = int(self._clock() * 1000)
             raw = await collection.find_one({"_id": eq(key)})
-            recent = sorted(
-                (t for t in (raw or {}).get("sent_at_ms", []) if t > now_ms - window_ms), reverse=True
-            )
+            entries = _entries(raw)
+            if any(k == dedup_key for _, k in entries):
+                return  # a retry of an admitted message: it has its slot
+            recent = sorted((e for e in entries if e[0] > now_ms - window_ms), reverse=True)
             if len(recent) >= self.limit:
-                raise self._refusal(recent[self.limit - 1] + window_ms - now_ms)
-            log = [now_ms, *recent]
+                raise self._refusal(recent[self.limit - 1][0] + window_ms - now_ms)
+            log = [(now_ms, dedup_key), *recent]
+            times, keys = [t for t, _ in log], [k for _, k in log]
             if raw is None:
                 try:
                     await collection.insert_one(
-                        {"_id": key, "stream_id": stream_id, "sent_at_ms": log, "version": 1}
+                        {"_id": key, "stream_id": stream_id, "sent_at_ms": times, "dedup_keys": keys, "version": 1}
                     )
                 except DuplicateKeyError:
                     continue  # the user's concurrent message created it first
                 return
             result = await collection.update_one(
                 {"_id": eq(key), "version": eq(raw["version"])},
-                {"$set": {"sent_at_ms": log, "version": raw["version"] + 1}},
+                {"$set": {"sent_at_ms": times, "dedup_keys": keys, "version": raw["version"] + 1}},
             )
             if result.matched_count:
                 return
@@ -89,3 +99,14 @@ class MessageRateLimiter:
             f"in a stream; try again in {retry_after} s",
             retry_after=retry_after,
         )
+
+
+def _entries(raw: dict[str, Any] | None) -> list[tuple[int, str]]:
+    """The (send time, dedup key) pairs of a stored log; a log written before keys were
+    recorded has none, so none of its entries matches a retry."""
+    if raw is None:
+        return []
+    times = raw.get("sent_at_ms", [])
+    keys = raw.get("dedup_keys") or []
+    keys = keys if len(keys) == len(times) else [""] * len(times)
+    return list(zip(times, keys, strict=True))

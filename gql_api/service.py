@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import unicodedata
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from bson import ObjectId
 from pymongo import ReturnDocument
@@ -28,25 +30,71 @@ logger = logging.getLogger(__name__)
 MAX_CONTENT_LENGTH = 500
 MAX_CLIENT_MESSAGE_ID_LENGTH = 64
 MAX_TITLE_LENGTH = 200
+# The dedup key of a stream's end entry: unique per stream, so a stream ends once.
+END_KEY = "end"
+# Control characters (Unicode category Cc) other than tab and newline.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
-def _require_length(field: str, value: str, maximum: int) -> str:
+def _invalid(field: str, problem: str) -> BadUserInput:
+    return BadUserInput(f"Validation failed: `{field}` {problem}", details=[f"{field}: {problem}"])
+
+
+def _require_encodable(field: str, value: str) -> None:
+    """Refuse what MongoDB cannot store: a lone UTF-16 surrogate (JSON's ``"\\ud83d"``)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise _invalid(field, "must be valid Unicode text (it holds a lone surrogate)") from exc
+
+
+def _is_invisible(char: str) -> bool:
+    # Whitespace and format characters (zero-width space, BOM, joiners, direction marks).
+    return char.isspace() or unicodedata.category(char) == "Cf"
+
+
+def _require_text(field: str, value: str, maximum: int) -> str:
+    """``value`` trimmed, if it is 1 to ``maximum`` characters of text someone can see."""
+    _require_encodable(field, value)
+    if _CONTROL.search(value):
+        raise _invalid(field, "must not contain control characters other than newline and tab")
     value = value.strip()
-    if not 1 <= len(value) <= maximum:
-        raise BadUserInput(
-            f"Validation failed: `{field}` must be 1 to {maximum} characters after trimming",
-            details=[f"{field}: must be 1 to {maximum} characters after trimming"],
-        )
+    if not 1 <= len(value) <= maximum or all(_is_invisible(c) for c in value):
+        raise _invalid(field, f"must be 1 to {maximum} characters after trimming, not all invisible")
     return value
 
 
+def _require_client_message_id(value: str) -> str:
+    _require_encodable("clientMessageId", value)
+    if not 1 <= len(value) <= MAX_CLIENT_MESSAGE_ID_LENGTH:
+        raise _invalid("clientMessageId", f"must be 1 to {MAX_CLIENT_MESSAGE_ID_LENGTH} characters")
+    return value
+
+
+def _stream_key(stream_id: str) -> str:
+    """The one spelling of a stream id that every stored reference uses (lower-case hex)."""
+    object_id = parse_object_id(stream_id)
+    if object_id is None:
+        raise NotFound("Resource not found: no live stream has this id")
+    return str(object_id)
+
+
+class _StreamEnded(Conflict):
+    """A write found the stream's end entry in its log: nothing more may be stored after it."""
+
+    def __init__(self, entry: ChatMessage) -> None:
+        super().__init__("Resource cannot be changed in its current state: the stream has ended")
+        self.entry = entry
+
+
 class _StreamWriters:
-    """Per-stream write locks and the last sequence number this process stored, for hot streams."""
+    """Per-stream write locks and, for hot streams, the last sequence number this process
+    stored or read, with the end entry once it knows the stream ended."""
 
     def __init__(self, capacity: int = 10_000) -> None:
         self._capacity = capacity
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-        self._last: OrderedDict[str, int] = OrderedDict()
+        self._last: OrderedDict[str, tuple[int, ChatMessage | None]] = OrderedDict()
 
     def lock(self, stream_id: str) -> asyncio.Lock:
         lock = self._locks.get(stream_id)
@@ -54,18 +102,25 @@ class _StreamWriters:
             lock = self._locks[stream_id] = asyncio.Lock()
         return lock
 
-    def last_seq(self, stream_id: str) -> int | None:
+    def last(self, stream_id: str) -> tuple[int, ChatMessage | None] | None:
+        """The newest sequence number this process knows of, and the end entry if it is one."""
         return self._last.get(stream_id)
 
-    def remember(self, stream_id: str, seq: int) -> None:
-        self._last[stream_id] = seq
-        self._last.move_to_end(stream_id)
+    def remember(self, entry: ChatMessage) -> None:
+        ended = entry if entry.kind is MessageKind.STREAM_ENDED else None
+        self._last[entry.stream_id] = (entry.seq, ended)
+        self._last.move_to_end(entry.stream_id)
         if len(self._last) > self._capacity:
             self._last.popitem(last=False)
 
 
 class ChatService:
-    """Streams and their messages: every rule about who may send what, and when."""
+    """Streams and their messages: every rule about who may send what, and when.
+
+    Every public method takes a stream id as the client spelled it and turns it into the one
+    canonical spelling first (``_stream_key``), so an upper-case id names the same stream
+    everywhere, keys included.
+    """
 
     def __init__(
         self, hub: MessageHub, delivery: Delivery, rate_limiter: MessageRateLimiter | None = None
@@ -80,8 +135,7 @@ class ChatService:
 
     async def get_stream(self, stream_id: str) -> LiveStream:
         """The stream with this id; NotFound when there is none."""
-        object_id = parse_object_id(stream_id)
-        stream = await detached(LiveStream.get(object_id)) if object_id is not None else None
+        stream = await detached(LiveStream.get(ObjectId(_stream_key(stream_id))))
         if stream is None:
             raise NotFound("Resource not found: no live stream has this id")
         return stream
@@ -95,26 +149,57 @@ class ChatService:
 
     async def create_stream(self, owner: User, title: str) -> LiveStream:
         """A new LIVE stream owned by ``owner``."""
-        stream = LiveStream(
-            title=_require_length("title", title, MAX_TITLE_LENGTH), owner=owner.public_profile()
-        )
+        stream = LiveStream(title=_require_text("title", title, MAX_TITLE_LENGTH), owner=owner.public_profile())
         await stream.insert()
         return stream
 
+    async def superlike_count(self, stream_id: str) -> int:
+        """How many users superliked the stream, counted from its stored superlikes."""
+        return await history.superlike_count(_stream_key(stream_id))
+
     async def end_stream(self, user: User, stream_id: str) -> LiveStream:
-        """End a LIVE stream (its owner only) and complete its subscriptions."""
+        """End a LIVE stream (its owner only) and complete its subscriptions.
+
+        The end is an entry of the stream's log, claimed as its next sequence number exactly
+        as a message is (``_claim``): a message either got its number first, and so is
+        delivered before the end, or finds the end in its place and is refused. Only then is
+        the stream marked ENDED; a call that stopped between the two is finished by the next.
+        """
         stream = await self.get_stream(stream_id)
         if stream.owner.id != str(user.id):
             raise Forbidden("Insufficient permissions: only the stream's owner can end it")
-        raw = await LiveStream.get_pymongo_collection().find_one_and_update(
+        if stream.status is StreamStatus.ENDED:
+            raise Conflict("Resource cannot be changed in its current state: the stream has already ended")
+        key = str(stream.id)
+
+        def end_entry(seq: int) -> ChatMessage:
+            return self._entry(key, seq, MessageKind.STREAM_ENDED, "", user, None, END_KEY)
+
+        stored_here = True
+        try:
+            end = await self._claim(key, end_entry)
+        except _StreamEnded as exc:  # the log has an end already: finish its marking
+            end, stored_here = exc.entry, False
+        except DuplicateKeyError as exc:
+            if is_duplicate_of(exc, "seq"):
+                raise
+            newest = await history.newest(key)  # the end's key is taken: the end is the newest
+            if newest is None or newest.kind is not MessageKind.STREAM_ENDED:
+                raise
+            end, stored_here = newest, False
+        collection = LiveStream.get_pymongo_collection()
+        raw = await collection.find_one_and_update(
             {"_id": stream.id, "status": eq(StreamStatus.LIVE.value)},
-            {"$set": {"status": StreamStatus.ENDED.value, "ended_at": utcnow()}},
+            {"$set": {"status": StreamStatus.ENDED.value, "ended_at": end.created_at, "ended_seq": end.seq}},
             return_document=ReturnDocument.AFTER,
         )
         if raw is None:
-            raise Conflict("Resource cannot be changed in its current state: the stream has already ended")
-        await self.delivery.stream_ended(stream_id)
-        await self.rate_limiter.forget(stream_id)
+            raw = await collection.find_one({"_id": stream.id}) if stored_here else None
+            if raw is None:  # another call ended it (and said so)
+                raise Conflict("Resource cannot be changed in its current state: the stream has already ended")
+        if not stored_here:
+            await self.delivery.message_stored(end)  # in-process delivery may not have had it
+        await self.rate_limiter.forget(key)
         return LiveStream.model_validate(raw)
 
     # -- messages --------------------------------------------------------------------------
@@ -126,58 +211,57 @@ class ChatService:
         """Append a TEXT message; a retry with the same ``client_message_id`` returns the original.
 
         Counts against the sender's rate limit in the stream (not the owner's, and not a retry
-        that returns the original); superlikes do not count, as there is one per user anyway.
+        of an admitted message); superlikes do not count, as there is one per user anyway.
+        Everything is validated before anything is counted or stored.
         """
-        content = _require_length("content", content, MAX_CONTENT_LENGTH)
+        content = _require_text("content", content, MAX_CONTENT_LENGTH)
+        if client_message_id is not None:
+            client_message_id = _require_client_message_id(client_message_id)
+        key = _stream_key(stream_id)
         if client_message_id is None:
-            stream = await self._live_stream(stream_id)
-            await self._admit(sender, stream)
-            return await self._append(sender, stream, MessageKind.TEXT, content, None, f"r:{ObjectId()}")
-        if not 1 <= len(client_message_id) <= MAX_CLIENT_MESSAGE_ID_LENGTH:
-            raise BadUserInput(
-                f"Validation failed: `clientMessageId` must be 1 to {MAX_CLIENT_MESSAGE_ID_LENGTH} characters",
-                details=[f"clientMessageId: must be 1 to {MAX_CLIENT_MESSAGE_ID_LENGTH} characters"],
-            )
+            stream = await self._live_stream(key)
+            dedup_key = f"r:{ObjectId()}"
+            await self._admit(sender, stream, dedup_key)
+            return await self._append(sender, key, MessageKind.TEXT, content, None, dedup_key)
         dedup_key = f"c:{sender.id}:{client_message_id}"
-        for attempt in range(2):
-            existing = await self._find_by_dedup_key(stream_id, dedup_key)
+        for _ in range(2):
+            existing = await self._find_by_dedup_key(key, dedup_key)
             if existing is not None:
                 if existing.content != content:
                     raise Conflict(
                         "Resource already exists: this clientMessageId was used for other content"
                     )
                 return existing
-            stream = await self._live_stream(stream_id)
-            if attempt == 0:
-                await self._admit(sender, stream)
+            stream = await self._live_stream(key)
+            await self._admit(sender, stream, dedup_key)  # a second round is the same message
             try:
-                return await self._append(
-                    sender, stream, MessageKind.TEXT, content, client_message_id, dedup_key
-                )
-            except DuplicateKeyError:
+                return await self._append(sender, key, MessageKind.TEXT, content, client_message_id, dedup_key)
+            except DuplicateKeyError as exc:
+                if is_duplicate_of(exc, "seq"):
+                    raise
                 continue  # a concurrent retry won the race: read its message
         raise Conflict("Resource already exists: this clientMessageId is being used")  # pragma: no cover
 
     @timed_send("superlike")
     async def send_superlike(self, sender: User, stream_id: str) -> ChatMessage:
-        """Append the sender's one SUPERLIKE of this stream and count it."""
-        stream = await self._live_stream(stream_id)
+        """Append the sender's one SUPERLIKE of this stream (which is what superlikeCount counts)."""
+        stream = await self._live_stream(_stream_key(stream_id))
         try:
-            message = await self._append(
-                sender, stream, MessageKind.SUPERLIKE, "", None, f"s:{sender.id}"
+            return await self._append(
+                sender, str(stream.id), MessageKind.SUPERLIKE, "", None, f"s:{sender.id}"
             )
         except DuplicateKeyError as exc:
-            raise Conflict("Resource already exists: you have already superliked this stream") from exc
-        await LiveStream.get_pymongo_collection().update_one(
-            {"_id": ObjectId(stream_id)}, {"$inc": {"superlike_count": 1}}
-        )
-        return message
+            if is_duplicate_of(exc, "seq"):
+                raise
+            raise Conflict(
+                "Resource already exists: your superlike of this stream is stored already (one per user)"
+            ) from exc
 
     async def list_messages(self, stream_id: str, request: PageRequest) -> Page[ChatMessage]:
         """One page of a stream's history, oldest first."""
-        await self.get_stream(stream_id)
+        key = str((await self.get_stream(stream_id)).id)
         items = await history.read_window(
-            stream_id,
+            key,
             after=request.after,
             before=request.before,
             limit=request.limit + 1,
@@ -188,32 +272,27 @@ class ChatService:
         if request.from_end:
             items.reverse()
             has_previous = more
-            has_next = request.before is not None and await history.exists(
-                stream_id, {"$gte": request.before}
-            )
+            has_next = request.before is not None and await history.exists(key, {"$gte": request.before})
         else:
             has_next = more
-            has_previous = request.after is not None and await history.exists(
-                stream_id, {"$lte": request.after}
-            )
+            has_previous = request.after is not None and await history.exists(key, {"$lte": request.after})
         return Page(items=items, has_previous=has_previous, has_next=has_next)
 
     async def subscribe(self, stream_id: str, after: str | None = None) -> AsyncIterator[ChatMessage]:
         """Every message after the cursor ``after`` (or from now), in order, each once.
 
-        Ends when the stream ends. Stored messages are replayed first, then live ones, with
-        nothing missed or repeated at the switch-over.
+        Ends when the stream ends, after its last message. Stored messages are replayed first,
+        then live ones, with nothing missed or repeated at the switch-over.
         """
         after_seq = decode_cursor(after, argument="after") if after is not None else None
-        if parse_object_id(stream_id) is None:
-            raise NotFound("Resource not found: no live stream has this id")
-        async with self.hub.subscribe(stream_id) as subscriber:
+        key = _stream_key(stream_id)
+        async with self.hub.subscribe(key) as subscriber:
             # Joined before the check, so an end racing with the check still completes us.
-            stream = await self.get_stream(stream_id)
+            stream = await self.get_stream(key)
             ended = stream.status is StreamStatus.ENDED
             if after_seq is not None:
                 through = None if ended else subscriber.start_seq
-                async for message in history.replay(stream_id, after=after_seq, through=through):
+                async for message in history.replay(key, after=after_seq, through=through):
                     yield message
             if ended:
                 return
@@ -226,12 +305,12 @@ class ChatService:
 
     # -- internals -------------------------------------------------------------------------
 
-    async def _admit(self, sender: User, stream: LiveStream) -> None:
+    async def _admit(self, sender: User, stream: LiveStream, dedup_key: str) -> None:
         """Count a new message against the sender's rate limit; RateLimited when over it."""
         # The owner moderates their own chat and is never throttled.
         if not self.rate_limiter.enabled or stream.owner.id == str(sender.id):
             return
-        await self.rate_limiter.acquire(str(stream.id), str(sender.id))
+        await self.rate_limiter.acquire(str(stream.id), str(sender.id), dedup_key)
 
     async def _find_by_dedup_key(self, stream_id: str, dedup_key: str) -> ChatMessage | None:
         return await ChatMessage.find_one({"stream_id": eq(stream_id), "dedup_key": eq(dedup_key)})
@@ -242,46 +321,78 @@ class ChatService:
             raise Conflict("Resource cannot be changed in its current state: the stream has ended")
         return stream
 
+    @staticmethod
+    def _entry(
+        stream_id: str,
+        seq: int,
+        kind: MessageKind,
+        content: str,
+        sender: User,
+        client_message_id: str | None,
+        dedup_key: str,
+    ) -> ChatMessage:
+        now = utcnow()  # taken for each attempt: an entry is never older than the one before it
+        return ChatMessage(
+            stream_id=stream_id,
+            seq=seq,
+            kind=kind,
+            content=content,
+            sender=sender.public_profile(),
+            client_message_id=client_message_id,
+            dedup_key=dedup_key,
+            created_at=now,
+            updated_at=now,
+        )
+
     async def _append(
         self,
         sender: User,
-        stream: LiveStream,
+        stream_id: str,
         kind: MessageKind,
         content: str,
         client_message_id: str | None,
         dedup_key: str,
     ) -> ChatMessage:
-        """Store a message as the stream's next in sequence, then hand it to live delivery.
+        """Store a message as the stream's next in sequence (see ``_claim``)."""
+        return await self._claim(
+            stream_id,
+            lambda seq: self._entry(stream_id, seq, kind, content, sender, client_message_id, dedup_key),
+        )
+
+    async def _newest(self, stream_id: str) -> tuple[int, ChatMessage | None]:
+        """The stream's newest sequence number from the database, and its end entry if it is one."""
+        newest = await history.newest(stream_id)
+        if newest is None:
+            return 0, None
+        return newest.seq, newest if newest.kind is MessageKind.STREAM_ENDED else None
+
+    async def _claim(self, stream_id: str, build: Callable[[int], ChatMessage]) -> ChatMessage:
+        """Store an entry as the stream's next in sequence, then hand it to live delivery.
 
         The sequence number is the newest stored one plus one, claimed by the unique
         (stream_id, seq) index: a writer can only take N+1 once N is stored, so numbers have no
         holes and are stored in order, which is what lets subscribers resume without gaps. A
         lock per stream keeps this process's writers from colliding; another replica's writes
-        show up as a duplicate key, and the writer re-reads the newest number and tries again.
+        show up as a duplicate key, and the writer re-reads the newest entry and tries again.
+        When the newest is the stream's end, nothing more is stored: ``_StreamEnded``.
         """
-        stream_id = str(stream.id)
         async with self._writers.lock(stream_id):
-            seq = self._writers.last_seq(stream_id)
-            if seq is None:
-                seq = await history.latest_seq(stream_id)
+            last = self._writers.last(stream_id)
+            if last is None:
+                last = await self._newest(stream_id)
             while True:
-                message = ChatMessage(
-                    stream_id=stream_id,
-                    seq=seq + 1,
-                    kind=kind,
-                    content=content,
-                    sender=sender.public_profile(),
-                    client_message_id=client_message_id,
-                    dedup_key=dedup_key,
-                )
-                message.updated_at = message.created_at
+                seq, end = last
+                if end is not None:
+                    self._writers.remember(end)  # later writers here need not ask the database
+                    raise _StreamEnded(end)
+                entry = build(seq + 1)
                 try:
-                    await message.insert()
+                    await entry.insert()
                     break
                 except DuplicateKeyError as exc:
                     if not is_duplicate_of(exc, "seq"):
                         raise
-                    seq = await history.latest_seq(stream_id)
-            self._writers.remember(stream_id, message.seq)
-        await self.delivery.message_stored(message)
-        return message
+                    last = await self._newest(stream_id)
+            self._writers.remember(entry)
+        await self.delivery.message_stored(entry)
+        return entry

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     ws_ping_interval_seconds: float = Field(default=15.0, gt=0)
     ws_max_subscriptions: int = Field(default=100, ge=1)
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    # permessage-deflate on websockets. Off: every frame is deflated once per subscriber (a
+    # shared rendering cannot be shared compressed), which doubles the CPU per delivery and
+    # adds ~40 KiB of zlib state per idle connection; chat frames are small anyway.
+    ws_compression: bool = False
 
     # GraphQL request limits: every request, over HTTP and websockets, is checked against them.
     graphql_max_depth: int = Field(default=10, ge=1)

@@ -128,6 +128,7 @@ async def serve(
     app: App,
     *,
     send_buffer: int | None = None,
+    config: Callable[[ASGIApp, int], uvicorn.Config] | None = None,
     **uvicorn_options: Any,
 ) -> AsyncIterator[LiveServer]:
     """Serve ``app`` with uvicorn on a free loopback port until the block ends.
@@ -136,7 +137,8 @@ async def serve(
     of hanging); the socket listens before uvicorn starts, so nothing has to poll for the port.
     ``send_buffer`` fixes the kernel's send buffer of every accepted connection (they inherit
     it), so a client that stops reading backs the server up after kilobytes rather than
-    megabytes.
+    megabytes. ``config``: uvicorn's configuration built by the caller from the app and the
+    port (``gql-api serve``'s own, say).
     """
     # IPPROTO_TCP spelled out: asyncio sets TCP_NODELAY only on sockets whose proto says TCP,
     # and without it every response waits ~40 ms on Nagle's algorithm and delayed ACKs.
@@ -147,7 +149,10 @@ async def serve(
     sock.listen(1024)
     host, port = sock.getsockname()
     watched = _WatchedLifespan(app)
-    server = uvicorn.Server(uvicorn.Config(watched, lifespan="on", log_level="warning", **uvicorn_options))
+    if config is None:
+        server = uvicorn.Server(uvicorn.Config(watched, lifespan="on", log_level="warning", **uvicorn_options))
+    else:
+        server = uvicorn.Server(config(watched, port))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         waiter = asyncio.create_task(watched.started.wait())
@@ -256,18 +261,20 @@ class ApiProcess:
 
 
 @asynccontextmanager
-async def api_process(data_dir: Path, **env: str | None) -> AsyncIterator[ApiProcess]:
+async def api_process(data_dir: Path, *, workers: int = 1, **env: str | None) -> AsyncIterator[ApiProcess]:
     """Run ``gql-api serve`` on a free port with this data dir until the block ends.
 
     ``env`` adds variables (None unsets one). Without ``MONGODB_URI`` it uses (or starts) the
-    data dir's embedded server. Yields once uvicorn is serving; its log is kept in ``output``.
+    data dir's embedded server. Yields once uvicorn is serving (with ``workers`` > 1, once every
+    worker has started); its log is kept in ``output``.
     """
     port = free_port()
+    extra = ["--workers", str(workers)] if workers > 1 else []
     environment = {k: v for k, v in os.environ.items() if k not in {"MONGODB_URI", "JWT_SECRET", "APP_ENV"}}
     environment["GQL_API_DATA_DIR"] = str(data_dir)
     environment.update(env)
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gql_api", "serve", "--port", str(port),
+        sys.executable, "-m", "gql_api", "serve", "--port", str(port), *extra,
         env={name: value for name, value in environment.items() if value is not None},
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
@@ -276,10 +283,12 @@ async def api_process(data_dir: Path, **env: str | None) -> AsyncIterator[ApiPro
 
     async def drain() -> None:
         # Read to the end, or a full pipe would block the server's logging.
+        started = 0
         async for raw in process.stdout:  # type: ignore[union-attr]
             line = raw.decode(errors="replace").rstrip()
             output.append(line)
-            if "Uvicorn running" in line:
+            started += "Application startup complete" in line
+            if ("Uvicorn running" in line) if workers == 1 else started == workers:
                 serving.set()
         serving.set()
 

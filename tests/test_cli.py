@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import websockets
 
+from gql_api.app import create_app
 from gql_api.cli import schema_sdl, uvicorn_config
+from gql_api.pagination import decode_cursor, encode_cursor
+from tests.conftest import ApiProcess, api_process, serve
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -121,3 +128,112 @@ def test_serve_caps_websocket_messages_in_uvicorn_too(make_settings):
     settings = make_settings(graphql_max_body_bytes=4096)
     config = uvicorn_config(object(), settings, host="127.0.0.1", port=0)
     assert config.ws_max_size == 4096
+
+
+@pytest.mark.parametrize(("ws_compression", "negotiated"), [(False, None), (True, "permessage-deflate")])
+async def test_websocket_compression_is_negotiated_only_when_turned_on(server, make_settings, ws_compression, negotiated):
+    """Browsers always offer permessage-deflate: uvicorn, as ``gql-api serve`` configures it,
+    accepts it only with WS_COMPRESSION on."""
+    settings = make_settings(ws_compression=ws_compression)
+    # The session's database: Beanie's binding is process-wide, and must outlive this app.
+    app = create_app(settings, database=server.services.database)
+
+    def config(app: Any, port: int) -> Any:
+        return uvicorn_config(app, settings, host="127.0.0.1", port=port)
+
+    async with serve(app, config=config) as live:
+        # What a browser sends: permessage-deflate, with client_max_window_bits.
+        async with websockets.connect(
+            live.ws_url, subprotocols=["graphql-transport-ws"], compression="deflate", ping_interval=None
+        ) as ws:
+            header = ws.response.headers.get("Sec-WebSocket-Extensions")
+            in_use = [extension.name for extension in ws.protocol.extensions]
+            await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
+            with pytest.raises(websockets.ConnectionClosed) as closed:  # the connection works either way
+                await asyncio.wait_for(ws.recv(), 10)
+
+    assert closed.value.rcvd.code == 4403
+    if negotiated is None:
+        assert header is None and in_use == []
+    else:
+        assert header is not None and header.startswith(negotiated)
+        assert in_use == [negotiated]
+
+
+SEND = "mutation($s: ID!, $c: String!) { sendChatMessage(streamId: $s, content: $c) { id cursor } }"
+MESSAGE_ADDED = "subscription($s: ID!, $after: String) { messageAdded(streamId: $s, after: $after) { id content } }"
+
+
+def _banner(api: ApiProcess) -> dict[str, str]:
+    return {
+        key.strip(): value.strip()
+        for key, _, value in (line.partition(":") for line in api.output if line.startswith("  "))
+    }
+
+
+async def _alone(worker: int, paused: int, work: Any) -> Any:
+    """Run ``work`` while the other worker is stopped, so that only ``worker`` accepts connections."""
+    os.kill(paused, signal.SIGSTOP)
+    try:
+        return await work
+    finally:
+        os.kill(paused, signal.SIGCONT)
+
+
+async def test_serve_with_workers_runs_replicas_that_deliver_to_each_other(tmp_path):
+    """``serve --workers 2``: one embedded database and one banner for both workers, both answer,
+    a message sent through one reaches a subscriber on the other, and Ctrl-C stops every process."""
+    data_dir = tmp_path / "data"
+    async with api_process(data_dir, workers=2) as api:
+        log = "\n".join(api.output)
+        first, second = workers = [int(pid) for pid in re.findall(r"Started server process \[(\d+)\]", log)]
+        banner = _banner(api)
+        token, stream = banner["Token (alice)"], banner["Demo stream"]
+        database_pid = int((data_dir / "nx-27017.pid").read_text())
+
+        async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
+
+            async def send(content: str) -> dict[str, Any]:
+                body = {"query": SEND, "variables": {"s": stream, "c": content}}
+                response = await http.post("/graphql", json=body, headers={"Authorization": token})
+                return response.json()["data"]["sendChatMessage"]
+
+            marker = await _alone(second, first, send("marker"))
+            ws = await _alone(first, second, websockets.connect(
+                api.ws_url, subprotocols=["graphql-transport-ws"], ping_interval=None
+            ))
+            async with ws:
+                await ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": token}}))
+                assert json.loads(await asyncio.wait_for(ws.recv(), 30))["type"] == "connection_ack"
+                after = encode_cursor(decode_cursor(marker["cursor"]) - 1)
+                variables = {"s": stream, "after": after}
+                await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": {"query": MESSAGE_ADDED, "variables": variables}}))
+                # The marker is replayed from history: the subscription is live from here on.
+                replayed = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                sent = await _alone(second, first, send("hello from the other worker"))
+                live = json.loads(await asyncio.wait_for(ws.recv(), 30))
+            subscriber_port = ws.local_address[1]
+
+    log = "\n".join(api.output)
+    assert api.process.returncode == 0, log
+    assert "Traceback" not in log, log
+    # One embedded database and one banner (the parent's), two workers reusing that database.
+    assert log.count("Started the embedded MongoDB server") == 1
+    assert sorted(re.findall(r"\[(\d+)\] gql_api.embedded: Reusing the embedded", log)) == sorted(map(str, workers))
+    assert log.count("Token (alice)") == 1
+    # Each request was answered by the worker that was running: two distinct processes.
+    assert first != second
+    assert re.findall(r"\[(\d+)\] [\d.]+:\d+ - \"POST /graphql HTTP/1.1\" 200", log) == [str(second)] * 2
+    assert re.findall(rf"\[(\d+)\] [\d.]+:{subscriber_port} - \"WebSocket /graphql\" \[accepted\]", log) == [str(first)]
+    assert replayed["payload"]["data"]["messageAdded"]["id"] == marker["id"]
+    assert live["payload"]["data"]["messageAdded"] == {"id": sent["id"], "content": "hello from the other worker"}
+    # Ctrl-C stopped the workers and the embedded database too.
+    for pid in [*workers, database_pid]:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert not (data_dir / "mongodb.uri").exists()
+
+
+def test_serve_refuses_fewer_than_one_worker(tmp_path):
+    result = gql_api("serve", "--workers", "0", env=_env(tmp_path, None), check=False)
+    assert result.returncode == 2 and "at least 1" in result.stderr

@@ -269,3 +269,63 @@ async def test_a_slow_subscriber_is_closed_with_subscriber_too_slow_while_a_fast
     assert errors[0]["extensions"] == {"code": "SUBSCRIBER_TOO_SLOW", "statusCode": 503}
     assert all(f["type"] == "next" and "errors" not in f["payload"] for f in delivered)
     assert len(delivered) < sent, (len(delivered), sent)
+
+
+def test_a_change_stream_closed_cleanly_is_reopened_without_the_failure_backoff():
+    """A clean close (no failure) used to wait RETRY_SECONDS[-1], two seconds of silence."""
+    from gql_api.compat import EMPTY_BATCH_PAUSE_SECONDS
+    from gql_api.delivery import RETRY_SECONDS, retry_pause
+
+    assert retry_pause(0) == EMPTY_BATCH_PAUSE_SECONDS < RETRY_SECONDS[0]
+    assert [retry_pause(n) for n in range(1, 8)] == [*RETRY_SECONDS, RETRY_SECONDS[-1], RETRY_SECONDS[-1]]
+
+
+END = "mutation($id: ID!) { endLiveStream(id: $id) { endedAt } }"
+SEND_AT = "mutation($s: ID!, $c: String!) { sendChatMessage(streamId: $s, content: $c) { id createdAt } }"
+HISTORY_AT = "query($s: ID!) { chatMessages(streamId: $s, last: 100) { edges { node { id createdAt } } } }"
+
+
+async def test_across_two_replicas_senders_racing_the_end_are_delivered_before_it_or_refused(tmp_path):
+    """Sends through both replicas while one of them ends the stream: every acknowledged
+    message is stored before the end and reaches the subscribers of both replicas before
+    `complete`; every other send is a CONFLICT."""
+    import httpx
+
+    async with api_process(tmp_path) as a, api_process(tmp_path) as b:
+        demo = await _demo(tmp_path)
+        stream, carol = demo["streamId"], demo["users"]["carol"]["token"]  # the owner: no rate limit
+        marker = (await _gql(a.url, carol, SEND, {"s": stream, "c": "marker"}))["sendChatMessage"]
+        acknowledged: list[str] = []
+        some_acknowledged = asyncio.Event()
+        async with httpx.AsyncClient(timeout=30) as http:
+
+            async def post(api, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+                response = await http.post(f"{api.url}/graphql", json={"query": query, "variables": variables}, headers={"Authorization": carol})
+                return response.json()
+
+            async def send(n: int) -> None:
+                body = await post((a, b)[n % 2], SEND_AT, {"s": stream, "c": f"m{n}"})
+                if "errors" in body:
+                    assert [e["extensions"]["code"] for e in body["errors"]] == ["CONFLICT"], body
+                    return
+                acknowledged.append(body["data"]["sendChatMessage"]["id"])
+                if len(acknowledged) >= 3:
+                    some_acknowledged.set()
+
+            async with Subscription(a.ws_url, carol, stream, marker["cursor"]) as on_a, Subscription(b.ws_url, carol, stream, marker["cursor"]) as on_b:
+                senders = [asyncio.create_task(send(n)) for n in range(40)]
+                await some_acknowledged.wait()
+                ending = asyncio.create_task(post(a, END, {"id": stream}))
+                senders += [asyncio.create_task(send(n)) for n in range(40, 60)]
+                ended_at = (await ending)["data"]["endLiveStream"]["endedAt"]
+                await asyncio.gather(*senders)
+                # Each subscription completes by itself when its replica delivers the end.
+                await asyncio.wait_for(asyncio.gather(on_a.task, on_b.task), 30)
+                got_a = [on_a.received.get_nowait()["id"] for _ in range(on_a.received.qsize())]
+                got_b = [on_b.received.get_nowait()["id"] for _ in range(on_b.received.qsize())]
+            stored = [e["node"] for e in (await post(b, HISTORY_AT, {"s": stream}))["data"]["chatMessages"]["edges"]]
+
+    after_marker = stored[[m["id"] for m in stored].index(marker["id"]) + 1 :]
+    assert sorted(acknowledged) == sorted(m["id"] for m in after_marker)
+    assert got_a == got_b == [m["id"] for m in after_marker]
+    assert all(m["createdAt"] <= ended_at for m in stored)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
+
+from gql_api.compat import eq
+from gql_api.documents import ChatMessage, MessageKind
 
 SEND = """
 mutation Send($streamId: ID!, $content: String!, $clientMessageId: String) {
@@ -193,3 +197,126 @@ async def test_stream_title_must_be_1_to_200_characters(make_user, client_for, t
 
 async def test_live_stream_query_returns_null_for_an_unknown_id(make_user, client_for):
     assert (await client_for(await make_user()).data(STREAM, {"id": MISSING_STREAM}))["liveStream"] is None
+
+
+async def test_superlike_count_is_the_stored_superlikes_even_if_a_write_stopped_halfway(
+    make_user, make_stream, client_for
+):
+    """The count used to be a second write after the message: a stall between the two left it
+    short for good. Here the message is stored as such a stalled send would leave it."""
+    fan = await make_user()
+    stream = await make_stream()
+    stored = ChatMessage(
+        stream_id=str(stream.id), seq=1, kind=MessageKind.SUPERLIKE, content="",
+        sender=fan.public_profile(), dedup_key=f"s:{fan.id}",
+    )
+    await stored.insert()
+    client = client_for(fan)
+
+    count = (await client.data(STREAM, {"id": str(stream.id)}))["liveStream"]["superlikeCount"]
+    retry = await client.error(SUPERLIKE, {"s": str(stream.id)})
+
+    assert count == 1
+    assert retry["extensions"] == {"code": "CONFLICT", "statusCode": 409}
+    assert "stored already" in retry["message"]
+
+
+async def _raw(client, query: str, variables: dict) -> dict:
+    """POST as ASCII JSON, so a lone surrogate travels as its escape (httpx refuses to encode it)."""
+    body = json.dumps({"query": query, "variables": variables}).encode()
+    headers = {"Content-Type": "application/json", "Authorization": client.token}
+    response = await client.http.post("/graphql", content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@pytest.mark.parametrize(
+    ("query", "variables"),
+    [
+        (SEND, {"content": "broken \ud83d"}),
+        (SEND, {"content": "fine", "clientMessageId": "c-\udc00"}),
+        (CREATE, {"t": "broken \ud83d"}),
+    ],
+)
+async def test_a_lone_surrogate_is_bad_user_input(make_user, make_stream, client_for, query, variables):
+    stream = await make_stream()
+    client = client_for(await make_user())
+
+    body = await _raw(client, query, {"streamId": str(stream.id), **variables})
+
+    [error] = body["errors"]
+    assert error["extensions"] == {"code": "BAD_USER_INPUT", "statusCode": 400}
+    assert "lone surrogate" in error["message"]
+    assert (await client.data(HISTORY, {"s": str(stream.id)}))["chatMessages"]["edges"] == []
+
+
+@pytest.mark.parametrize("content", ["\u200b", "\ufeff", " \u200b\u2060 \ufeff ", "\u0000", "a\u0000b", "a\rb", "\x1b[31m", "\x7f"])
+async def test_invisible_only_content_and_control_characters_are_bad_user_input(make_user, make_stream, client_for, content):
+    stream = await make_stream()
+    client = client_for(await make_user())
+
+    error = await client.error(SEND, {"streamId": str(stream.id), "content": content})
+    title_error = await client.error(CREATE, {"t": content})
+
+    assert error["extensions"] == title_error["extensions"] == {"code": "BAD_USER_INPUT", "statusCode": 400}
+    assert (await client.data(HISTORY, {"s": str(stream.id)}))["chatMessages"]["edges"] == []
+
+
+async def test_newlines_tabs_and_visible_text_around_format_characters_are_kept(make_user, make_stream, client_for):
+    stream = await make_stream()
+    content = "line one\n\tline two \u200b👨\u200d👩\u200d👧"
+    sent = await client_for(await make_user()).data(SEND, {"streamId": str(stream.id), "content": content})
+    assert sent["sendChatMessage"]["content"] == content
+
+
+async def test_an_upper_case_stream_id_is_the_same_stream_everywhere(make_user, make_stream, client_for):
+    """It used to find the stream but key messages by the raw string: empty history, and a
+    retry through the other spelling was a CONFLICT."""
+    owner = await make_user()
+    stream = await make_stream(owner)
+    upper = str(stream.id).upper()
+    client = client_for(await make_user())
+    variables = {"content": "hi", "clientMessageId": "c-case"}
+
+    sent = (await client.data(SEND, {"streamId": upper, **variables}))["sendChatMessage"]
+    retry = (await client.data(SEND, {"streamId": str(stream.id), **variables}))["sendChatMessage"]
+    await client.data(SUPERLIKE, {"s": upper})
+    history = (await client.data(HISTORY, {"s": upper}))["chatMessages"]["edges"]
+    count = (await client.data(STREAM, {"id": upper}))["liveStream"]["superlikeCount"]
+    ended = (await client_for(owner).data(END, {"id": upper}))["endLiveStream"]
+
+    assert sent["streamId"] == str(stream.id) and retry == sent
+    assert [e["node"]["id"] for e in history][0] == sent["id"] and len(history) == 2
+    assert count == 1
+    assert ended["id"] == str(stream.id) and ended["status"] == "ENDED"
+
+
+async def test_an_ended_streams_history_shows_its_messages_only(make_user, make_stream, client_for):
+    owner = await make_user()
+    stream = await make_stream(owner)
+    client = client_for(owner)
+    sent = (await client.data(SEND, {"streamId": str(stream.id), "content": "bye"}))["sendChatMessage"]
+    await client.data(END, {"id": str(stream.id)})
+    page = "query($s: ID!, $a: String) { chatMessages(streamId: $s, first: 10, after: $a) { edges { node { id } } pageInfo { hasNextPage } } }"
+
+    forward = (await client.data(page, {"s": str(stream.id), "a": None}))["chatMessages"]
+    after_last = (await client.data(page, {"s": str(stream.id), "a": sent["cursor"]}))["chatMessages"]
+    backward = (await client.data(HISTORY, {"s": str(stream.id)}))["chatMessages"]["edges"]
+
+    assert [e["node"]["id"] for e in forward["edges"]] == [sent["id"]]
+    assert forward["pageInfo"]["hasNextPage"] is False
+    assert after_last["edges"] == [] and after_last["pageInfo"]["hasNextPage"] is False
+    assert [e["node"]["id"] for e in backward] == [sent["id"]]
+
+
+async def test_a_second_end_racing_the_first_stores_one_end(make_user, make_stream, client_for, server):
+    owner = await make_user()
+    stream = await make_stream(owner)
+    client = client_for(owner)
+
+    results = await asyncio.gather(*(client.execute(END, {"id": str(stream.id)}) for _ in range(5)))
+
+    assert sum("errors" not in r for r in results) >= 1
+    assert {r["errors"][0]["extensions"]["code"] for r in results if "errors" in r} <= {"CONFLICT"}
+    ends = await ChatMessage.find({"stream_id": eq(str(stream.id)), "kind": eq("STREAM_ENDED")}).to_list()
+    assert len(ends) == 1

@@ -12,6 +12,8 @@ from gql import Client, GraphQLRequest
 from gql.transport.exceptions import TransportQueryError
 from gql.transport.websockets import WebsocketsTransport
 
+from gql_api.pagination import encode_cursor
+
 MESSAGE_ADDED = """
 subscription Live($s: ID!) {
   messageAdded(streamId: $s) { id streamId kind content cursor sender { username } }
@@ -180,3 +182,79 @@ async def test_rendering_many_messages_keeps_nothing_per_message(server, make_us
 
     memos = [len(executor._relevant_sub_fields) for executor in renderer._executors.values()]
     assert memos and max(memos) == 0, memos
+
+
+HISTORY = "query($s: ID!) { chatMessages(streamId: $s, last: 100) { edges { node { id createdAt } } pageInfo { hasNextPage } } }"
+END = "mutation($id: ID!) { endLiveStream(id: $id) { endedAt } }"
+SEND_OR_NOT = "mutation($s: ID!, $c: String!) { sendChatMessage(streamId: $s, content: $c) { id createdAt } }"
+
+
+async def test_senders_racing_the_end_are_stored_and_delivered_before_it_or_refused(server, make_user, make_stream, client_for):
+    """Writers queued behind the stream's writer lock when it ends used to be stored after the
+    end, acknowledged, and never delivered: now each is either before the end, and delivered
+    before `complete`, or refused with CONFLICT."""
+    owner = await make_user()  # exempt from the rate limit
+    stream_id = str((await make_stream(owner)).id)
+    client = client_for(owner)
+    acknowledged: list[str] = []
+    some_acknowledged = asyncio.Event()
+
+    async def send(n: int) -> None:
+        body = await client.execute(SEND_OR_NOT, {"s": stream_id, "c": f"m{n}"})
+        if "errors" in body:
+            assert [e["extensions"]["code"] for e in body["errors"]] == ["CONFLICT"], body
+            return
+        acknowledged.append(body["data"]["sendChatMessage"]["id"])
+        if len(acknowledged) >= 3:
+            some_acknowledged.set()
+
+    async with Client(transport=_transport(server, server.token(owner), "graphql-transport-ws")) as session:
+        listening = asyncio.create_task(_collect(session, stream_id, 1000))  # until `complete`
+        await server.services.hub.wait_for_subscribers(stream_id, 1)
+        senders = [asyncio.create_task(send(n)) for n in range(40)]
+        await some_acknowledged.wait()
+        ending = asyncio.create_task(client.data(END, {"id": stream_id}))
+        senders += [asyncio.create_task(send(n)) for n in range(40, 60)]
+        ended_at = (await ending)["endLiveStream"]["endedAt"]
+        await asyncio.gather(*senders)
+        received = await asyncio.wait_for(listening, 10)
+
+    history = (await client.data(HISTORY, {"s": stream_id}))["chatMessages"]
+    stored = [edge["node"] for edge in history["edges"]]
+    assert sorted(acknowledged) == sorted(m["id"] for m in stored)
+    assert [m["id"] for m in received] == [m["id"] for m in stored]
+    assert all(m["createdAt"] <= ended_at for m in stored)
+    assert history["pageInfo"]["hasNextPage"] is False
+
+
+async def test_an_ended_stream_with_after_replays_its_messages_then_completes(server, make_user, make_stream):
+    owner = await make_user()
+    stream_id = str((await make_stream(owner)).id)
+    sent = [await server.chat.send_message(owner, stream_id, f"m{n}") for n in range(3)]
+    await server.chat.end_stream(owner, stream_id)
+    query = "subscription($s: ID!, $a: String) { messageAdded(streamId: $s, after: $a) { id } }"
+    async with Client(transport=_transport(server, server.token(owner), "graphql-transport-ws")) as session:
+        request = GraphQLRequest(query, variable_values={"s": stream_id, "a": encode_cursor(sent[0].seq)})
+        received = await asyncio.wait_for(_all(session.subscribe(request)), 10)
+        request = GraphQLRequest(query, variable_values={"s": stream_id, "a": None})
+        live = await asyncio.wait_for(_all(session.subscribe(request)), 10)
+
+    assert [r["messageAdded"]["id"] for r in received] == [str(m.id) for m in sent[1:]]
+    assert live == []
+
+
+async def _all(results) -> list[Any]:
+    return [result async for result in results]
+
+
+async def test_an_upper_case_stream_id_names_the_same_stream(server, make_user, make_stream):
+    owner = await make_user()
+    stream_id = str((await make_stream(owner)).id)
+    async with Client(transport=_transport(server, server.token(owner), "graphql-transport-ws")) as session:
+        listening = asyncio.create_task(_collect(session, stream_id.upper(), 1000))
+        await asyncio.wait_for(server.services.hub.wait_for_subscribers(stream_id, 1), 10)
+        sent = await server.chat.send_message(owner, stream_id.upper(), "hi")
+        await server.chat.end_stream(owner, stream_id.upper())
+        received = await asyncio.wait_for(listening, 10)
+
+    assert [(m["id"], m["streamId"]) for m in received] == [(str(sent.id), stream_id)]

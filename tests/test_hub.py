@@ -6,7 +6,11 @@ import asyncio
 
 import pytest
 
+from bson import ObjectId
+
+from gql_api import history
 from gql_api.delivery import Delivery
+from gql_api.documents import ChatMessage, MessageKind, User
 from gql_api.errors import SubscriberTooSlow
 from gql_api.hub import MessageHub
 from gql_api.pagination import encode_cursor
@@ -18,6 +22,15 @@ async def _stored(server, make_user, stream, count: int):
     return [await server.chat.send_message(sender, str(stream.id), f"m{n}") for n in range(count)]
 
 
+async def _ended(server, stream) -> ChatMessage:
+    """End the stream through the service; its end entry, to feed a hub by hand."""
+    owner = await User.get(ObjectId(stream.owner.id))
+    await server.chat.end_stream(owner, str(stream.id))
+    end = await history.newest(str(stream.id))
+    assert end is not None and end.kind is MessageKind.STREAM_ENDED
+    return end
+
+
 async def test_out_of_order_and_repeated_feeds_become_one_ordered_delivery(server, make_user, make_stream):
     stream = await make_stream()
     hub = MessageHub()  # fed by hand here, not by the server's change stream
@@ -26,7 +39,7 @@ async def test_out_of_order_and_repeated_feeds_become_one_ordered_delivery(serve
         await hub.deliver(messages[4])  # skips 1-4: they are read from history first
         await hub.deliver(messages[2])  # delivered already
         await hub.deliver(messages[4])
-        await hub.end_stream(str(stream.id))
+        await hub.deliver(await _ended(server, stream))
         received = [m.seq async for m in subscriber]
 
     assert received == [m.seq for m in messages]
@@ -40,7 +53,7 @@ async def test_a_late_joiner_starts_after_what_the_group_delivered(server, make_
         await hub.deliver(messages[0])
         async with hub.subscribe(str(stream.id)) as late:
             await hub.deliver(messages[1])
-            await hub.end_stream(str(stream.id))
+            await hub.deliver(await _ended(server, stream))
             assert late.start_seq == messages[0].seq
             assert [m.seq async for m in late] == [messages[1].seq]
         assert [m.seq async for m in early] == [m.seq for m in messages]
@@ -99,7 +112,46 @@ async def test_a_cursor_ahead_of_the_live_feed_skips_what_it_already_covers(serv
         await hub.wait_for_subscribers(str(stream.id), 2)
         for message in messages:
             await hub.deliver(message)
-        await hub.end_stream(str(stream.id))
+        await hub.deliver(await _ended(server, stream))
         await asyncio.wait_for(task, 10)
 
     assert received == [m.seq for m in messages[2:]]
+
+
+async def test_the_end_entry_completes_subscriptions_after_every_earlier_message(server, make_user, make_stream):
+    stream = await make_stream()
+    hub = MessageHub()
+    async with hub.subscribe(str(stream.id)) as subscriber:
+        messages = await _stored(server, make_user, stream, 3)
+        end = await _ended(server, stream)
+        await hub.deliver(end)  # the feed skipped every message: they are read from history first
+        await hub.deliver(messages[1])  # after the end: dropped
+        received = [m.seq async for m in subscriber]
+
+    assert received == [m.seq for m in messages]
+    assert end.seq == messages[-1].seq + 1
+    assert hub.subscriber_count() == 0
+
+
+async def test_a_resync_delivers_an_end_the_feed_missed(server, make_user, make_stream):
+    """The end is the stream's last entry: no later event would pull it in, a resync must."""
+    stream = await make_stream()
+    hub = MessageHub()
+    async with hub.subscribe(str(stream.id)) as subscriber:
+        messages = await _stored(server, make_user, stream, 2)
+        await _ended(server, stream)
+        await hub.resync()
+        received = [m.seq async for m in subscriber]
+
+    assert received == [m.seq for m in messages]
+
+
+async def test_joining_a_stream_whose_end_is_stored_completes_at_once(server, make_user, make_stream):
+    stream = await make_stream()
+    await _stored(server, make_user, stream, 2)
+    end = await _ended(server, stream)
+    hub = MessageHub()
+    async with hub.subscribe(str(stream.id)) as subscriber:
+        assert subscriber.start_seq == end.seq
+        assert [m async for m in subscriber] == []
+    assert hub.subscriber_count() == 0

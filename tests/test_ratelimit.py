@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import httpx
@@ -95,16 +96,16 @@ async def test_the_window_slides(server, make_user, make_stream):
     stream_id, user_id = str((await make_stream()).id), str((await make_user()).id)
     for t in (0, 10, 20):
         now[0] = 1_000_000 + t
-        await limiter.acquire(stream_id, user_id)
+        await limiter.acquire(stream_id, user_id, f"k{t}")
 
     now[0] = 1_000_025
     with pytest.raises(RateLimited) as full:
-        await limiter.acquire(stream_id, user_id)
+        await limiter.acquire(stream_id, user_id, "k25")
     now[0] = 1_000_030.001  # the message at 0 has left the window
-    await limiter.acquire(stream_id, user_id)
+    await limiter.acquire(stream_id, user_id, "k30")
     now[0] = 1_000_031
     with pytest.raises(RateLimited) as again:
-        await limiter.acquire(stream_id, user_id)
+        await limiter.acquire(stream_id, user_id, "k31")
 
     assert full.value.retry_after == 5  # when the message sent at 0 leaves the window
     assert again.value.retry_after == 9  # when the one sent at 10 does
@@ -116,7 +117,7 @@ async def test_concurrent_sends_admit_exactly_the_limit(server, make_user, make_
     stream_id, user_id = str((await make_stream()).id), str((await make_user()).id)
 
     results = await asyncio.gather(
-        *(limiter.acquire(stream_id, user_id) for _ in range(30)), return_exceptions=True
+        *(limiter.acquire(stream_id, user_id, f"k{n}") for n in range(30)), return_exceptions=True
     )
 
     assert results.count(None) == 20
@@ -146,3 +147,79 @@ async def test_the_limit_holds_across_replicas(server, make_user, make_stream, c
 
     _assert_rate_limited(refused_there)
     _assert_rate_limited(refused_here)
+
+
+async def test_admitting_the_same_message_again_takes_no_slot(server, make_user, make_stream):
+    limiter = MessageRateLimiter(3, 30)
+    stream_id, user_id = str((await make_stream()).id), str((await make_user()).id)
+
+    same = await asyncio.gather(*(limiter.acquire(stream_id, user_id, "k-same") for _ in range(10)))
+    await limiter.acquire(stream_id, user_id, "k-2")
+    await limiter.acquire(stream_id, user_id, "k-same")  # the window is full: still its own slot
+    await limiter.acquire(stream_id, user_id, "k-3")
+
+    assert same == [None] * 10
+    with pytest.raises(RateLimited):
+        await limiter.acquire(stream_id, user_id, "k-4")
+
+
+async def test_concurrent_retries_of_one_client_message_id_use_one_slot(make_user, make_stream, client_for):
+    """Ten retries racing each other store one message and count once (they used to take ten)."""
+    client = client_for(await make_user())
+    stream_id = str((await make_stream()).id)
+    retry = {"s": stream_id, "c": "racy", "id": "c-race"}
+
+    results = await asyncio.gather(*(client.data(SEND, retry) for _ in range(10)))
+    await _send_ok(client, stream_id, 19)
+    refused = await client.error(SEND, {"s": stream_id, "c": "21st"})
+
+    assert len({r["sendChatMessage"]["id"] for r in results}) == 1
+    _assert_rate_limited(refused)
+
+
+async def test_concurrent_rest_retries_of_one_client_message_id_use_one_slot(server, http, make_user, make_stream, client_for):
+    user = await make_user()
+    stream_id = str((await make_stream()).id)
+    url = f"/api/v1/live-stream/{stream_id}/chat/messages"
+    headers = {"Authorization": server.token(user)}
+
+    retries = await asyncio.gather(
+        *(http.post(url, json={"content": "racy", "clientMessageId": "c-race"}, headers=headers) for _ in range(10))
+    )
+    await _send_ok(client_for(user), stream_id, 19)
+    refused = await http.post(url, json={"content": "21st"}, headers=headers)
+
+    assert {r.status_code for r in retries} == {201}
+    assert len({r.json()["_id"] for r in retries}) == 1
+    assert refused.status_code == 429
+
+
+async def _raw_error(client: GraphQLClient, variables: dict) -> dict:
+    """The one error of SEND, posted as ASCII JSON (a lone surrogate as its ``\\ud83d`` escape,
+    which httpx's own encoder refuses to send)."""
+    body = json.dumps({"query": SEND, "variables": variables}).encode()
+    headers = {"Content-Type": "application/json", "Authorization": client.token or ""}
+    response = await client.http.post("/graphql", content=body, headers=headers)
+    [error] = response.json()["errors"]
+    return error
+
+
+@pytest.mark.parametrize(
+    "variables",
+    [
+        {"c": "broken \ud83d"},
+        {"c": "fine", "id": "broken \ud83d"},
+        {"c": "\u200b\ufeff"},
+        {"c": "a\u0000b"},
+        {"c": ""},
+    ],
+)
+async def test_a_send_that_fails_validation_takes_no_slot(make_user, make_stream, client_for, variables):
+    client = client_for(await make_user())
+    stream_id = str((await make_stream()).id)
+
+    for _ in range(3):
+        error = await _raw_error(client, {"s": stream_id, **variables})
+        assert error["extensions"] == {"code": "BAD_USER_INPUT", "statusCode": 400}
+    await _send_ok(client, stream_id, 20)
+    _assert_rate_limited(await client.error(SEND, {"s": stream_id, "c": "21st"}))

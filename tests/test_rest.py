@@ -139,7 +139,7 @@ async def test_content_is_trimmed(server, http, make_user, make_stream):
 
 async def test_any_unicode_round_trips(server, http, make_user, make_stream):
     user, stream = await make_user(), await make_stream()
-    content = "Merhaba 👋 ğüşİ a\u0000b \u202e"
+    content = "Merhaba 👋 ğüşİ a\tb\nc \u202e\u200b"
     sent = await http.post(messages_url(stream.id), json={"content": content}, headers=auth(server, user))
     listed = await http.get(messages_url(stream.id), headers=auth(server, user))
     assert sent.json()["content"] == content
@@ -171,7 +171,7 @@ async def test_a_superlike_is_201_once_then_409(server, http, make_user, make_st
     assert set(body) == MESSAGE_KEYS
     assert (body["kind"], body["content"], body["streamId"]) == ("SUPERLIKE", "", str(stream.id))
     assert_envelope(second, 409, Conflict.default_message)
-    assert (await server.chat.get_stream(str(stream.id))).superlike_count == 1
+    assert await server.chat.superlike_count(str(stream.id)) == 1
 
 
 # -- history --------------------------------------------------------------------------------------
@@ -665,3 +665,113 @@ async def test_the_21st_message_in_the_window_is_429_with_retry_after(server, ht
     errors = assert_envelope(refused, 429, "Rate limit exceeded: too many messages, slow down")
     assert 1 <= int(refused.headers["Retry-After"]) <= 30
     assert any("20 messages per 30 seconds" in e for e in errors[1:]), errors
+
+
+# -- issue 8: the end, superlikes, ids, text ------------------------------------------------------
+
+
+async def test_rest_senders_racing_the_end_are_stored_and_delivered_before_it_or_refused(
+    server, http, make_user, make_stream
+):
+    owner = await make_user()  # exempt from the rate limit
+    stream_id = str((await make_stream(owner)).id)
+    headers = auth(server, owner)
+    acknowledged: list[str] = []
+    some_acknowledged = asyncio.Event()
+
+    async def send(n: int) -> None:
+        response = await http.post(messages_url(stream_id), json={"content": f"m{n}"}, headers=headers)
+        if response.status_code != 201:
+            assert_envelope(response, 409, Conflict.default_message)
+            return
+        acknowledged.append(response.json()["_id"])
+        if len(acknowledged) >= 3:
+            some_acknowledged.set()
+
+    query = GraphQLRequest("subscription($s: ID!) { messageAdded(streamId: $s) { id } }", variable_values={"s": stream_id})
+    transport = WebsocketsTransport(url=server.ws_url, init_payload={"Authorization": server.token(owner)})
+    async with Client(transport=transport) as session:
+
+        async def listen() -> list[str]:
+            return [result["messageAdded"]["id"] async for result in session.subscribe(query)]
+
+        listening = asyncio.create_task(listen())
+        await server.services.hub.wait_for_subscribers(stream_id, 1)
+        senders = [asyncio.create_task(send(n)) for n in range(40)]
+        await some_acknowledged.wait()
+        ending = asyncio.create_task(server.chat.end_stream(owner, stream_id))
+        senders += [asyncio.create_task(send(n)) for n in range(40, 60)]
+        ended = await ending
+        await asyncio.gather(*senders)
+        received = await asyncio.wait_for(listening, 10)
+
+    listed = (await http.get(messages_url(stream_id), params={"limit": 100}, headers=headers)).json()
+    assert sorted(acknowledged) == sorted(m["_id"] for m in listed["messages"])
+    assert received == [m["_id"] for m in listed["messages"]]
+    assert all(m["createdAt"] <= isoformat_z(ended.ended_at) for m in listed["messages"])
+    assert listed["nextCursor"] is None
+
+
+async def test_an_ended_streams_rest_history_shows_its_messages_only(server, http, make_user, make_stream):
+    owner = await make_user()
+    stream_id = str((await make_stream(owner)).id)
+    sent = [await server.chat.send_message(owner, stream_id, f"m{n}") for n in range(3)]
+    await server.chat.end_stream(owner, stream_id)
+    headers = auth(server, owner)
+
+    newest = (await http.get(messages_url(stream_id), params={"limit": 2}, headers=headers)).json()
+    forward = (await http.get(messages_url(stream_id), params={"after": encode_cursor(sent[1].seq)}, headers=headers)).json()
+
+    assert _contents(newest) == ["m1", "m2"] and newest["nextCursor"] is not None
+    assert _contents(forward) == ["m2"] and forward["nextCursor"] is None
+
+
+async def test_a_superlike_retry_after_a_lost_answer_is_409_saying_it_is_stored(server, http, make_user, make_stream):
+    user, stream = await make_user(), await make_stream()
+    await ChatMessage(
+        stream_id=str(stream.id), seq=1, kind="SUPERLIKE", content="", sender=user.public_profile(), dedup_key=f"s:{user.id}"
+    ).insert()  # stored as a send whose answer was lost would leave it
+
+    retry = await http.post(superlike_url(stream.id), headers=auth(server, user))
+
+    errors = assert_envelope(retry, 409, Conflict.default_message)
+    assert "stored already" in errors[1]
+    assert await server.chat.superlike_count(str(stream.id)) == 1
+
+
+async def test_an_upper_case_stream_id_is_the_same_stream_over_rest(server, http, make_user, make_stream):
+    user, stream = await make_user(), await make_stream()
+    headers = auth(server, user)
+    upper = str(stream.id).upper()
+    body = {"content": "hi", "clientMessageId": "c-case"}
+
+    sent = await http.post(messages_url(upper), json=body, headers=headers)
+    retry = await http.post(messages_url(stream.id), json=body, headers=headers)
+    liked = await http.post(superlike_url(upper), headers=headers)
+    listed = await http.get(messages_url(upper), headers=headers)
+
+    assert (sent.status_code, retry.status_code, liked.status_code) == (201, 201, 201)
+    assert sent.json()["streamId"] == str(stream.id) and retry.json() == sent.json()
+    assert [m["_id"] for m in listed.json()["messages"]] == [sent.json()["_id"], liked.json()["_id"]]
+
+
+@pytest.mark.parametrize(
+    ("raw", "mentions"),
+    [
+        # pydantic's JSON parser refuses a lone surrogate as invalid JSON, before the service.
+        (b'{"content": "broken \\ud83d"}', "body"),
+        (b'{"content": "fine", "clientMessageId": "c-\\ud83d"}', "body"),
+        (b'{"content": "\\u200b\\ufeff"}', "content"),
+        (b'{"content": "a\\u0000b"}', "content"),
+        (b'{"content": "a\\rb"}', "content"),
+    ],
+)
+async def test_unencodable_invisible_or_control_content_is_400(server, http, make_user, make_stream, raw, mentions):
+    user, stream = await make_user(), await make_stream()
+    headers = {**auth(server, user), "Content-Type": "application/json"}
+
+    response = await http.post(messages_url(stream.id), content=raw, headers=headers)
+
+    errors = assert_envelope(response, 400, BadUserInput.default_message)
+    assert any(mentions in entry for entry in errors[1:]), errors
+    assert (await http.get(messages_url(stream.id), headers=headers)).json()["messages"] == []

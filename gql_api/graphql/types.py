@@ -6,6 +6,7 @@ from datetime import datetime
 from enum import Enum
 
 import strawberry
+from strawberry.types import Info
 
 from gql_api import documents
 from gql_api.pagination import Page, encode_cursor
@@ -77,13 +78,18 @@ class User:
         return cls.from_profile(user.public_profile())
 
 
+async def _superlike_count(root: LiveStream, info: Info) -> int:
+    # Counted from the stored superlikes when asked for, so it can never drift from them.
+    return await info.context.chat.superlike_count(str(root.id))
+
+
 @strawberry.type(description="A live stream that viewers chat in.")
 class LiveStream:
     id: strawberry.ID
     title: str
     status: StreamStatus
     owner: User
-    superlike_count: int
+    superlike_count: int = strawberry.field(resolver=_superlike_count)
     created_at: datetime
     ended_at: datetime | None
 
@@ -94,7 +100,6 @@ class LiveStream:
             title=stream.title,
             status=StreamStatus(stream.status.value),
             owner=User.from_profile(stream.owner),
-            superlike_count=stream.superlike_count,
             created_at=stream.created_at,
             ended_at=stream.ended_at,
         )

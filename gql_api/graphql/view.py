@@ -65,6 +65,10 @@ def _status_error(status_code: int, message: str) -> ApiError:
     return error_class(message or None)
 
 
+WS_TOKEN_MISSING = "Authentication required: send the token as Authorization in the connection_init payload"
+WS_TOKEN_IN_HEADER = "Authentication required: send the token in the connection_init payload, not a handshake header"
+
+
 def _token_from_params(params: dict[str, Any] | None) -> str | None:
     """The token in a ``connection_init`` payload; the key's case does not matter."""
     for key, value in (params or {}).items():
@@ -174,10 +178,13 @@ class GraphQLView(GraphQL[Context, None]):
         return context
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
+        token = _token_from_params(context.connection_params)
         try:
-            user, claims = await context.authenticator.authenticate_claims(
-                _token_from_params(context.connection_params)
-            )
+            if token is None:
+                # Over websockets the token goes in connection_init, not in a header.
+                in_header = context.request.headers.get("authorization")
+                raise Unauthenticated(WS_TOKEN_IN_HEADER if in_header else WS_TOKEN_MISSING)
+            user, claims = await context.authenticator.authenticate_claims(token)
         except Unauthenticated as exc:
             raise ConnectionRejectionError({"message": exc.message, "code": exc.code}) from exc
         context.authenticated_user = user

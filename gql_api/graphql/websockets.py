@@ -4,8 +4,10 @@ Both subprotocols keep the same promises (Strawberry's legacy graphql-ws handler
 a frame over the request body cap closes with 1009; a frame that is binary, not JSON, not an
 object, of an unknown type or with fields of the wrong type closes with 4400 (one log line, no
 traceback); no ``connection_init`` in time closes with 4408, a second one with 4429; an operation
-before ``connection_ack`` closes with 4401, a duplicate operation id with 4409. A connection whose
-token expires is closed with 4403 at that moment; a graphql-transport-ws connection that stops
+before ``connection_ack`` closes with 4401, a duplicate operation id with 4409. A refused token
+closes with 4403 and a reason saying what was wrong with it (missing, not valid, expired, unknown
+user), not Strawberry's bare "Forbidden"; a connection whose token expires is closed with 4403 at
+that moment; a graphql-transport-ws connection that stops
 answering pings is closed with 4499; a ``connection_init`` that fails for a reason not the
 client's (the database is down) closes with 1013; on shutdown every connection is closed with
 1001 so clients reconnect to another replica.
@@ -147,6 +149,21 @@ class CappedWebSocketAdapter(ASGIWebSocketAdapter):
         await super().close(code, _short(reason))
 
 
+#: The close reason when the view refuses a connection without saying why.
+DEFAULT_REJECTION_REASON = "Forbidden"
+#: The close reason when a token expires while its connection is open: what a token already
+#: expired at ``connection_init`` is refused with, so a client matches one reason.
+TOKEN_EXPIRED_REASON = "Authentication required: the token has expired"
+
+
+def rejection_reason(payload: object) -> str:
+    """The close reason for a refused ``connection_init``: the rejection's message, which says
+    what was wrong with the token, so a client can tell "expired" (renew, reconnect) from the rest."""
+    if isinstance(payload, dict) and isinstance(payload.get("message"), str) and payload["message"]:
+        return _short(payload["message"])
+    return DEFAULT_REJECTION_REASON
+
+
 def _text_sender(websocket: Any) -> Callable[[str], Awaitable[None]]:
     async def send_text(text: str) -> None:
         try:
@@ -208,6 +225,35 @@ class _Supervised:
             if self._expiry is not None:
                 self._expiry.cancel()
 
+    async def acknowledge(self) -> bool:
+        """Authenticate the connection (the view's ``on_ws_connect``) and send ``connection_ack``.
+
+        A refused token closes with 4403 and the refusal's message as the reason (graphql-ws
+        first gets it in a ``connection_error`` message); a failure that is not the client's
+        closes with 1013. Returns whether the connection was acknowledged.
+        """
+        try:
+            ack_payload = await self.view.on_ws_connect(self.context)
+        except ConnectionRejectionError as exc:
+            await self.rejected(exc.payload)
+            reason = rejection_reason(exc.payload)
+            logger.info("Websocket closed with %d: %s", AUTH_REJECTED_CLOSE_CODE, reason)
+            await self.close(AUTH_REJECTED_CLOSE_CODE, reason)
+            return False
+        except Exception as exc:
+            await self.init_failed(exc)
+            return False
+        if isinstance(ack_payload, UnsetType) or ack_payload is None:
+            await self.send_message({"type": "connection_ack"})  # type: ignore[attr-defined]
+        else:
+            await self.send_message({"type": "connection_ack", "payload": ack_payload})  # type: ignore[attr-defined]
+        self.connection_acknowledged = True
+        self.watch_expiry()
+        return True
+
+    async def rejected(self, payload: object) -> None:
+        """Tell the client its connection is refused, before the 4403 close (protocol-specific)."""
+
     def watch_expiry(self) -> None:
         """Once authenticated, close the connection when its token expires."""
         expires_at = self.context.token_expires_at
@@ -215,7 +261,7 @@ class _Supervised:
             return
         delay = max(0.0, (expires_at - datetime.now(UTC)).total_seconds())
         self._expiry = asyncio.get_running_loop().call_later(
-            delay, self.close_soon, AUTH_REJECTED_CLOSE_CODE, "Token expired"
+            delay, self.close_soon, AUTH_REJECTED_CLOSE_CODE, TOKEN_EXPIRED_REASON
         )
 
     def close_soon(self, code: int, reason: str) -> None:
@@ -265,13 +311,22 @@ class GraphQLTransportWSHandler(_Supervised, BaseGraphQLTransportWSHandler[Conte
         await super().handle_subscribe(message)
 
     async def handle_connection_init(self, message: Any) -> None:
-        try:
-            await super().handle_connection_init(message)
-        except Exception as exc:
-            await self.init_failed(exc)
+        # Strawberry's own, but a refused token closes with a reason that says what was wrong
+        # (Strawberry's is always "Forbidden"), and a failure not the client's with 1013.
+        if self.connection_timed_out:
             return
-        if self.connection_acknowledged:
-            self.watch_expiry()
+        if self.connection_init_timeout_task:
+            self.connection_init_timeout_task.cancel()
+        payload = message.get("payload", {})
+        if not isinstance(payload, dict):
+            await _refuse(self.websocket, BAD_MESSAGE_CLOSE_CODE, "Invalid connection init payload")
+            return
+        if self.connection_init_received:
+            await _refuse(self.websocket, SECOND_INIT_CLOSE_CODE, "Too many initialisation requests")
+            return
+        self.connection_init_received = True
+        self.context.connection_params = payload
+        await self.acknowledge()
 
     async def handle_pong(self, message: PongMessage) -> None:
         self._awaiting_pong = False
@@ -337,23 +392,13 @@ class LegacyGraphQLWSHandler(_Supervised, BaseGraphQLWSHandler[Context, None]):
         if self._init_timer is not None:
             self._init_timer.cancel()
         self.context.connection_params = message.get("payload")
-        try:
-            ack_payload = await self.view.on_ws_connect(self.context)
-        except ConnectionRejectionError as exc:
-            await self.send_message({"type": "connection_error", "payload": exc.payload})
-            await self.websocket.close(code=AUTH_REJECTED_CLOSE_CODE, reason="Forbidden")
+        if not await self.acknowledge():
             return
-        except Exception as exc:
-            await self.init_failed(exc)
-            return
-        if isinstance(ack_payload, UnsetType) or ack_payload is None:
-            await self.send_message({"type": "connection_ack"})
-        else:
-            await self.send_message({"type": "connection_ack", "payload": ack_payload})
-        self.connection_acknowledged = True
-        self.watch_expiry()
         if self.keep_alive:
             self.keep_alive_task = asyncio.create_task(self.handle_keep_alive())
+
+    async def rejected(self, payload: object) -> None:
+        await self.send_message({"type": "connection_error", "payload": payload})  # type: ignore[typeddict-item]
 
     async def handle_start(self, message: StartMessage) -> None:
         # Strawberry replaces a running operation of the same id and its limit error has no code.
