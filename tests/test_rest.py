@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,6 +22,7 @@ from gql_api.documents import ChatMessage, isoformat_z
 from gql_api.errors import ApiError, BadUserInput, Conflict, Forbidden, NotFound, Unauthenticated
 from gql_api.pagination import encode_cursor
 from gql_api.rest import MAX_BODY_BYTES, RestEdge, error_response, openapi_document
+from gql_api.rest.routes import POLLING_INTERVAL_MILLIS
 
 STREAMS = "/api/v1/live-stream"
 UNKNOWN_STREAM = "64d15f9e2e6c8f4d5a123000"
@@ -29,6 +31,7 @@ MESSAGE_KEYS = {"_id", "streamId", "content", "kind", "sender", "createdAt", "up
 SENDER_KEYS = {"_id", "username", "name", "surname", "profilePhoto", "availabilityStatus"}
 PHOTO_KEYS = {"_id", "url", "type", "variants", "createdAt", "updatedAt"}
 ENVELOPE_KEYS = {"isSuccess", "statusCode", "data", "errors", "timestamp"}
+PAGE_KEYS = {"messages", "nextCursor", "pollCursor", "pollingIntervalMillis"}
 
 
 def messages_url(stream_id: Any) -> str:
@@ -181,7 +184,7 @@ async def test_no_cursor_gives_the_newest_50_oldest_first(server, http, make_use
     stream_id = await _stream_with_messages(server, make_user, make_stream, 60)
     body = (await http.get(messages_url(stream_id), headers=auth(server, await make_user()))).json()
 
-    assert set(body) == {"messages", "nextCursor"}
+    assert set(body) == PAGE_KEYS
     assert _contents(body) == [f"m{n}" for n in range(10, 60)]
     assert all(set(m) == MESSAGE_KEYS for m in body["messages"])
     stored = await ChatMessage.get(body["messages"][0]["_id"])
@@ -246,13 +249,13 @@ async def test_next_cursor_is_null_at_both_ends(server, http, make_user, make_st
     newest = await page(limit=2, after=older["nextCursor"])
     assert _contents(newest) == ["m2"] and newest["nextCursor"] is None
     empty = await page(after=encode_cursor(3))
-    assert empty == {"messages": [], "nextCursor": None}
+    assert empty["messages"] == [] and empty["nextCursor"] is None
 
 
 async def test_an_empty_stream_has_an_empty_page(server, http, make_user, make_stream):
     stream = await make_stream()
     response = await http.get(messages_url(stream.id), headers=auth(server, await make_user()))
-    assert response.json() == {"messages": [], "nextCursor": None}
+    assert response.json()["messages"] == [] and response.json()["nextCursor"] is None
 
 
 @pytest.mark.parametrize(
@@ -775,3 +778,138 @@ async def test_unencodable_invisible_or_control_content_is_400(server, http, mak
     errors = assert_envelope(response, 400, BadUserInput.default_message)
     assert any(mentions in entry for entry in errors[1:]), errors
     assert (await http.get(messages_url(stream.id), headers=headers)).json()["messages"] == []
+
+
+# -- polling forward ------------------------------------------------------------------------------
+
+
+async def test_polling_forward_at_the_live_edge_keeps_its_place(server, http, make_user, make_stream):
+    owner = await make_user()
+    stream = await make_stream(owner)
+    for n in range(3):
+        await server.chat.send_message(owner, str(stream.id), f"m{n}")
+    headers = auth(server, await make_user())
+
+    async def page(**params: Any) -> dict[str, Any]:
+        response = await http.get(messages_url(stream.id), params=params, headers=headers)
+        assert response.status_code == 200, response.text
+        assert set(response.json()) == PAGE_KEYS
+        return response.json()
+
+    newest = await page()
+    newest_seq = (await ChatMessage.get(newest["messages"][-1]["_id"])).seq
+    assert newest["pollCursor"] == encode_cursor(newest_seq)
+    assert newest["pollingIntervalMillis"] == POLLING_INTERVAL_MILLIS
+    at_the_edge = await page(after=newest["pollCursor"])
+    assert at_the_edge["messages"] == [] and at_the_edge["nextCursor"] is None
+    assert at_the_edge["pollCursor"] == newest["pollCursor"]  # its place, not null
+
+    await server.chat.send_message(owner, str(stream.id), "m3")
+    polled = await page(after=at_the_edge["pollCursor"])
+
+    assert _contents(polled) == ["m3"]
+    assert polled["pollCursor"] == encode_cursor(newest_seq + 1)
+    assert polled["pollingIntervalMillis"] == POLLING_INTERVAL_MILLIS
+
+
+async def test_polling_from_an_empty_page_misses_no_message(server, http, make_user, make_stream):
+    owner = await make_user()
+    stream = await make_stream(owner)
+    headers = auth(server, await make_user())
+    empty = (await http.get(messages_url(stream.id), headers=headers)).json()
+    before_the_first = (
+        await http.get(messages_url(stream.id), params={"before": encode_cursor(1)}, headers=headers)
+    ).json()
+    assert empty["messages"] == before_the_first["messages"] == []
+
+    await server.chat.send_message(owner, str(stream.id), "first")
+
+    for cursor in (empty["pollCursor"], before_the_first["pollCursor"]):
+        polled = (await http.get(messages_url(stream.id), params={"after": cursor}, headers=headers)).json()
+        assert _contents(polled) == ["first"]
+
+
+async def test_the_polling_interval_is_zero_while_newer_messages_wait(server, http, make_user, make_stream):
+    stream_id = await _stream_with_messages(server, make_user, make_stream, 5)
+    headers = auth(server, await make_user())
+    oldest = await ChatMessage.find_one({"stream_id": eq(stream_id), "seq": eq(1)})
+
+    behind = (
+        await http.get(
+            messages_url(stream_id), params={"after": encode_cursor(oldest.seq), "limit": 2}, headers=headers
+        )
+    ).json()
+    caught_up = (
+        await http.get(messages_url(stream_id), params={"after": behind["pollCursor"], "limit": 2}, headers=headers)
+    ).json()
+
+    assert _contents(behind) == ["m1", "m2"]
+    assert behind["pollingIntervalMillis"] == 0 and behind["pollCursor"] == behind["nextCursor"]
+    assert _contents(caught_up) == ["m3", "m4"]
+    assert caught_up["pollingIntervalMillis"] == POLLING_INTERVAL_MILLIS and caught_up["nextCursor"] is None
+
+
+# -- the OpenAPI document: every status, valid -----------------------------------------------------
+
+
+def test_the_openapi_document_is_valid_openapi_3_1_and_every_ref_resolves():
+    from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
+
+    document = openapi_document()
+    assert [error.message for error in OPENAPI_31_VALIDATOR.iter_errors(document)] == []
+
+    def refs(node: Any) -> list[str]:
+        if isinstance(node, dict):
+            return ([node["$ref"]] if "$ref" in node else []) + [r for v in node.values() for r in refs(v)]
+        return [r for v in node for r in refs(v)] if isinstance(node, list) else []
+
+    for ref in refs(document):
+        target: Any = document
+        for part in ref.removeprefix("#/").split("/"):
+            target = target[part]  # KeyError: a dangling $ref
+        assert isinstance(target, dict), ref
+
+
+def test_every_status_each_operation_returns_is_documented_with_its_headers():
+    document = openapi_document()
+    components = document["components"]
+
+    def resolve(node: dict[str, Any]) -> dict[str, Any]:
+        while "$ref" in node:
+            section, name = node["$ref"].split("/")[-2:]
+            node = components[section][name]
+        return node
+
+    statuses = {
+        operation["operationId"]: set(operation["responses"])
+        for item in document["paths"].values()
+        for method, operation in item.items()
+        if method != "parameters"
+    }
+    assert statuses == {
+        "sendChatMessage": {"201", "400", "401", "404", "405", "409", "413", "429", "500", "503"},
+        "listChatMessages": {"200", "400", "401", "404", "405", "413", "500", "503"},
+        "sendSuperlike": {"201", "401", "404", "405", "409", "413", "500", "503"},
+    }
+    send = document["paths"]["/live-stream/{streamId}/chat/messages"]["post"]["responses"]
+    retry_after = resolve(resolve(send["429"])["headers"]["Retry-After"])
+    assert retry_after["required"] is True and retry_after["schema"]["type"] == "integer"
+    for item in document["paths"].values():
+        for method, operation in item.items():
+            if method != "parameters":
+                allow = resolve(resolve(operation["responses"]["405"])["headers"]["Allow"])
+                assert allow["required"] is True
+    assert document["info"]["license"] == {"name": "MIT", "identifier": "MIT"}
+    assert (Path(__file__).parents[1] / "LICENSE").read_text().startswith("MIT License")
+
+
+async def test_a_wrong_method_lists_exactly_the_documented_methods_in_allow(http):
+    document = openapi_document()
+    for path, item in document["paths"].items():
+        documented = {method.upper() for method in item if method != "parameters"}
+        documented |= {"HEAD"} if "GET" in documented else set()  # HEAD goes with GET (RFC 9110)
+        url = "/api/v1" + path.replace("{streamId}", UNKNOWN_STREAM)
+        response = await http.request("DELETE", url)
+
+        assert_envelope(response, 405, "Method not allowed")
+        assert {m.strip() for m in response.headers["Allow"].split(",")} == documented

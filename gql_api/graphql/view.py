@@ -1,5 +1,12 @@
 """The ASGI GraphQL endpoint: authenticates each HTTP request and each websocket connection once,
-caps request bodies, refuses CSRF-able requests, and hands websockets to ``websockets``."""
+caps request bodies, refuses CSRF-able requests, and hands websockets to ``websockets``.
+
+Over HTTP it follows the GraphQL-over-HTTP spec's two response media types. A client that asks for
+``application/graphql-response+json`` gets it, and a request that fails before execution (a
+document that does not parse or validate, variables that do not coerce) is then a 4xx without
+``data``. Anyone else gets ``application/json``, with HTTP 200 for every operation that ran,
+errors included, as GraphQL clients have long expected.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +23,8 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
-from strawberry.http import GraphQLRequestData
+from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
+from strawberry.types import ExecutionResult
 from strawberry.types.unset import UNSET, UnsetType
 
 from gql_api.auth import token_from_header
@@ -54,10 +62,59 @@ _STATUS_ERRORS: dict[int, type[ApiError]] = {
 }
 
 
-def error_response(error: ApiError) -> JSONResponse:
+GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
+JSON = "application/json"
+
+
+def response_media_type(accept: str | None) -> str:
+    """The response's media type: ``application/graphql-response+json`` when ``Accept`` ranks it
+    at least as high as ``application/json``, else ``application/json``.
+
+    No ``Accept``, ``*/*``, or only types this cannot produce all mean ``application/json``:
+    the spec's default, and what a client written before the new type understands.
+    """
+    if not accept:
+        return JSON
+    best: dict[str, tuple[int, float]] = {}  # media range: (specificity, q) of its entry
+    for entry in accept.split(","):
+        media_range, *params = (part.strip() for part in entry.split(";"))
+        media_range = media_range.lower()
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        best[media_range] = max(best.get(media_range, (0, 0.0)), (0, q))
+    graphql_q = best.get(GRAPHQL_RESPONSE_JSON, (0, 0.0))[1]
+    # The most specific range that matches application/json decides its quality (RFC 9110 12.5.1).
+    json_q = next((best[r][1] for r in (JSON, "application/*", "*/*") if r in best), 0.0)
+    return GRAPHQL_RESPONSE_JSON if graphql_q > 0 and graphql_q >= json_q else JSON
+
+
+def error_response(error: ApiError, media_type: str = JSON) -> JSONResponse:
     """A request-level failure as a GraphQL response body, with the error's HTTP status."""
     body = {"errors": [{"message": error.message, "extensions": error.extensions}]}
-    return JSONResponse(body, status_code=error.status_code)
+    return JSONResponse(body, status_code=error.status_code, media_type=media_type)
+
+
+def _is_request_error(result: ExecutionResult) -> bool:
+    """Whether the operation failed before execution: every error is pathless (parsing,
+    validation, a request limit, variable coercion). A field's error has a path, even when it
+    nulls the whole ``data``."""
+    return result.data is None and bool(result.errors) and all(e.path is None for e in result.errors)
+
+
+def _request_error_status(errors: list[Any]) -> int:
+    """The HTTP status of a response without ``data``: its errors' worst, 400 by default."""
+    statuses = [
+        status
+        for error in errors
+        if isinstance(status := (error.get("extensions") or {}).get("statusCode"), int) and 400 <= status < 600
+    ]
+    return max(statuses, default=400)
 
 
 def _status_error(status_code: int, message: str) -> ApiError:
@@ -122,12 +179,12 @@ class GraphQLView(GraphQL[Context, None]):
             await request.body()
             response = await self.run(request)
         except ApiError as exc:
-            response = error_response(exc)
+            response = error_response(exc, response_media_type(request.headers.get("accept")))
             self.metrics.error(exc.code, "graphql")
         except StrawberryHTTPException as exc:
             # Strawberry's own refusals (bad JSON, GET mutation, batching...) as GraphQL errors.
             error = _status_error(exc.status_code, exc.reason)
-            response = error_response(error)
+            response = error_response(error, response_media_type(request.headers.get("accept")))
             self.metrics.error(error.code, "graphql")
             if exc.status_code == 405:
                 response.headers["Allow"] = "GET, POST"  # RFC 9110 requires it on a 405
@@ -151,6 +208,30 @@ class GraphQLView(GraphQL[Context, None]):
         # Only operations are checked: GraphiQL's page (a plain GET) is rendered before this.
         check_preflighted(request.headers)
         return await super().parse_http_body(request)
+
+    async def get_sub_response(self, request: Request | WebSocket) -> Response:
+        sub_response = await super().get_sub_response(request)
+        # Carried to `create_response`, which is not given the request.
+        sub_response.media_type = response_media_type(request.headers.get("accept"))
+        return sub_response
+
+    async def process_result(self, request: Request, result: ExecutionResult) -> GraphQLHTTPResponse:
+        response_data = await super().process_result(request, result)
+        if _is_request_error(result) and response_media_type(request.headers.get("accept")) == GRAPHQL_RESPONSE_JSON:
+            # The spec's mark of an operation that never ran; `create_response` makes it a 4xx.
+            del response_data["data"]
+        return response_data
+
+    def create_response(
+        self, response_data: GraphQLHTTPResponse | list[GraphQLHTTPResponse], sub_response: Response
+    ) -> Response:
+        response = super().create_response(response_data, sub_response)
+        if sub_response.media_type == GRAPHQL_RESPONSE_JSON:
+            response.headers["content-type"] = GRAPHQL_RESPONSE_JSON
+            # A batch (not in the spec) stays 200: its operations may have fared differently.
+            if isinstance(response_data, dict) and "data" not in response_data:
+                response.status_code = _request_error_status(response_data.get("errors") or [])
+        return response
 
     async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> Context:
         services = services_of(request)

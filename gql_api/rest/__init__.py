@@ -3,7 +3,8 @@
 Under ``/api/v1``:
 
 - ``POST /live-stream/{streamId}/chat/messages``  body ``{"content", "clientMessageId"?}`` -> 201 message
-- ``GET  /live-stream/{streamId}/chat/messages?limit=&before=|after=`` -> 200 ``{messages, nextCursor}``
+- ``GET  /live-stream/{streamId}/chat/messages?limit=&before=|after=`` -> 200
+  ``{messages, nextCursor, pollCursor, pollingIntervalMillis}``
 - ``POST /live-stream/{streamId}/chat/superlike`` -> 201 message
 - ``GET  /openapi.json``: the OpenAPI 3.1 document, generated from the pydantic models.
 

@@ -67,7 +67,7 @@ class HistoryQuery(_Input):
     model_config = ConfigDict(extra="ignore")
     limit: int = Field(DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE, description="How many messages.")
     before: str | None = Field(None, description="A `nextCursor`: the messages before it.")
-    after: str | None = Field(None, description="A `nextCursor`: the messages after it.")
+    after: str | None = Field(None, description="A `nextCursor` or `pollCursor`: the messages after it.")
 
 
 class ProfilePhoto(_Output):
@@ -138,12 +138,23 @@ class Message(_Output):
 
 
 class MessagePage(_Output):
-    """Messages in chronological order, and the cursor to continue in the same direction."""
+    """Messages in chronological order, the cursor to continue in the same direction, and where
+    and when to poll for newer messages."""
 
     messages: list[Message]
     next_cursor: str | None = Field(
         description="Without a cursor or with `before`: pass it as `before` for older messages. "
         "With `after`: pass it as `after` for newer ones. Null when there is nothing more that way."
+    )
+    poll_cursor: str = Field(
+        description="Pass it as `after` for the messages newer than this page. Never null: with "
+        "no newer message it is the newest message's cursor here, or the position the page was "
+        "asked from, so a client polling forward at the live edge keeps its place."
+    )
+    polling_interval_millis: int = Field(
+        ge=0,
+        description="How long to wait before asking for `pollCursor`'s page (as YouTube's "
+        "`pollingIntervalMillis`): 0 when newer messages are already waiting.",
     )
 
 

@@ -11,17 +11,40 @@ from gql_api.rest.models import ErrorEnvelope, HistoryQuery, Message, MessagePag
 API_PREFIX = "/api/v1"
 REF_TEMPLATE = "#/components/schemas/{model}"
 
+LICENSE = {"name": "MIT", "identifier": "MIT"}  # the repository's LICENSE file
+
 _ERROR_RESPONSES = {  # status: (name in components.responses, description)
     400: ("ValidationFailed", "Malformed JSON, a missing or invalid field, a bad cursor or limit"),
     401: ("AuthenticationRequired", "No token, or a bad or expired one"),
     404: ("NotFound", "No live stream has this id"),
+    405: ("MethodNotAllowed", "The path does not take this method; `Allow` lists those it takes"),
     409: (
         "Conflict",
         "The stream has ended, a second superlike, or a clientMessageId reused with other content",
     ),
     413: ("PayloadTooLarge", "The request body is over 64 KiB"),
+    429: ("RateLimited", "Too many messages from this user in this stream; `Retry-After` says when to try again"),
     500: ("InternalServerError", "Something unexpected; the details are logged, never shown"),
     503: ("ServiceUnavailable", "The database is unreachable; try again"),
+}
+# Every operation can answer these: a wrong method (405), a body over the cap, which the edge
+# refuses before routing, even where the operation reads none (413), and the unexpected (500, 503).
+_ANY_OPERATION = (405, 413, 500, 503)
+_ERROR_HEADERS = {  # status: {header name: name in components.headers}
+    405: {"Allow": "Allow"},
+    429: {"Retry-After": "RetryAfter"},
+}
+_HEADERS = {
+    "Allow": {
+        "description": "The methods the path takes, e.g. `GET, HEAD, POST` (HEAD wherever GET is).",
+        "required": True,
+        "schema": {"type": "string"},
+    },
+    "RetryAfter": {
+        "description": "In how many whole seconds the next message will be accepted.",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 1},
+    },
 }
 
 
@@ -54,9 +77,17 @@ def openapi_document() -> dict[str, Any]:
 
     def responses(success: int, description: str, schema: dict[str, Any], *errors: int) -> dict[str, Any]:
         result = {str(success): {"description": description, **json_content(schema)}}
-        for status in (*errors, 500, 503):
+        for status in sorted({*errors, *_ANY_OPERATION}):
             result[str(status)] = {"$ref": f"#/components/responses/{_ERROR_RESPONSES[status][0]}"}
         return result
+
+    def error_response(status: int, description: str) -> dict[str, Any]:
+        response: dict[str, Any] = {"description": description}
+        if headers := _ERROR_HEADERS.get(status):
+            response["headers"] = {
+                name: {"$ref": f"#/components/headers/{component}"} for name, component in headers.items()
+            }
+        return {**response, **json_content(error)}
 
     stream_id = {
         "name": "streamId",
@@ -82,13 +113,16 @@ def openapi_document() -> dict[str, Any]:
             "operationId": "sendChatMessage",
             "summary": "Send a chat message",
             "requestBody": {"required": True, **json_content(ref(SendMessageRequest, "validation"))},
-            "responses": responses(201, "The message (on a retry, the original)", message, 400, 401, 404, 409, 413),
+            "responses": responses(
+                201, "The message (on a retry, the original)", message, 400, 401, 404, 409, 429
+            ),
         },
         "get": {
             "operationId": "listChatMessages",
             "summary": "A page of chat history, oldest first",
             "description": "Without a cursor: the newest `limit` messages. With `before` or `after` "
-            "(never both): the `limit` messages before or after that cursor.",
+            "(never both): the `limit` messages before or after that cursor. To follow the chat "
+            "without a websocket, ask again with `after` = `pollCursor` after `pollingIntervalMillis`.",
             "parameters": query_parameters,
             "responses": responses(200, "The page", ref(MessagePage, "serialization"), 400, 401, 404),
         },
@@ -98,7 +132,7 @@ def openapi_document() -> dict[str, Any]:
         "post": {
             "operationId": "sendSuperlike",
             "summary": "Superlike a stream: once per user per stream",
-            "responses": responses(201, "The SUPERLIKE message", message, 401, 404, 409, 413),
+            "responses": responses(201, "The SUPERLIKE message", message, 401, 404, 409),
         },
     }
     return {
@@ -107,6 +141,7 @@ def openapi_document() -> dict[str, Any]:
             "title": "gql_api live-stream chat REST API",
             "version": "1.0.0",
             "description": "The REST face of the chat service; GraphQL at /graphql serves the same data.",
+            "license": LICENSE,
         },
         "servers": [{"url": API_PREFIX}],
         "security": [{"jwt": []}],
@@ -117,9 +152,9 @@ def openapi_document() -> dict[str, Any]:
         "components": {
             "schemas": dict(sorted(components.items())),
             "responses": {
-                name: {"description": description, **json_content(error)}
-                for name, description in _ERROR_RESPONSES.values()
+                name: error_response(status, description) for status, (name, description) in _ERROR_RESPONSES.items()
             },
+            "headers": _HEADERS,
             "securitySchemes": {
                 "jwt": {
                     "type": "apiKey",

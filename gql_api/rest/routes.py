@@ -22,6 +22,9 @@ from gql_api.rest.openapi import API_PREFIX, openapi_document
 from gql_api.state import services_of
 
 MAX_SEQ = 2**63 - 1  # the largest integer MongoDB stores
+# How long a client at the live edge should wait before polling again: GraphQL's `messageAdded`
+# is the way to be told at once, so polling is for clients that cannot hold a websocket.
+POLLING_INTERVAL_MILLIS = 2000
 
 
 class RestApi:
@@ -56,12 +59,30 @@ class RestApi:
         elif page.items and not forward and page.has_previous:
             next_cursor = encode_cursor(page.items[0].seq)
         messages = [Message.from_document(m) for m in page.items]
-        return _json(MessagePage(messages=messages, next_cursor=next_cursor), 200)
+        return _json(
+            MessagePage(
+                messages=messages,
+                next_cursor=next_cursor,
+                poll_cursor=encode_cursor(_newest_seen(page.items, after, before)),
+                polling_interval_millis=0 if page.has_next else POLLING_INTERVAL_MILLIS,
+            ),
+            200,
+        )
 
     async def send_superlike(self, request: Request) -> Response:
         user = await self._user(request)
         message = await services_of(request).chat.send_superlike(user, request.path_params["streamId"])
         return _json(Message.from_document(message), 201)
+
+
+def _newest_seen(items: list[documents.ChatMessage], after: int | None, before: int | None) -> int:
+    """The sequence number a forward poll continues after: the page's newest message, else the
+    position the page was asked from (just before `before`, or `after`; 0 before the first)."""
+    if items:
+        return items[-1].seq
+    if before is not None:
+        return max(before - 1, 0)
+    return after or 0
 
 
 def _cursor(value: str | None, argument: str) -> int | None:
