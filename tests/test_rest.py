@@ -27,7 +27,6 @@ from gql_api.errors import ERRORS, ApiError, BadUserInput, Conflict, Forbidden, 
 from gql_api.pagination import encode_cursor
 from gql_api.rest import MAX_BODY_BYTES, RestEdge, error_response, openapi_document
 from gql_api.rest.routes import POLLING_INTERVAL_MILLIS
-from tests.conftest import serve
 
 STREAMS = "/api/v1/live-stream"
 UNKNOWN_STREAM = "64d15f9e2e6c8f4d5a123000"
@@ -511,7 +510,8 @@ async def test_an_error_an_endpoint_raises_is_enveloped_whatever_handlers_the_en
     rest = RestEdge(Router(routes=[Route("/superlike", superlike, methods=["POST"])]))
     handlers = {ApiError: not_the_envelope, HTTPException: not_the_envelope}
     app = Starlette(routes=[Mount("/api/v1", app=rest)], exception_handlers=handlers)
-    async with serve(app, lifespan="off") as live, httpx.AsyncClient(base_url=live.url) as client:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://rest") as client:
         raised = await client.post("/api/v1/superlike")
         wrong_method = await client.get("/api/v1/superlike")
         unknown = await client.get("/api/v1/nothing-here")
@@ -567,10 +567,10 @@ async def test_a_rest_message_reaches_graphql_subscribers_and_history(server, ht
 
     async with Client(transport=transport) as session:
         task = asyncio.create_task(first_message(session))
-        await server.app.state.hub.wait_for_subscribers(stream_id, 1)
+        await server.services.hub.wait_for_subscribers(stream_id, 1)
         response = await http.post(messages_url(stream_id), json={"content": "from REST"}, headers=auth(server, sender))
         received = await asyncio.wait_for(task, 10)
-    await server.app.state.hub.wait_for_subscribers(stream_id, 0)
+    await server.services.hub.wait_for_subscribers(stream_id, 0)
 
     sent = response.json()
     expected = {"id": sent["_id"], "content": "from REST", "kind": "TEXT", "createdAt": sent["createdAt"]}
@@ -760,7 +760,7 @@ async def test_rest_senders_racing_the_end_are_stored_and_delivered_before_it_or
             return [result["messageAdded"]["id"] async for result in session.subscribe(query)]
 
         listening = asyncio.create_task(listen())
-        await server.app.state.hub.wait_for_subscribers(stream_id, 1)
+        await server.services.hub.wait_for_subscribers(stream_id, 1)
         senders = [asyncio.create_task(send(n)) for n in range(40)]
         await some_acknowledged.wait()
         ending = asyncio.create_task(server.chat.end_stream(owner, stream_id))
