@@ -29,6 +29,7 @@ from gql_api.rest import rest_routes
 from gql_api.ratelimit import MessageRateLimiter
 from gql_api.service import ChatService
 from gql_api.settings import Settings, load_settings
+from gql_api.store import ChatStore
 
 logger = logging.getLogger(__name__)
 
@@ -55,11 +56,14 @@ def create_app(
     apps in one process can share one client that way.
     """
     settings = settings or load_settings()
-    authenticator = Authenticator(settings)
+    store = ChatStore()  # every query; it works on whatever database the lifespan binds
+    authenticator = Authenticator(settings, store)
     metrics = Metrics()  # this app's own registry: apps in one process count separately
-    hub = MessageHub(settings.subscriber_queue_size, metrics)
+    hub = MessageHub(store, settings.subscriber_queue_size, metrics)
     chat = ChatService(
-        hub, MessageRateLimiter(settings.rate_limit_messages, settings.rate_limit_window_seconds)
+        hub,
+        MessageRateLimiter(settings.rate_limit_messages, settings.rate_limit_window_seconds, store=store),
+        store=store,
     )
     graphql = GraphQLView(
         build_schema(settings, metrics),
