@@ -1,7 +1,8 @@
 """The JS tests in tests/js, run by Node's test runner against the real app served here.
 
 ``browser.test.mjs`` drives Debian's Chromium (GraphiQL, the demo page, a dropped connection),
-``resume.test.mjs`` runs resume.js with the graphql-ws npm client, ``assets.test.mjs`` rebuilds
+``resume.test.mjs`` runs resume.js with the graphql-ws npm client, ``apollo.test.mjs`` runs
+Apollo Client (pagination, GraphQLWsLink, a renamed sender), ``assets.test.mjs`` rebuilds
 the committed static files. Each skips, naming the command that enables it, when Node, Chromium
 or ``frontend/node_modules`` is missing. Screenshots go to ``GQL_API_SCREENSHOTS`` when set
 (``GQL_API_SCREENSHOTS=docs`` refreshes the README's), else to a temporary directory.
@@ -10,12 +11,15 @@ or ``frontend/node_modules`` is missing. Screenshots go to ``GQL_API_SCREENSHOTS
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
+from gql_api.documents import LiveStream, User
 from tests.conftest import LiveServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,8 +37,8 @@ def missing(needs_browser: bool) -> str | None:
     """Why the JS tests cannot run here, and the command that fixes it; None when they can."""
     if shutil.which("node") is None:
         return "Node.js is not installed: apt-get install -y nodejs npm"
-    if not (NODE_MODULES / "playwright-core").is_dir():
-        return "frontend/node_modules is missing: npm --prefix frontend ci --ignore-scripts"
+    if not all((NODE_MODULES / package).is_dir() for package in ("playwright-core", "@apollo/client")):
+        return "frontend/node_modules is missing or out of date: npm --prefix frontend ci --ignore-scripts"
     if needs_browser and chromium() is None:
         return "Chromium is not installed: apt-get install -y chromium"
     return None
@@ -72,3 +76,28 @@ async def test_js(name: str, needs_browser: bool, server: LiveServer, tmp_path: 
     )
     if needs_browser:
         assert {"graphiql.png", "demo.png"} <= {p.name for p in screenshots.iterdir()}
+
+
+async def test_apollo_client(
+    server: LiveServer,
+    make_user: Callable[..., Awaitable[User]],
+    make_stream: Callable[..., Awaitable[LiveStream]],
+) -> None:
+    if reason := missing(needs_browser=False):
+        pytest.skip(f"JS tests (apollo.test.mjs): {reason}")
+    # A user who sent a message, then was renamed by the platform's user service (here: in the
+    # database directly; the API cannot rename). The JS test sends another message as them.
+    user = await make_user(name="Ada", surname="Lovelace")
+    stream = await make_stream()
+    await server.chat.send_message(user, str(stream.id), "before the rename")
+    await user.set({User.name: "Augusta", User.username: f"{user.username}_a"})
+    renamed = {
+        "token": server.token(user),
+        "streamId": str(stream.id),
+        "userId": str(user.id),
+        "oldName": "Ada",
+        "newName": "Augusta",
+    }
+    await run_node_tests(
+        JS_TESTS / "apollo.test.mjs", {"GQL_API_URL": server.url, "GQL_API_RENAMED": json.dumps(renamed)}
+    )

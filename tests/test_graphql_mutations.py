@@ -14,7 +14,7 @@ SEND = """
 mutation Send($streamId: ID!, $content: String!, $clientMessageId: String) {
   sendChatMessage(streamId: $streamId, content: $content, clientMessageId: $clientMessageId) {
     id streamId kind content clientMessageId cursor createdAt updatedAt
-    sender { id username name surname availabilityStatus
+    sender { __typename userId id username name surname availabilityStatus
              profilePhoto { id url type createdAt updatedAt variants { size url } } }
   }
 }
@@ -38,7 +38,8 @@ async def test_send_message_returns_the_stored_message(make_user, make_stream, c
     assert sent["kind"] == "TEXT"
     assert sent["streamId"] == str(stream.id)
     assert sent["clientMessageId"] is None
-    assert sent["sender"]["id"] == str(user.id)
+    assert sent["sender"]["__typename"] == "UserSnapshot"
+    assert sent["sender"]["userId"] == sent["sender"]["id"] == str(user.id)  # id: deprecated, still served
     assert sent["sender"]["username"] == user.username
     assert (sent["sender"]["name"], sent["sender"]["surname"]) == ("John", "Doe")
     assert {v["size"] for v in sent["sender"]["profilePhoto"]["variants"]} == {"40", "76"}

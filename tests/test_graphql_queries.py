@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from gql_api.documents import User
 from gql_api.pagination import encode_cursor
 
 PAGE = """
@@ -129,6 +130,27 @@ async def test_me_is_the_caller(make_user, client_for):
         "availabilityStatus": "available",
         "profilePhoto": {"url": "https://img.example/ada.webp", "type": "image"},
     }
+
+
+async def test_senders_are_snapshots_without_an_identity_of_their_own(server, make_user, make_stream, client_for):
+    # Normalised caches (Apollo, urql Graphcache, Relay) merge objects by __typename and id:
+    # each message's sender must stay its own snapshot, apart from the live User.
+    user = await make_user(name="Ada")
+    stream = await make_stream()
+    await server.chat.send_message(user, str(stream.id), "before")
+    await user.set({User.name: "Augusta"})
+    await server.chat.send_message(user, str(stream.id), "after")
+    query = (
+        "query($s: ID!) { me { __typename id name }"
+        " chatMessages(streamId: $s) { edges { node { content sender { __typename userId name } } } } }"
+    )
+    data = await client_for(user).data(query, {"s": str(stream.id)})
+
+    assert data["me"] == {"__typename": "User", "id": str(user.id), "name": "Augusta"}
+    assert [e["node"] for e in data["chatMessages"]["edges"]] == [
+        {"content": "before", "sender": {"__typename": "UserSnapshot", "userId": str(user.id), "name": "Ada"}},
+        {"content": "after", "sender": {"__typename": "UserSnapshot", "userId": str(user.id), "name": "Augusta"}},
+    ]
 
 
 async def test_a_user_without_a_photo_has_a_null_profile_photo(make_user, client_for):

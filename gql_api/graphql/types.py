@@ -78,6 +78,47 @@ class User:
         return cls.from_profile(user.public_profile())
 
 
+@strawberry.type(
+    description=(
+        "A user's public profile as it was at one moment, e.g. when they sent a message. Select "
+        "`userId`, not the deprecated `id`: without an `id`, normalised caches (Apollo Client, "
+        "urql Graphcache, Relay) keep each snapshot inside its message, where with one they "
+        "merge every snapshot of a user into one entry and old messages show the newest name."
+    )
+)
+class UserSnapshot:
+    user_id: strawberry.ID = strawberry.field(description="The user's id, as `User.id`.")
+    username: str
+    name: str
+    surname: str
+    profile_photo: ProfilePhoto | None
+    availability_status: str
+
+    @strawberry.field(
+        description="The user's id (same as `userId`).",
+        deprecation_reason=(
+            "Select `userId`. Selecting `id` lets Apollo Client and other normalised caches "
+            "store every snapshot of a user under one id, so old messages show the newest name."
+        ),
+    )
+    def id(self) -> strawberry.ID:
+        # Kept so that documents written against `sender: User` still validate.
+        return self.user_id
+
+    @classmethod
+    def from_profile(cls, profile: documents.PublicProfile) -> UserSnapshot:
+        return cls(
+            user_id=strawberry.ID(profile.id),
+            username=profile.username,
+            name=profile.name,
+            surname=profile.surname,
+            profile_photo=ProfilePhoto.from_document(profile.profile_photo)
+            if profile.profile_photo
+            else None,
+            availability_status=profile.availability_status,
+        )
+
+
 async def _superlike_count(root: LiveStream, info: Info) -> int:
     # Counted from the stored superlikes when asked for, so it can never drift from them.
     return await info.context.chat.superlike_count(str(root.id))
@@ -111,7 +152,9 @@ class ChatMessage:
     stream_id: strawberry.ID
     kind: MessageKind
     content: str
-    sender: User = strawberry.field(description="The sender's public profile when the message was sent.")
+    sender: UserSnapshot = strawberry.field(
+        description="The sender's public profile when the message was sent (select `userId`, not `id`)."
+    )
     created_at: datetime
     updated_at: datetime
     client_message_id: str | None
@@ -126,7 +169,7 @@ class ChatMessage:
             stream_id=strawberry.ID(message.stream_id),
             kind=MessageKind(message.kind.value),
             content=message.content,
-            sender=User.from_profile(message.sender),
+            sender=UserSnapshot.from_profile(message.sender),
             created_at=message.created_at,
             updated_at=message.updated_at,
             client_message_id=message.client_message_id,
