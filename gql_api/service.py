@@ -119,12 +119,16 @@ class ChatService:
     """
 
     def __init__(
-        self, hub: MessageHub[ChatMessage], rate_limiter: MessageRateLimiter | None = None, *, store: ChatStore
+        self,
+        hub: MessageHub[ChatMessage],
+        delivery: Delivery,
+        rate_limiter: MessageRateLimiter | None = None,
+        *,
+        store: ChatStore,
     ) -> None:
         self.hub = hub
         self.store = store
-        # In-process until the app's lifespan opens the database and picks the real one.
-        self.delivery: Delivery = Delivery(hub)
+        self.delivery = delivery
         self._writers = _StreamWriters()
         self.rate_limiter = rate_limiter or MessageRateLimiter(0, 1, store=store)
         self.metrics = hub.metrics
