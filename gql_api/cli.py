@@ -34,6 +34,7 @@ from gql_api.logs import configure_logging, uvicorn_log_config
 from gql_api.service import ChatService
 from gql_api.settings import Settings, load_settings
 from gql_api.state import Services
+from gql_api.store import ChatStore
 from gql_api.users import create_user, get_user
 
 logger = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def _tune_gc() -> None:
 async def _banner(settings: Settings, args: argparse.Namespace, chat: ChatService) -> str:
     """The development banner; on an empty database, the demo data is created first."""
     lines = ["", "  gql_api is running (development)", f"  GraphiQL:      http://{args.host}:{args.port}/graphql"]
-    if await database_is_empty():
+    if await database_is_empty(chat.store):
         demo = await ensure_demo_data(chat)
         token = Authenticator(settings).issue(str(demo.users["alice"].id))
         lines += [f"  Demo stream:   {demo.stream_id}", f"  Token (alice): {token}"]
@@ -163,9 +164,10 @@ def _serve_workers(settings: Settings, args: argparse.Namespace) -> None:
 
 async def _with_database(settings: Settings, work: Callable[[ChatService], Awaitable[T]]) -> T:
     async with open_database(settings):
-        hub = MessageHub()
+        store = ChatStore()
+        hub = MessageHub(store)
         # No subscribers in a one-off command: what it stores is delivered in-process, to no one.
-        return await work(ChatService(hub, Delivery(hub)))
+        return await work(ChatService(hub, Delivery(hub), store=store))
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> None:
@@ -185,6 +187,7 @@ def _demo(settings: Settings, args: argparse.Namespace) -> None:
 def _user_create(settings: Settings, args: argparse.Namespace) -> None:
     async def work(chat: ChatService) -> None:
         user = await create_user(
+            chat.store,
             args.username, name=args.name or "", surname=args.surname or "", photo_url=args.photo_url
         )
         print(json.dumps({"id": str(user.id), "username": user.username}))
@@ -194,7 +197,7 @@ def _user_create(settings: Settings, args: argparse.Namespace) -> None:
 
 def _token(settings: Settings, args: argparse.Namespace) -> None:
     async def work(chat: ChatService) -> None:
-        user = await get_user(args.username)
+        user = await get_user(chat.store, args.username)
         print(Authenticator(settings).issue(str(user.id), ttl=timedelta(seconds=args.ttl)))
 
     asyncio.run(_with_database(settings, work))

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TypeVar
 
 from beanie import init_beanie
 from pymongo import AsyncMongoClient
@@ -17,21 +16,6 @@ from gql_api.embedded import EmbeddedMongo
 from gql_api.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-
-async def detached(operation: Awaitable[T]) -> T:
-    """Await a database operation that the caller's cancellation cannot interrupt.
-
-    pymongo 4.20's async driver can hang a task that is cancelled in the middle of an
-    operation (measured here: about 2 in 100 cancelled ``find_one`` calls never finish), and a
-    subscription's task is cancelled whenever its client goes away. The operation runs in a
-    task of its own, shielded, so the caller is cancelled at once and the driver finishes
-    undisturbed.
-    """
-    return await asyncio.shield(asyncio.ensure_future(operation))
-
 
 @asynccontextmanager
 async def open_database(settings: Settings) -> AsyncIterator[AsyncDatabase]:

@@ -17,9 +17,9 @@ from typing import Any
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure, PyMongoError
 
-from gql_api.compat import EMPTY_BATCH_PAUSE_SECONDS, change_event_document
 from gql_api.documents import ChatMessage
 from gql_api.hub import MessageHub
+from gql_api.store import EMPTY_BATCH_PAUSE_SECONDS, message_from_change_event
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class ChangeStreamDelivery(Delivery):
     async def stop(self) -> None:
         # Ask the followers to finish their current read rather than cancel them in the middle
         # of it: pymongo's async driver can hang a task cancelled mid-operation (see
-        # ``database.detached``). Cancel only what has not stopped in time.
+        # ``store.detached``). Cancel only what has not stopped in time.
         self._stopping.set()
         if self._task is None:
             return
@@ -86,7 +86,7 @@ class ChangeStreamDelivery(Delivery):
 
     async def _on_message(self, event: dict[str, Any]) -> None:
         if event.get("operationType") == "insert":
-            message = ChatMessage.model_validate(change_event_document(event))
+            message = message_from_change_event(event)
             self.hub.metrics.change_event(message.created_at)
             await self.hub.deliver(message)
 

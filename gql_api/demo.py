@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gql_api.auth import Authenticator
-from gql_api.compat import eq
-from gql_api.documents import LiveStream, StreamStatus, User
+from gql_api.documents import User
 from gql_api.service import ChatService
+from gql_api.store import ChatStore
 from gql_api.users import create_user, find_user
 
 DEMO_USERS = {
@@ -39,9 +39,10 @@ async def ensure_demo_data(chat: ChatService) -> DemoData:
     """Create whatever part of the demo data is missing; safe to call any number of times."""
     users: dict[str, User] = {}
     for username, (name, surname) in DEMO_USERS.items():
-        user = await find_user(username)
+        user = await find_user(chat.store, username)
         if user is None:
             user = await create_user(
+                chat.store,
                 username,
                 name=name,
                 surname=surname,
@@ -49,18 +50,12 @@ async def ensure_demo_data(chat: ChatService) -> DemoData:
             )
         users[username] = user
     owner = users[DEMO_OWNER]
-    stream = await LiveStream.find_one(
-        {
-            "owner.id": eq(str(owner.id)),
-            "title": eq(DEMO_STREAM_TITLE),
-            "status": eq(StreamStatus.LIVE.value),
-        }
-    )
+    stream = await chat.store.live_stream_titled(str(owner.id), DEMO_STREAM_TITLE)
     if stream is None:
         stream = await chat.create_stream(owner, DEMO_STREAM_TITLE)
     return DemoData(stream_id=str(stream.id), users=users)
 
 
-async def database_is_empty() -> bool:
+async def database_is_empty(store: ChatStore) -> bool:
     """Whether no user exists yet (a fresh database)."""
-    return await User.find_one({}) is None
+    return not await store.has_users()

@@ -9,7 +9,6 @@ import httpx
 import pytest
 import websockets
 
-from gql_api import history
 from gql_api.app import create_app
 from tests.conftest import LiveServer, serve
 
@@ -94,7 +93,7 @@ async def test_mutations_never_run_over_get(make_user, make_stream, server, http
     error = _error(response)
     assert "mutations are not allowed when using GET" in error["message"]
     assert error["extensions"] == {"code": "BAD_USER_INPUT", "statusCode": 400}
-    assert await history.newest(str(stream.id)) is None  # nothing was stored
+    assert await server.chat.store.newest(str(stream.id)) is None  # nothing was stored
 
 
 async def test_cors_answers_allowed_origins_only(with_origins):

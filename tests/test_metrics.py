@@ -156,7 +156,7 @@ async def test_websocket_close_codes_are_counted(observed, observed_http):
 async def test_a_slow_subscriber_dropped_by_the_hub_is_counted(server, make_user, make_stream):
     stream = await make_stream()
     metrics = Metrics()
-    hub = MessageHub(queue_size=2, metrics=metrics)
+    hub = MessageHub(server.chat.store, queue_size=2, metrics=metrics)
     sender = await make_user()
     async with hub.subscribe(str(stream.id)) as slow, hub.subscribe(str(stream.id)) as fast:
         messages = [await server.chat.send_message(sender, str(stream.id), f"m{n}") for n in range(3)]
