@@ -74,6 +74,12 @@ def make_settings(mongo_uri: str, tmp_path_factory: pytest.TempPathFactory) -> C
             "mongodb_db": database,
             "gql_api_data_dir": data_dir,
             "jwt_secret": SecretStr(TEST_SECRET),
+            # The 5 s defaults are not under test here (test_faults sets its own): on a loaded
+            # machine a starved database answered 200 concurrent sign-ins later than that.
+            "mongodb_operation_timeout_ms": 60_000,
+            "mongodb_server_selection_timeout_ms": 60_000,
+            # Nor is the 3 s connection_init timeout, which a starved event loop can exceed.
+            "ws_connection_init_timeout_seconds": 60.0,
         }
         values.update(overrides)
         return Settings(**values)
