@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import uvicorn
-from starlette.applications import Starlette
 from strawberry.printer import print_schema
 from uvicorn.supervisors import Multiprocess
 
-from gql_api.app import create_app
+from gql_api.app import App, create_app
 from gql_api.auth import Authenticator
 from gql_api.database import open_database
+from gql_api.delivery import Delivery
 from gql_api.demo import database_is_empty, ensure_demo_data
 from gql_api.embedded import EmbeddedMongo
 from gql_api.errors import ApiError, ConfigurationError
@@ -33,6 +33,7 @@ from gql_api.hub import MessageHub
 from gql_api.logs import configure_logging, uvicorn_log_config
 from gql_api.service import ChatService
 from gql_api.settings import Settings, load_settings
+from gql_api.state import Services
 from gql_api.users import create_user, get_user
 
 logger = logging.getLogger(__name__)
@@ -51,12 +52,12 @@ class GracefulServer(uvicorn.Server):
     """uvicorn, closing websockets with 1001 (going away) on shutdown so clients reconnect to
     another replica, instead of uvicorn's 1012; in-flight HTTP requests still finish."""
 
-    def __init__(self, config: uvicorn.Config, app: Any) -> None:
+    def __init__(self, config: uvicorn.Config, app: App) -> None:
         super().__init__(config)
         self._app = app
 
     async def shutdown(self, sockets: Any = None) -> None:
-        await self._app.state.graphql.connections.close_all(GOING_AWAY_CLOSE_CODE, "Server shutting down")
+        await self._app.graphql.connections.close_all(GOING_AWAY_CLOSE_CODE, "Server shutting down")
         await super().shutdown(sockets)
 
 
@@ -103,9 +104,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
         return
     configure_logging(settings.log_format)
 
-    async def banner(app: Any) -> None:
+    async def banner(services: Services) -> None:
         if not settings.production:
-            print(await _banner(settings, args, app.state.chat), flush=True)
+            print(await _banner(settings, args, services.chat), flush=True)
 
     app = create_app(settings, on_startup=[banner])
     config = uvicorn_config(app, settings, host=args.host, port=args.port)
@@ -114,7 +115,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
         GracefulServer(config, app).run()
 
 
-def worker_app() -> Starlette:
+def worker_app() -> App:
     """The app of one ``gql-api serve --workers N`` worker process (a uvicorn app factory).
 
     Every worker builds its own settings from the environment, its own database client, hub and
@@ -162,7 +163,9 @@ def _serve_workers(settings: Settings, args: argparse.Namespace) -> None:
 
 async def _with_database(settings: Settings, work: Callable[[ChatService], Awaitable[T]]) -> T:
     async with open_database(settings):
-        return await work(ChatService(MessageHub()))
+        hub = MessageHub()
+        # No subscribers in a one-off command: what it stores is delivered in-process, to no one.
+        return await work(ChatService(hub, Delivery(hub)))
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> None:

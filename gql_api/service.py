@@ -122,10 +122,11 @@ class ChatService:
     everywhere, keys included.
     """
 
-    def __init__(self, hub: MessageHub, rate_limiter: MessageRateLimiter | None = None) -> None:
+    def __init__(
+        self, hub: MessageHub, delivery: Delivery, rate_limiter: MessageRateLimiter | None = None
+    ) -> None:
         self.hub = hub
-        # In-process until the app's lifespan opens the database and picks the real one.
-        self.delivery: Delivery = Delivery(hub)
+        self.delivery = delivery
         self._writers = _StreamWriters()
         self.rate_limiter = rate_limiter or MessageRateLimiter(0, 1)
         self.metrics = hub.metrics

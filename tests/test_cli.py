@@ -17,9 +17,10 @@ import httpx
 import pytest
 import websockets
 
+from gql_api.app import create_app
 from gql_api.cli import schema_sdl, uvicorn_config
 from gql_api.pagination import decode_cursor, encode_cursor
-from tests.conftest import ApiProcess, api_process, app_with_ready, serve
+from tests.conftest import ApiProcess, api_process, serve
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -135,12 +136,12 @@ async def test_websocket_compression_is_negotiated_only_when_turned_on(server, m
     accepts it only with WS_COMPRESSION on."""
     settings = make_settings(ws_compression=ws_compression)
     # The session's database: Beanie's binding is process-wide, and must outlive this app.
-    app, ready = app_with_ready(settings, database=server.app.state.database)
+    app = create_app(settings, database=server.services.database)
 
     def config(app: Any, port: int) -> Any:
         return uvicorn_config(app, settings, host="127.0.0.1", port=port)
 
-    async with serve(app, ready=ready, config=config) as live:
+    async with serve(app, config=config) as live:
         # What a browser sends: permessage-deflate, with client_max_window_bits.
         async with websockets.connect(
             live.ws_url, subprotocols=["graphql-transport-ws"], compression="deflate", ping_interval=None

@@ -21,9 +21,9 @@ CSRF = "Cross-Site Request Forgery"
 
 @pytest.fixture(scope="module")
 async def with_origins(server, make_settings) -> AsyncIterator[LiveServer]:
-    """An app that lets pages on ALLOWED in. Lifespan off, on the session app's Beanie binding."""
-    app = create_app(make_settings(allowed_origins=f"{ALLOWED}, http://localhost:3000"))
-    async with serve(app, lifespan="off") as live:
+    """An app that lets pages on ALLOWED in, on the session app's database."""
+    settings = make_settings(allowed_origins=f"{ALLOWED}, http://localhost:3000")
+    async with serve(create_app(settings, database=server.services.database)) as live:
         yield live
 
 

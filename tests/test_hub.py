@@ -9,6 +9,7 @@ import pytest
 from bson import ObjectId
 
 from gql_api import history
+from gql_api.delivery import Delivery
 from gql_api.documents import ChatMessage, MessageKind, User
 from gql_api.errors import SubscriberTooSlow
 from gql_api.hub import MessageHub
@@ -97,7 +98,7 @@ async def test_a_cursor_ahead_of_the_live_feed_skips_what_it_already_covers(serv
     owner = await make_user()
     stream = await make_stream(owner)
     hub = MessageHub()  # fed by hand: the change stream has not caught up with the writes yet
-    chat = ChatService(hub)
+    chat = ChatService(hub, Delivery(hub))
     received: list[int] = []
     async with hub.subscribe(str(stream.id)):  # the group exists and has delivered nothing
         messages = await _stored(server, make_user, stream, 4)

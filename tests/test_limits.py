@@ -36,12 +36,11 @@ def _errors(response: httpx.Response) -> list[dict]:
 async def strict(server, make_settings) -> AsyncIterator[LiveServer]:
     """An app with small limits, to reach them with valid queries.
 
-    Its lifespan is off: a second lifespan would re-bind Beanie (which is global) to its own
-    client and close it on exit, under the session's app. It uses the session's database
-    through the session app's binding, so it depends on ``server``.
+    It shares the session app's database: a second client would re-bind Beanie (which is
+    global) to itself and close it on exit, under the session's app.
     """
     settings = make_settings(graphql_max_depth=3, graphql_max_body_bytes=2048, graphql_batch_max_operations=2)
-    async with serve(create_app(settings), lifespan="off") as live:
+    async with serve(create_app(settings, database=server.services.database)) as live:
         yield live
 
 
@@ -216,7 +215,7 @@ async def test_limits_apply_to_subscriptions_over_websockets(server, make_user, 
     # A document that does not parse closes the connection with 4400 (graphql-transport-ws).
     assert close_code == 4400, long
     assert long == {"reason": "Syntax Error: Document contains more than 2000 tokens. Parsing aborted."}
-    assert server.app.state.hub.subscriber_count(stream_id) == 0
+    assert server.services.hub.subscriber_count(stream_id) == 0
 
 
 # Checking a document costs time linear in its size; caches hold bounded memory; production
@@ -371,9 +370,10 @@ SUGGESTING = [
 
 
 @pytest.fixture(scope="module")
-async def production(make_settings) -> AsyncIterator[LiveServer]:
-    """A production app; without its lifespan (see ``strict``)."""
-    async with serve(create_app(make_settings(app_env="production")), lifespan="off") as live:
+async def production(server, make_settings) -> AsyncIterator[LiveServer]:
+    """A production app, on the session app's database (see ``strict``)."""
+    app = create_app(make_settings(app_env="production"), database=server.services.database)
+    async with serve(app) as live:
         yield live
 
 

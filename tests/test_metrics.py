@@ -12,11 +12,12 @@ import websockets
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
+from gql_api.app import create_app
 from gql_api.errors import ConfigurationError, SubscriberTooSlow
 from gql_api.hub import MessageHub
 from gql_api.metrics import Metrics
 from gql_api.settings import load_settings
-from tests.conftest import GraphQLClient, LiveServer, app_with_ready, serve
+from tests.conftest import GraphQLClient, LiveServer, serve
 
 SEND = "mutation($s: ID!, $c: String!) { sendChatMessage(streamId: $s, content: $c) { id } }"
 SUBSCRIBE = "subscription($s: ID!) { messageAdded(streamId: $s) { content } }"
@@ -52,8 +53,8 @@ class Scrape:
 async def observed(server: LiveServer, make_settings: Callable[..., Any]) -> AsyncIterator[LiveServer]:
     """An app of its own (its own registry, so counts start at zero), limited to 2 messages a window."""
     settings = make_settings(rate_limit_messages=2, ws_ping_interval_seconds=600)
-    app, ready = app_with_ready(settings, database=server.app.state.database)
-    async with serve(app, ready=ready) as live:
+    app = create_app(settings, database=server.services.database)
+    async with serve(app) as live:
         yield live
 
 
@@ -103,15 +104,15 @@ async def test_connections_subscriptions_deliveries_and_latencies_move(
 
         payload = {"query": SUBSCRIBE, "variables": {"s": str(stream.id)}}
         await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": payload}))
-        await observed.app.state.hub.wait_for_subscribers(str(stream.id), 1)
+        await observed.services.hub.wait_for_subscribers(str(stream.id), 1)
         assert (await _scrape(observed_http)).value("gql_api_subscriptions") == 1
 
         await GraphQLClient(observed_http, observed.token(sender)).data(SEND, {"s": str(stream.id), "c": "hi"})
         assert (await _recv(ws))["payload"]["data"]["messageAdded"]["content"] == "hi"
         delivered = await _scrape(observed_http)
 
-    await observed.app.state.graphql.connections.drained()
-    await observed.app.state.hub.wait_for_subscribers(str(stream.id), 0)
+    await observed.app.graphql.connections.drained()
+    await observed.services.hub.wait_for_subscribers(str(stream.id), 0)
     closed = await _scrape(observed_http)
 
     assert delivered.value("gql_api_deliveries_total") == 1
@@ -187,8 +188,8 @@ async def test_apps_in_one_process_count_separately(observed, observed_http, ser
 
 @pytest.mark.parametrize("overrides", [{"metrics_enabled": False}, {"metrics_token": SecretStr("t" * 32)}])
 async def test_metrics_can_be_turned_off_or_kept_behind_a_token(server, make_settings, overrides):
-    app, ready = app_with_ready(make_settings(**overrides), database=server.app.state.database)
-    async with serve(app, ready=ready) as live, httpx.AsyncClient(base_url=live.url) as http:
+    app = create_app(make_settings(**overrides), database=server.services.database)
+    async with serve(app) as live, httpx.AsyncClient(base_url=live.url) as http:
         anonymous = await http.get("/metrics")
         wrong = await http.get("/metrics", headers={"Authorization": "Bearer " + "u" * 32})
         right = await http.get("/metrics", headers={"Authorization": "Bearer " + "t" * 32})

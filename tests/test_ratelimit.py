@@ -76,8 +76,9 @@ async def test_a_retry_with_the_same_client_message_id_does_not_count(make_user,
 
 @pytest.fixture(scope="module")
 async def unlimited(server, make_settings) -> AsyncIterator[LiveServer]:
-    """RATE_LIMIT_MESSAGES=0. Lifespan off: it runs on the session app's Beanie binding."""
-    async with serve(create_app(make_settings(rate_limit_messages=0)), lifespan="off") as live:
+    """RATE_LIMIT_MESSAGES=0, on the session app's database."""
+    app = create_app(make_settings(rate_limit_messages=0), database=server.services.database)
+    async with serve(app) as live:
         yield live
 
 
@@ -126,7 +127,7 @@ async def test_concurrent_sends_admit_exactly_the_limit(server, make_user, make_
 @pytest.mark.slow
 async def test_the_limit_holds_across_replicas(server, make_user, make_stream, client_for, tmp_path):
     """A second `gql-api serve` process on the same database shares the counters."""
-    settings = server.app.state.settings
+    settings = server.app.settings
     assert settings.mongodb_uri is not None
     user = await make_user()
     stream_id = str((await make_stream()).id)

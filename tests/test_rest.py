@@ -520,10 +520,10 @@ async def test_a_rest_message_reaches_graphql_subscribers_and_history(server, ht
 
     async with Client(transport=transport) as session:
         task = asyncio.create_task(first_message(session))
-        await server.app.state.hub.wait_for_subscribers(stream_id, 1)
+        await server.services.hub.wait_for_subscribers(stream_id, 1)
         response = await http.post(messages_url(stream_id), json={"content": "from REST"}, headers=auth(server, sender))
         received = await asyncio.wait_for(task, 10)
-    await server.app.state.hub.wait_for_subscribers(stream_id, 0)
+    await server.services.hub.wait_for_subscribers(stream_id, 0)
 
     sent = response.json()
     expected = {"id": sent["_id"], "content": "from REST", "kind": "TEXT", "createdAt": sent["createdAt"]}
@@ -699,7 +699,7 @@ async def test_rest_senders_racing_the_end_are_stored_and_delivered_before_it_or
             return [result["messageAdded"]["id"] async for result in session.subscribe(query)]
 
         listening = asyncio.create_task(listen())
-        await server.app.state.hub.wait_for_subscribers(stream_id, 1)
+        await server.services.hub.wait_for_subscribers(stream_id, 1)
         senders = [asyncio.create_task(send(n)) for n in range(40)]
         await some_acknowledged.wait()
         ending = asyncio.create_task(server.chat.end_stream(owner, stream_id))

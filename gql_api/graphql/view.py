@@ -27,7 +27,7 @@ from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
 from strawberry.types import ExecutionResult
 from strawberry.types.unset import UNSET, UnsetType
 
-from gql_api.auth import Authenticator, token_from_header
+from gql_api.auth import token_from_header
 from gql_api.bodylimit import capped_receive
 from gql_api.csrf import check_preflighted
 from gql_api.errors import (
@@ -47,8 +47,9 @@ from gql_api.graphql.websockets import (
     GraphQLTransportWSHandler,
     LegacyGraphQLWSHandler,
 )
+from gql_api.metrics import Metrics
 from gql_api.pages import graphiql_page
-from gql_api.service import ChatService
+from gql_api.state import services_of
 
 logger = logging.getLogger(__name__)
 
@@ -145,8 +146,7 @@ class GraphQLView(GraphQL[Context, None]):
         self,
         schema: Any,
         *,
-        chat: ChatService,
-        authenticator: Authenticator,
+        metrics: Metrics,
         graphiql: bool,
         connection_init_timeout: float = 3.0,
         ping_interval: float = 15.0,
@@ -164,8 +164,7 @@ class GraphQLView(GraphQL[Context, None]):
         )
         self.renderer = EventRenderer(schema)
         self.connections = Connections(ping_interval)
-        self.chat = chat
-        self.authenticator = authenticator
+        self.metrics = metrics
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -181,12 +180,12 @@ class GraphQLView(GraphQL[Context, None]):
             response = await self.run(request)
         except ApiError as exc:
             response = error_response(exc, response_media_type(request.headers.get("accept")))
-            self.chat.metrics.error(exc.code, "graphql")
+            self.metrics.error(exc.code, "graphql")
         except StrawberryHTTPException as exc:
             # Strawberry's own refusals (bad JSON, GET mutation, batching...) as GraphQL errors.
             error = _status_error(exc.status_code, exc.reason)
             response = error_response(error, response_media_type(request.headers.get("accept")))
-            self.chat.metrics.error(error.code, "graphql")
+            self.metrics.error(error.code, "graphql")
             if exc.status_code == 405:
                 response.headers["Allow"] = "GET, POST"  # RFC 9110 requires it on a 405
         await response(scope, receive, send)
@@ -235,11 +234,18 @@ class GraphQLView(GraphQL[Context, None]):
         return response
 
     async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> Context:
-        context = Context(request=request, response=response, chat=self.chat, renderer=self.renderer)
+        services = services_of(request)
+        context = Context(
+            request=request,
+            response=response,
+            chat=services.chat,
+            authenticator=services.authenticator,
+            renderer=self.renderer,
+        )
         if isinstance(request, Request):
             token = token_from_header(request.headers.get("authorization"))
             try:
-                context.authenticated_user = await self.authenticator.authenticate(token)
+                context.authenticated_user = await context.authenticator.authenticate(token)
             except ApiError as exc:
                 context.auth_error = exc
             except Exception as exc:  # noqa: BLE001 - becomes the operation's error, below
@@ -259,7 +265,7 @@ class GraphQLView(GraphQL[Context, None]):
                 # Over websockets the token goes in connection_init, not in a header.
                 in_header = context.request.headers.get("authorization")
                 raise Unauthenticated(WS_TOKEN_IN_HEADER if in_header else WS_TOKEN_MISSING)
-            user, claims = await self.authenticator.authenticate_claims(token)
+            user, claims = await context.authenticator.authenticate_claims(token)
         except Unauthenticated as exc:
             raise ConnectionRejectionError({"message": exc.message, "code": exc.code}) from exc
         context.authenticated_user = user

@@ -12,14 +12,14 @@ from starlette.routing import BaseRoute, Mount, Route, Router
 from starlette.types import ASGIApp
 
 from gql_api import documents
-from gql_api.auth import Authenticator, token_from_header
+from gql_api.auth import token_from_header
 from gql_api.errors import BadUserInput
 from gql_api.metrics import Metrics
 from gql_api.pagination import PageRequest, decode_cursor, encode_cursor
 from gql_api.rest.edge import RestEdge, error_response, validate
 from gql_api.rest.models import HistoryQuery, Message, MessagePage, SendMessageRequest
 from gql_api.rest.openapi import API_PREFIX, openapi_document
-from gql_api.service import ChatService
+from gql_api.state import services_of
 
 MAX_SEQ = 2**63 - 1  # the largest integer MongoDB stores
 # How long a client at the live edge should wait before polling again: GraphQL's `messageAdded`
@@ -28,20 +28,16 @@ POLLING_INTERVAL_MILLIS = 2000
 
 
 class RestApi:
-    """The three operations, each authenticating the caller first."""
-
-    def __init__(self, chat: ChatService, authenticator: Authenticator) -> None:
-        self.chat = chat
-        self.authenticator = authenticator
+    """The three operations, each authenticating the caller first, on the running app's services."""
 
     async def _user(self, request: Request) -> documents.User:
         token = token_from_header(request.headers.get("authorization"))
-        return await self.authenticator.authenticate(token)
+        return await services_of(request).authenticator.authenticate(token)
 
     async def send_message(self, request: Request) -> Response:
         user = await self._user(request)
         body = validate(SendMessageRequest, "body", json=await request.body())
-        message = await self.chat.send_message(
+        message = await services_of(request).chat.send_message(
             user, request.path_params["streamId"], body.content, body.client_message_id
         )
         return _json(Message.from_document(message), 201)
@@ -53,7 +49,7 @@ class RestApi:
             raise BadUserInput(details=["query: pass either `before` or `after`, not both"])
         before, after = _cursor(query.before, "before"), _cursor(query.after, "after")
         forward = after is not None
-        page = await self.chat.list_messages(
+        page = await services_of(request).chat.list_messages(
             request.path_params["streamId"],
             PageRequest(limit=query.limit, from_end=not forward, after=after, before=before),
         )
@@ -75,7 +71,7 @@ class RestApi:
 
     async def send_superlike(self, request: Request) -> Response:
         user = await self._user(request)
-        message = await self.chat.send_superlike(user, request.path_params["streamId"])
+        message = await services_of(request).chat.send_superlike(user, request.path_params["streamId"])
         return _json(Message.from_document(message), 201)
 
 
@@ -119,9 +115,9 @@ def _enveloped(endpoint: Endpoint, metrics: Metrics) -> Endpoint:
     return enveloped
 
 
-def rest_app(chat: ChatService, authenticator: Authenticator) -> ASGIApp:
+def rest_app(metrics: Metrics) -> ASGIApp:
     """The routes under /api/v1, inside the edge that envelopes every failure."""
-    api = RestApi(chat, authenticator)
+    api = RestApi()
     document = openapi_document()
 
     async def openapi(request: Request) -> Response:
@@ -132,13 +128,13 @@ def rest_app(chat: ChatService, authenticator: Authenticator) -> ASGIApp:
 
     router = Router(
         routes=[
-            Route("/live-stream/{streamId}/chat/messages", _enveloped(messages, chat.metrics), methods=["GET", "POST"]),
-            Route("/live-stream/{streamId}/chat/superlike", _enveloped(api.send_superlike, chat.metrics), methods=["POST"]),
+            Route("/live-stream/{streamId}/chat/messages", _enveloped(messages, metrics), methods=["GET", "POST"]),
+            Route("/live-stream/{streamId}/chat/superlike", _enveloped(api.send_superlike, metrics), methods=["POST"]),
             Route("/openapi.json", openapi, methods=["GET"]),
         ],
         redirect_slashes=False,
     )
-    return RestEdge(router, chat.metrics)
+    return RestEdge(router, metrics)
 
 
 class _PrefixMount(Mount):
@@ -150,6 +146,6 @@ class _PrefixMount(Mount):
         self.path_regex = re.compile(self.path_regex.pattern, re.DOTALL)
 
 
-def rest_routes(chat: ChatService, authenticator: Authenticator) -> list[BaseRoute]:
+def rest_routes(metrics: Metrics) -> list[BaseRoute]:
     """What ``create_app`` adds to its routes."""
-    return [_PrefixMount(API_PREFIX, rest_app(chat, authenticator))]
+    return [_PrefixMount(API_PREFIX, rest_app(metrics))]
