@@ -80,10 +80,11 @@ class User:
 
 @strawberry.type(
     description=(
-        "A user's public profile as it was at one moment, e.g. when they sent a message. Select "
+        "A user's public profile as it was at one moment: a message's sender when they sent it, "
+        "a stream's owner when they created it. Select "
         "`userId`, not the deprecated `id`: without an `id`, normalised caches (Apollo Client, "
-        "urql Graphcache, Relay) keep each snapshot inside its message, where with one they "
-        "merge every snapshot of a user into one entry and old messages show the newest name."
+        "urql Graphcache, Relay) keep each snapshot inside its message or stream, where with one "
+        "they merge every snapshot of a user into one entry and old messages show the newest name."
     )
 )
 class UserSnapshot:
@@ -102,7 +103,7 @@ class UserSnapshot:
         ),
     )
     def id(self) -> strawberry.ID:
-        # Kept so that documents written against `sender: User` still validate.
+        # Kept so that documents written against `sender: User` and `owner: User` still validate.
         return self.user_id
 
     @classmethod
@@ -129,7 +130,9 @@ class LiveStream:
     id: strawberry.ID
     title: str
     status: StreamStatus
-    owner: User
+    owner: UserSnapshot = strawberry.field(
+        description="The owner's public profile when the stream was created (select `userId`, not `id`)."
+    )
     superlike_count: int = strawberry.field(resolver=_superlike_count)
     created_at: datetime
     ended_at: datetime | None
@@ -140,7 +143,7 @@ class LiveStream:
             id=strawberry.ID(str(stream.id)),
             title=stream.title,
             status=StreamStatus(stream.status.value),
-            owner=User.from_profile(stream.owner),
+            owner=UserSnapshot.from_profile(stream.owner),
             created_at=stream.created_at,
             ended_at=stream.ended_at,
         )
