@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
+from typing import Any
 
 import strawberry
 from strawberry.types import Info
@@ -51,6 +52,18 @@ class ProfilePhoto:
         )
 
 
+def _profile_fields(profile: documents.PublicProfile) -> dict[str, Any]:
+    """What ``User`` and ``UserSnapshot`` show of a profile, apart from how they name the id."""
+    photo = profile.profile_photo
+    return {
+        "username": profile.username,
+        "name": profile.name,
+        "surname": profile.surname,
+        "profile_photo": ProfilePhoto.from_document(photo) if photo else None,
+        "availability_status": profile.availability_status,
+    }
+
+
 @strawberry.type(description="A user's public profile.")
 class User:
     id: strawberry.ID
@@ -62,16 +75,7 @@ class User:
 
     @classmethod
     def from_profile(cls, profile: documents.PublicProfile) -> User:
-        return cls(
-            id=strawberry.ID(profile.id),
-            username=profile.username,
-            name=profile.name,
-            surname=profile.surname,
-            profile_photo=ProfilePhoto.from_document(profile.profile_photo)
-            if profile.profile_photo
-            else None,
-            availability_status=profile.availability_status,
-        )
+        return cls(id=strawberry.ID(profile.id), **_profile_fields(profile))
 
     @classmethod
     def from_document(cls, user: documents.User) -> User:
@@ -108,16 +112,7 @@ class UserSnapshot:
 
     @classmethod
     def from_profile(cls, profile: documents.PublicProfile) -> UserSnapshot:
-        return cls(
-            user_id=strawberry.ID(profile.id),
-            username=profile.username,
-            name=profile.name,
-            surname=profile.surname,
-            profile_photo=ProfilePhoto.from_document(profile.profile_photo)
-            if profile.profile_photo
-            else None,
-            availability_status=profile.availability_status,
-        )
+        return cls(user_id=strawberry.ID(profile.id), **_profile_fields(profile))
 
 
 async def _superlike_count(root: LiveStream, info: Info) -> int:
