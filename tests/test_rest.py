@@ -21,12 +21,14 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route, Router
 
+from gql_api.app import create_app
 from gql_api.compat import eq
 from gql_api.documents import ChatMessage, isoformat_z
 from gql_api.errors import ERRORS, ApiError, BadUserInput, Conflict, Forbidden, NotFound, Unauthenticated
 from gql_api.pagination import encode_cursor
 from gql_api.rest import MAX_BODY_BYTES, RestEdge, error_response, openapi_document
 from gql_api.rest.routes import POLLING_INTERVAL_MILLIS
+from tests.conftest import serve
 
 STREAMS = "/api/v1/live-stream"
 UNKNOWN_STREAM = "64d15f9e2e6c8f4d5a123000"
@@ -419,6 +421,21 @@ async def test_a_body_over_64_kib_is_413(server, http, make_user, make_stream):
         errors = assert_envelope(response, 413, "Request body too large")
         assert errors[1:] == [f"the limit is {MAX_BODY_BYTES} bytes (64 KiB)"]
     assert (await http.get(url, headers=headers)).json()["messages"] == []
+
+
+async def test_the_body_cap_is_the_setting_graphql_and_rest_share(server, make_settings, make_user, make_stream):
+    settings = make_settings(graphql_max_body_bytes=2048)
+    stream = await make_stream()
+    headers = {**auth(server, await make_user()), "Content-Type": "application/json"}
+    async with serve(create_app(settings, database=server.services.database)) as live, httpx.AsyncClient(
+        base_url=live.url, timeout=30
+    ) as client:
+        rest = await client.post(messages_url(stream.id), content=_body_of(2049), headers=headers)
+        graphql = await client.post("/graphql", content=b" " * 2049, headers=headers)
+
+    errors = assert_envelope(rest, 413, "Request body too large")
+    assert errors[1:] == ["the limit is 2048 bytes (2 KiB)"]
+    assert graphql.status_code == 413
 
 
 def _raised(exc: BaseException) -> BaseException:

@@ -17,10 +17,8 @@ from gql_api.errors import BadUserInput, PayloadTooLarge, error_for_status, repo
 from gql_api.metrics import Metrics
 from gql_api.rest.models import ErrorEnvelope
 
+# The default of GRAPHQL_MAX_BODY_BYTES, which ``create_app`` passes in: one cap for both front ends.
 MAX_BODY_BYTES = 64 * 1024
-
-
-_TOO_LARGE = f"Request body too large: the limit is {MAX_BODY_BYTES} bytes (64 KiB)"
 
 
 def _envelope(status_code: int, errors: list[str], headers: dict[str, str] | None = None) -> JSONResponse:
@@ -68,8 +66,9 @@ def validate(model: type[ModelT], where: str, *, json: bytes | None = None, data
 class RestEdge:
     """Around every route under /api/v1: oversized bodies refused early, every failure enveloped."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None = None, *, max_body_bytes: int = MAX_BODY_BYTES) -> None:
         self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
 
         async def envelope(request: Request, exc: Exception) -> JSONResponse:
             return error_response(exc, f"{request.method} {request.scope['path']}", metrics)
@@ -83,9 +82,13 @@ class RestEdge:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = PayloadTooLarge(_TOO_LARGE)
-        if (declared_length(scope) or 0) > MAX_BODY_BYTES:  # also for routes that read no body
+        too_large = PayloadTooLarge(f"Request body too large: the limit is {_size(self.max_body_bytes)}")
+        if (declared_length(scope) or 0) > self.max_body_bytes:  # also for routes that read no body
             await error_response(too_large, metrics=self.metrics)(scope, receive, send)
             return
-        receive = capped_receive(scope, receive, MAX_BODY_BYTES, too_large)
+        receive = capped_receive(scope, receive, self.max_body_bytes, too_large)
         await self.app(scope, receive, send)
+
+
+def _size(limit: int) -> str:
+    return f"{limit} bytes ({limit // 1024} KiB)" if limit % 1024 == 0 else f"{limit} bytes"

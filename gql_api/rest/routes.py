@@ -15,12 +15,11 @@ from gql_api.auth import token_from_header
 from gql_api.errors import BadUserInput
 from gql_api.metrics import Metrics
 from gql_api.pagination import PageRequest, decode_cursor, encode_cursor
-from gql_api.rest.edge import RestEdge, validate
+from gql_api.rest.edge import MAX_BODY_BYTES, RestEdge, validate
 from gql_api.rest.models import HistoryQuery, Message, MessagePage, SendMessageRequest
 from gql_api.rest.openapi import API_PREFIX, openapi_document
 from gql_api.state import services_of
 
-MAX_SEQ = 2**63 - 1  # the largest integer MongoDB stores
 # How long a client at the live edge should wait before polling again: GraphQL's `messageAdded`
 # is the way to be told at once, so polling is for clients that cannot hold a websocket.
 POLLING_INTERVAL_MILLIS = 2000
@@ -46,7 +45,8 @@ class RestApi:
         query = validate(HistoryQuery, "query", data=dict(request.query_params))
         if query.before is not None and query.after is not None:
             raise BadUserInput(details=["query: pass either `before` or `after`, not both"])
-        before, after = _cursor(query.before, "before"), _cursor(query.after, "after")
+        before = decode_cursor(query.before, argument="before") if query.before is not None else None
+        after = decode_cursor(query.after, argument="after") if query.after is not None else None
         forward = after is not None
         page = await services_of(request).chat.list_messages(
             request.path_params["streamId"],
@@ -84,23 +84,12 @@ def _newest_seen(items: list[documents.ChatMessage], after: int | None, before: 
     return after or 0
 
 
-def _cursor(value: str | None, argument: str) -> int | None:
-    """The sequence number a cursor names. Past int64 it is refused here, as MongoDB cannot
-    compare with it (a 500 otherwise); this belongs in ``decode_cursor``, which GraphQL shares."""
-    if value is None:
-        return None
-    seq = decode_cursor(value, argument=argument)
-    if seq > MAX_SEQ:
-        raise BadUserInput(f"Validation failed: `{argument}` is not a valid cursor")
-    return seq
-
-
 def _json(model: BaseModel, status_code: int) -> JSONResponse:
     return JSONResponse(model.model_dump(mode="json"), status_code=status_code)
 
 
-def rest_app(metrics: Metrics) -> ASGIApp:
-    """The routes under /api/v1, inside the edge that envelopes every failure."""
+def rest_app(metrics: Metrics, *, max_body_bytes: int = MAX_BODY_BYTES) -> ASGIApp:
+    """The routes under /api/v1, inside the edge that caps bodies and envelopes every failure."""
     api = RestApi()
     document = openapi_document()
 
@@ -118,7 +107,7 @@ def rest_app(metrics: Metrics) -> ASGIApp:
         ],
         redirect_slashes=False,
     )
-    return RestEdge(router, metrics)
+    return RestEdge(router, metrics, max_body_bytes=max_body_bytes)
 
 
 class _PrefixMount(Mount):
@@ -130,6 +119,6 @@ class _PrefixMount(Mount):
         self.path_regex = re.compile(self.path_regex.pattern, re.DOTALL)
 
 
-def rest_routes(metrics: Metrics) -> list[BaseRoute]:
+def rest_routes(metrics: Metrics, *, max_body_bytes: int = MAX_BODY_BYTES) -> list[BaseRoute]:
     """What ``create_app`` adds to its routes."""
-    return [_PrefixMount(API_PREFIX, rest_app(metrics))]
+    return [_PrefixMount(API_PREFIX, rest_app(metrics, max_body_bytes=max_body_bytes))]
