@@ -39,11 +39,11 @@ from typing import Any
 if __package__ in (None, ""):  # `python bench/idle_memory.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.clients import Load  # noqa: E402
-from bench.config import QUICK, Config  # noqa: E402
-from bench.processes import ROOT, ServerProcess, base_env, free_port, log, raise_nofile, rss_kib  # noqa: E402
-from bench.scenarios import wait_idle  # noqa: E402
-from bench.targets import Target, make_tokens, seed  # noqa: E402
+from bench.clients import Load
+from bench.config import QUICK, Config
+from bench.processes import ROOT, ServerProcess, base_env, free_port, log, raise_nofile, rss_kib
+from bench.scenarios import wait_idle
+from bench.targets import Target, make_tokens, seed
 
 SNAPSHOT_ENV = "BENCH_TRACEMALLOC_SNAPSHOT"
 FRAMES = 30
@@ -108,9 +108,7 @@ def _site(traceback: Any, depth: int) -> str:
     return " <- ".join(_where(frame) for frame in frames[: depth + 1])
 
 
-def top_sites(
-    low: Any, high: Any, count: int, top: int, depth: int
-) -> tuple[float, list[tuple[float, float, str]]]:
+def top_sites(low: Any, high: Any, count: int, top: int, depth: int) -> tuple[float, list[tuple[float, float, str]]]:
     """Bytes per subscription in total, and the ``top`` sites: (bytes, blocks, site) per subscription."""
     grouped: dict[str, list[float]] = {}
     total = 0.0
@@ -119,8 +117,7 @@ def top_sites(
         entry = grouped.setdefault(_site(diff.traceback, depth), [0.0, 0.0])
         entry[0] += diff.size_diff
         entry[1] += diff.count_diff
-    rows = sorted(((size / count, blocks / count, site) for site, (size, blocks) in grouped.items()),
-                  reverse=True)
+    rows = sorted(((size / count, blocks / count, site) for site, (size, blocks) in grouped.items()), reverse=True)
     return total / count, rows[:top]
 
 
@@ -149,8 +146,15 @@ class Project:
         _, user_ids = await seed(uri, "gql_api", [], self.users)
         secret = secrets.token_urlsafe(48)
         self.env = {**base_env(), "GQL_API_DATA_DIR": str(data_dir), "MONGODB_DB": "gql_api", "JWT_SECRET": secret}
-        demo = subprocess.run([sys.executable, "-m", "gql_api", "demo", "--json"], env=self.env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=120, check=True)
+        demo = subprocess.run(
+            [sys.executable, "-m", "gql_api", "demo", "--json"],
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
         self.stream_id = json.loads(demo.stdout)["streamId"]
         self.tokens = make_tokens(secret, user_ids)
 
@@ -184,8 +188,11 @@ async def settled_rss(target: Target, settle: float) -> int:
 async def one_run(project: Project, run: int, args: argparse.Namespace, compression: bool) -> dict[str, Any]:
     traced = (args.keep or project.workdir) / f"snapshot-{run}.bin" if args.tracemalloc else None
     target = await project.serve(run, compression, traced)
-    config = replace(Config(**QUICK, targets=["project"], compression=compression), users=args.users,
-                     connect_batch=100 if traced is None else 25)  # traced, the server is slow
+    config = replace(
+        Config(**QUICK, targets=["project"], compression=compression),
+        users=args.users,
+        connect_batch=100 if traced is None else 25,
+    )  # traced, the server is slow
     load = Load(target, config)
     result: dict[str, Any] = {"compression": compression}
     try:
@@ -225,8 +232,10 @@ def show(mode: str, results: list[dict[str, Any]], traced: bool) -> None:
             print(f"  unexpected frames: {r['other_frames'][:3]}")
     if traced:
         for i, r in enumerate(results):
-            print(f"\nrun {i + 1}: tracemalloc sees {r['traced_kib_per_subscription']:.2f} KiB per subscription;"
-                  " top sites (bytes, blocks per subscription):")
+            print(
+                f"\nrun {i + 1}: tracemalloc sees {r['traced_kib_per_subscription']:.2f} KiB per subscription;"
+                " top sites (bytes, blocks per subscription):"
+            )
             for size, blocks, site in r["top"]:
                 print(f"  {size:8.0f} B {blocks:6.1f}  {site}")
 
@@ -260,9 +269,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--low", type=int, default=500, help="subscriptions at the first measurement (default 500)")
     parser.add_argument("--high", type=int, default=2500, help="subscriptions at the second (default 2500)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per compression mode (default 3)")
-    parser.add_argument("--compression", choices=["off", "on", "both"], default="off",
-                        help="subscribers offer permessage-deflate and the server accepts it (default off)")
-    parser.add_argument("--tracemalloc", action="store_true", help="report the top allocation sites instead of clean RSS")
+    parser.add_argument(
+        "--compression",
+        choices=["off", "on", "both"],
+        default="off",
+        help="subscribers offer permessage-deflate and the server accepts it (default off)",
+    )
+    parser.add_argument(
+        "--tracemalloc", action="store_true", help="report the top allocation sites instead of clean RSS"
+    )
     parser.add_argument("--top", type=int, default=25, help="allocation sites to list (default 25)")
     parser.add_argument("--depth", type=int, default=2, help="callers shown for each site (default 2)")
     parser.add_argument("--keep", type=Path, help="keep the tracemalloc snapshots in this directory")

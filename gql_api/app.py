@@ -1,13 +1,13 @@
-"""The application factory: one Starlette app, one lifespan owning the database and the hub."""
+"""The application factory: one Starlette app, one lifespan owning the database and the services on it."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
+from typing import Any
 
-from pymongo.asynchronous.database import AsyncDatabase
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -15,20 +15,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 
-from gql_api.auth import Authenticator
-from gql_api.database import open_database
-from gql_api.delivery import open_delivery
-from gql_api.graphql.schema import build_schema
 from gql_api.csrf import PREFLIGHT_HEADERS
+from gql_api.database import Database
+from gql_api.graphql.schema import build_schema
 from gql_api.graphql.view import GraphQLView
-from gql_api.hub import MessageHub
 from gql_api.logs import RequestIdMiddleware
 from gql_api.metrics import Metrics, metrics_endpoint
 from gql_api.pages import development_routes
 from gql_api.rest import rest_routes
-from gql_api.ratelimit import MessageRateLimiter
-from gql_api.service import ChatService
 from gql_api.settings import Settings, load_settings
+from gql_api.state import AppState, Services, open_services, services_of
 
 logger = logging.getLogger(__name__)
 
@@ -39,32 +35,40 @@ CORS_ALLOWED_HEADERS = ["Authorization", "Content-Type", *PREFLIGHT_HEADERS]
 CORS_MAX_AGE_SECONDS = 600
 
 
-StartupHook = Callable[[Starlette], Awaitable[None]]
+StartupHook = Callable[[Services], Awaitable[None]]
+
+
+class App(Starlette):
+    """The app ``create_app`` builds, with what it was built from, typed.
+
+    Its services exist only while it runs: they are its lifespan state, which Starlette gives
+    each request (see ``gql_api.state``).
+    """
+
+    def __init__(self, *, settings: Settings, metrics: Metrics, graphql: GraphQLView, **options: Any) -> None:
+        super().__init__(**options)
+        self.settings = settings
+        self.metrics = metrics
+        self.graphql = graphql
 
 
 def create_app(
     settings: Settings | None = None,
     *,
     on_startup: Sequence[StartupHook] = (),
-    database: AsyncDatabase | None = None,
-) -> Starlette:
-    """Build the ASGI app; the database is opened when the app starts, not here.
+    database: Database | None = None,
+) -> App:
+    """Build the ASGI app; the database and the services on it are built when the app starts.
 
-    ``on_startup`` hooks run once the database is open, before the first request. A
+    ``on_startup`` hooks get the services once they are built, before the first request. A
     ``database`` already open (and bound to Beanie) is used as it is and left open: several
     apps in one process can share one client that way.
     """
     settings = settings or load_settings()
-    authenticator = Authenticator(settings)
     metrics = Metrics()  # this app's own registry: apps in one process count separately
-    hub = MessageHub(settings.subscriber_queue_size, metrics)
-    chat = ChatService(
-        hub, MessageRateLimiter(settings.rate_limit_messages, settings.rate_limit_window_seconds)
-    )
     graphql = GraphQLView(
         build_schema(settings, metrics),
-        chat=chat,
-        authenticator=authenticator,
+        metrics=metrics,
         graphiql=not settings.production,
         connection_init_timeout=settings.ws_connection_init_timeout_seconds,
         ping_interval=settings.ws_ping_interval_seconds,
@@ -72,27 +76,23 @@ def create_app(
         max_body_bytes=settings.graphql_max_body_bytes,
         allowed_origins=settings.allowed_origins,
     )
-    metrics.read_gauges(connections=lambda: len(graphql.connections), subscriptions=hub.subscriber_count)
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with AsyncExitStack() as stack:
-            db = database if database is not None else await stack.enter_async_context(open_database(settings))
-            app.state.database = db
-            chat.delivery = await open_delivery(hub, db)
-            stack.push_async_callback(chat.delivery.stop)
+    async def lifespan(app: Starlette) -> AsyncIterator[AppState]:
+        async with open_services(settings, metrics, database=database) as services:
+            metrics.read_gauges(
+                connections=lambda: len(graphql.connections), subscriptions=services.hub.subscriber_count
+            )
             for hook in on_startup:
-                await hook(app)
-            yield
+                await hook(services)
+            yield {"services": services}
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> JSONResponse:
         try:
-            await asyncio.wait_for(
-                request.app.state.database.command("ping"), READINESS_TIMEOUT_SECONDS
-            )
+            await asyncio.wait_for(services_of(request).database.command("ping"), READINESS_TIMEOUT_SECONDS)
         except Exception as exc:  # noqa: BLE001 - any failure means not ready
             logger.warning("Readiness check failed: %r", exc)
             return JSONResponse({"status": "unavailable"}, status_code=503)
@@ -104,15 +104,18 @@ def create_app(
         if settings.metrics_enabled
         else []
     )
-    app = Starlette(
+    return App(
+        settings=settings,
+        metrics=metrics,
+        graphql=graphql,
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             *operations,
             Route("/graphql", graphql),
             WebSocketRoute("/graphql", graphql),
-            *rest_routes(chat, authenticator),
-            *([] if settings.production else development_routes(chat, authenticator)),
+            *rest_routes(metrics, max_body_bytes=settings.graphql_max_body_bytes),
+            *([] if settings.production else development_routes()),
         ],
         middleware=[
             # Outermost: every log line of a request, CORS refusals included, has its id.
@@ -128,10 +131,3 @@ def create_app(
         ],
         lifespan=lifespan,
     )
-    app.state.settings = settings
-    app.state.authenticator = authenticator
-    app.state.hub = hub
-    app.state.metrics = metrics
-    app.state.chat = chat
-    app.state.graphql = graphql
-    return app

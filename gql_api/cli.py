@@ -8,6 +8,7 @@ import contextlib
 import gc
 import json
 import logging
+import math
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -17,14 +18,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import uvicorn
-from starlette.applications import Starlette
 from strawberry.printer import print_schema
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.supervisors import Multiprocess
 
-from gql_api.app import create_app
+from gql_api.app import App, create_app
 from gql_api.auth import Authenticator
 from gql_api.database import open_database
+from gql_api.delivery import Delivery
 from gql_api.demo import database_is_empty, ensure_demo_data
 from gql_api.embedded import EmbeddedMongo
 from gql_api.errors import ApiError, ConfigurationError
@@ -34,6 +35,8 @@ from gql_api.hub import MessageHub
 from gql_api.logs import configure_logging, uvicorn_log_config
 from gql_api.service import ChatService
 from gql_api.settings import Settings, load_settings
+from gql_api.state import Services
+from gql_api.store import ChatStore
 from gql_api.users import create_user, get_user
 
 logger = logging.getLogger(__name__)
@@ -52,12 +55,12 @@ class GracefulServer(uvicorn.Server):
     """uvicorn, closing websockets with 1001 (going away) on shutdown so clients reconnect to
     another replica, instead of uvicorn's 1012; in-flight HTTP requests still finish."""
 
-    def __init__(self, config: uvicorn.Config, app: Any) -> None:
+    def __init__(self, config: uvicorn.Config, app: App) -> None:
         super().__init__(config)
         self._app = app
 
     async def shutdown(self, sockets: Any = None) -> None:
-        await self._app.state.graphql.connections.close_all(GOING_AWAY_CLOSE_CODE, "Server shutting down")
+        await self._app.graphql.connections.close_all(GOING_AWAY_CLOSE_CODE, "Server shutting down")
         await super().shutdown(sockets)
 
 
@@ -84,7 +87,7 @@ def uvicorn_config(app: Any, settings: Settings, *, host: str, port: int, **opti
         port=port,
         log_level="info",
         lifespan="on",
-        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
         # The app closes a websocket message over the body cap with 1009 itself, whatever server
         # runs it; uvicorn refuses it too (also 1009), before buffering up to its default 16 MiB.
         ws_max_size=settings.graphql_max_body_bytes,
@@ -106,7 +109,7 @@ def _tune_gc() -> None:
 async def _banner(settings: Settings, args: argparse.Namespace, chat: ChatService) -> str:
     """The development banner; on an empty database, the demo data is created first."""
     lines = ["", "  gql_api is running (development)", f"  GraphiQL:      http://{args.host}:{args.port}/graphql"]
-    if await database_is_empty():
+    if await database_is_empty(chat.store):
         demo = await ensure_demo_data(chat)
         token = Authenticator(settings).issue(str(demo.users["alice"].id))
         lines += [f"  Demo stream:   {demo.stream_id}", f"  Token (alice): {token}"]
@@ -120,9 +123,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
         return
     configure_logging(settings.log_format)
 
-    async def banner(app: Any) -> None:
+    async def banner(services: Services) -> None:
         if not settings.production:
-            print(await _banner(settings, args, app.state.chat), flush=True)
+            print(await _banner(settings, args, services.chat), flush=True)
 
     app = create_app(settings, on_startup=[banner])
     config = uvicorn_config(app, settings, host=args.host, port=args.port)
@@ -131,7 +134,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
         GracefulServer(config, app).run()
 
 
-def worker_app() -> Starlette:
+def worker_app() -> App:
     """The app of one ``gql-api serve --workers N`` worker process (a uvicorn app factory).
 
     Every worker builds its own settings from the environment, its own database client, hub and
@@ -179,7 +182,10 @@ def _serve_workers(settings: Settings, args: argparse.Namespace) -> None:
 
 async def _with_database(settings: Settings, work: Callable[[ChatService], Awaitable[T]]) -> T:
     async with open_database(settings):
-        return await work(ChatService(MessageHub()))
+        store = ChatStore()
+        hub = MessageHub(store)
+        # No subscribers in a one-off command: what it stores is delivered in-process, to no one.
+        return await work(ChatService(hub, Delivery(hub), store=store))
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> None:
@@ -190,7 +196,7 @@ def _demo(settings: Settings, args: argparse.Namespace) -> None:
             print(json.dumps(data))
         else:
             print(f"Demo stream: {data['streamId']}")
-            for username, user in data["users"].items():  # type: ignore[union-attr]
+            for username, user in data["users"].items():
                 print(f"{username}: {user['token']}")
 
     asyncio.run(_with_database(settings, work))
@@ -199,6 +205,7 @@ def _demo(settings: Settings, args: argparse.Namespace) -> None:
 def _user_create(settings: Settings, args: argparse.Namespace) -> None:
     async def work(chat: ChatService) -> None:
         user = await create_user(
+            chat.store,
             args.username, name=args.name or "", surname=args.surname or "", photo_url=args.photo_url
         )
         print(json.dumps({"id": str(user.id), "username": user.username}))
@@ -208,7 +215,7 @@ def _user_create(settings: Settings, args: argparse.Namespace) -> None:
 
 def _token(settings: Settings, args: argparse.Namespace) -> None:
     async def work(chat: ChatService) -> None:
-        user = await get_user(args.username)
+        user = await get_user(chat.store, args.username)
         print(Authenticator(settings).issue(str(user.id), ttl=timedelta(seconds=args.ttl)))
 
     asyncio.run(_with_database(settings, work))

@@ -51,7 +51,7 @@ def parse_object_id(value: str) -> ObjectId | None:
 
 def change_event_document(event: dict[str, Any]) -> dict[str, Any]:
     """The stored document an insert event carries, with its real ``_id`` and BSON types."""
-    document = _from_extended_json(event["fullDocument"])
+    document: dict[str, Any] = _from_extended_json(event["fullDocument"])
     document["_id"] = event["documentKey"]["_id"]
     return document
 
@@ -71,7 +71,7 @@ def _from_extended_json(value: Any) -> Any:
     return value
 
 
-async def count_matching(collection: AsyncCollection, condition: dict[str, Any]) -> int:
+async def count_matching(collection: AsyncCollection[dict[str, Any]], condition: dict[str, Any]) -> int:
     """How many documents match ``condition``, through the index that covers it.
 
     Only for small counts (a stream's superlikes: one per viewer at most); on MongoDB

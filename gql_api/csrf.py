@@ -14,9 +14,7 @@ from gql_api.errors import BadUserInput
 
 # Apollo Server's CSRF prevention: a browser sends these content types (or none) cross-site
 # without a CORS preflight, and can add none of these headers without one.
-SIMPLE_CONTENT_TYPES = frozenset(
-    {"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"}
-)
+SIMPLE_CONTENT_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"})
 PREFLIGHT_HEADERS = ("x-apollo-operation-name", "apollo-require-preflight", "graphql-require-preflight")
 
 
@@ -34,8 +32,11 @@ def check_preflighted(headers: Mapping[str, str]) -> None:
             return  # a browser preflights any other type, so CORS has had its say
     if any(headers.get(name, "").strip() for name in PREFLIGHT_HEADERS):
         return
+    # The first thing a client developer reads (urql sends queries as GET by default): say the
+    # exact header line to add, not just the rule.
     raise BadUserInput(
         "This operation has been blocked as a potential Cross-Site Request Forgery (CSRF): "
-        "send it as a POST with Content-Type: application/json, or add a non-empty "
-        "Apollo-Require-Preflight (or GraphQL-Require-Preflight, X-Apollo-Operation-Name) header"
+        "add the header 'Apollo-Require-Preflight: true' (any non-empty value; "
+        "GraphQL-Require-Preflight or X-Apollo-Operation-Name also do), "
+        "or send it as a POST with Content-Type: application/json"
     )

@@ -15,9 +15,8 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from gql_api.auth import Authenticator
 from gql_api.demo import ensure_demo_data
-from gql_api.service import ChatService
+from gql_api.state import services_of
 
 STATIC_DIR = Path(__file__).parent / "static"
 STATIC_PATH = "/static"
@@ -70,7 +69,7 @@ def graphiql_page(request: Request) -> HTMLResponse:
     return page(request, "graphiql.html")
 
 
-def development_routes(chat: ChatService, authenticator: Authenticator) -> list[BaseRoute]:
+def development_routes() -> list[BaseRoute]:
     """The static files, the demo page and the demo data endpoint (development only).
 
     ``GET /demo/data`` makes sure the demo data exists and returns what ``gql-api demo --json``
@@ -81,8 +80,9 @@ def development_routes(chat: ChatService, authenticator: Authenticator) -> list[
         return page(request, "demo.html")
 
     async def demo_data(request: Request) -> JSONResponse:
-        demo = await ensure_demo_data(chat)
-        return JSONResponse(demo.as_json(authenticator), headers={"Cache-Control": "no-store"})
+        services = services_of(request)
+        demo = await ensure_demo_data(services.chat)
+        return JSONResponse(demo.as_json(services.authenticator), headers={"Cache-Control": "no-store"})
 
     return [
         Mount(STATIC_PATH, app=StaticFiles(directory=STATIC_DIR), name="static"),

@@ -23,13 +23,14 @@ import httpx
 import pytest
 import uvicorn
 from pydantic import SecretStr
-from starlette.applications import Starlette
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gql_api.app import create_app
+from gql_api.app import App, create_app
 from gql_api.documents import LiveStream, User
 from gql_api.embedded import EmbeddedMongo
 from gql_api.service import ChatService
 from gql_api.settings import Settings
+from gql_api.state import Services
 from gql_api.users import create_user
 
 TEST_SECRET = "test-secret-" + "x" * 64
@@ -74,6 +75,12 @@ def make_settings(mongo_uri: str, tmp_path_factory: pytest.TempPathFactory) -> C
             "mongodb_db": database,
             "gql_api_data_dir": data_dir,
             "jwt_secret": SecretStr(TEST_SECRET),
+            # The 5 s defaults are not under test here (test_faults sets its own): on a loaded
+            # machine a starved database answered 200 concurrent sign-ins later than that.
+            "mongodb_operation_timeout_ms": 60_000,
+            "mongodb_server_selection_timeout_ms": 60_000,
+            # Nor is the 3 s connection_init timeout, which a starved event loop can exceed.
+            "ws_connection_init_timeout_seconds": 60.0,
         }
         values.update(overrides)
         return Settings(**values)
@@ -83,48 +90,61 @@ def make_settings(mongo_uri: str, tmp_path_factory: pytest.TempPathFactory) -> C
 
 @dataclass
 class LiveServer:
-    """An app served by uvicorn on a loopback port, in the test's event loop."""
+    """An app served by uvicorn on a loopback port, in the test's event loop, and the services
+    its lifespan built."""
 
-    app: Starlette
+    app: App
+    services: Services
     url: str
     ws_url: str
 
     @property
     def chat(self) -> ChatService:
-        return self.app.state.chat
+        return self.services.chat
 
     def token(self, user: User, **kwargs: Any) -> str:
-        return self.app.state.authenticator.issue(str(user.id), **kwargs)
+        return self.services.authenticator.issue(str(user.id), **kwargs)
 
 
-def app_with_ready(settings: Settings, **kwargs: Any) -> tuple[Starlette, asyncio.Event]:
-    """An app, and an event set once its startup (database, delivery) is complete."""
-    ready = asyncio.Event()
+class _WatchedLifespan:
+    """The app as it is, with a view of its lifespan: set ``started`` once its startup is over
+    (complete or failed) and keep the lifespan state it filled in."""
 
-    async def mark_ready(_: Starlette) -> None:
-        ready.set()
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.started = asyncio.Event()
+        self.state: dict[str, Any] = {}
 
-    return create_app(settings, on_startup=[mark_ready], **kwargs), ready
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        self.state = scope["state"]
+
+        async def watched_send(message: Message) -> None:
+            await send(message)
+            if message["type"] in {"lifespan.startup.complete", "lifespan.startup.failed"}:
+                self.started.set()
+
+        await self.app(scope, receive, watched_send)
 
 
 @asynccontextmanager
 async def serve(
-    app: Starlette,
+    app: App,
     *,
-    lifespan: str = "on",
-    ready: asyncio.Event | None = None,
     send_buffer: int | None = None,
-    config: Callable[[Starlette, int], uvicorn.Config] | None = None,
+    config: Callable[[ASGIApp, int], uvicorn.Config] | None = None,
     **uvicorn_options: Any,
 ) -> AsyncIterator[LiveServer]:
     """Serve ``app`` with uvicorn on a free loopback port until the block ends.
 
-    The socket listens before uvicorn starts, so connections made at once wait in the backlog;
-    nothing has to poll for the port. With ``ready``, the block starts once it is set, and a
-    startup that fails raises instead of hanging. ``send_buffer`` fixes the kernel's send
-    buffer of every accepted connection (they inherit it), so a client that stops reading
-    backs the server up after kilobytes rather than megabytes. ``config``: uvicorn's
-    configuration built by the caller from the app and the port (``gql-api serve``'s own, say).
+    The block starts once the app's lifespan has started (a startup that fails raises instead
+    of hanging); the socket listens before uvicorn starts, so nothing has to poll for the port.
+    ``send_buffer`` fixes the kernel's send buffer of every accepted connection (they inherit
+    it), so a client that stops reading backs the server up after kilobytes rather than
+    megabytes. ``config``: uvicorn's configuration built by the caller from the app and the
+    port (``gql-api serve``'s own, say).
     """
     # IPPROTO_TCP spelled out: asyncio sets TCP_NODELAY only on sockets whose proto says TCP,
     # and without it every response waits ~40 ms on Nagle's algorithm and delayed ACKs.
@@ -134,19 +154,20 @@ async def serve(
     sock.bind(("127.0.0.1", 0))
     sock.listen(1024)
     host, port = sock.getsockname()
+    watched = _WatchedLifespan(app)
     if config is None:
-        server = uvicorn.Server(uvicorn.Config(app, lifespan=lifespan, log_level="warning", **uvicorn_options))
+        server = uvicorn.Server(uvicorn.Config(watched, lifespan="on", log_level="warning", **uvicorn_options))
     else:
-        server = uvicorn.Server(config(app, port))
+        server = uvicorn.Server(config(watched, port))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
-        if ready is not None:
-            waiter = asyncio.create_task(ready.wait())
-            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            if not ready.is_set():
-                waiter.cancel()
-                raise RuntimeError("the app failed to start")
-        yield LiveServer(app=app, url=f"http://{host}:{port}", ws_url=f"ws://{host}:{port}/graphql")
+        waiter = asyncio.create_task(watched.started.wait())
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if "services" not in watched.state:
+            raise RuntimeError("the app failed to start")
+        services: Services = watched.state["services"]
+        yield LiveServer(app=app, services=services, url=f"http://{host}:{port}", ws_url=f"ws://{host}:{port}/graphql")
     finally:
         server.should_exit = True
         await task
@@ -162,8 +183,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 async def server(make_settings: Callable[..., Settings]) -> AsyncIterator[LiveServer]:
     """The development app on the session's database."""
-    app, ready = app_with_ready(make_settings())
-    async with serve(app, ready=ready) as live:
+    async with serve(create_app(make_settings())) as live:
         yield live
 
 
@@ -183,7 +203,7 @@ def make_user(server: LiveServer) -> Callable[..., Awaitable[User]]:
     async def make(**kwargs: Any) -> User:
         username = kwargs.pop("username", None) or f"user{next(_usernames)}_{uuid.uuid4().hex[:6]}"
         kwargs.setdefault("photo_url", f"https://img.example/{username}.webp")
-        return await create_user(username, **kwargs)
+        return await create_user(server.chat.store, username, **kwargs)
 
     return make
 

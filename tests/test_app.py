@@ -14,10 +14,10 @@ INTROSPECTION = "{ __schema { queryType { name } } }"
 
 
 @pytest.fixture(scope="module")
-async def production(make_settings) -> AsyncIterator[LiveServer]:
-    """A production app; without its lifespan, so only requests that need no database work."""
-    app = create_app(make_settings(app_env="production"))
-    async with serve(app, lifespan="off") as live:
+async def production(server, make_settings) -> AsyncIterator[LiveServer]:
+    """A production app, on the session app's database."""
+    app = create_app(make_settings(app_env="production"), database=server.services.database)
+    async with serve(app) as live:
         yield live
 
 

@@ -18,9 +18,10 @@ import httpx
 import pytest
 import websockets
 
+from gql_api.app import create_app
 from gql_api.cli import WebSocketProtocol, schema_sdl, uvicorn_config
 from gql_api.pagination import decode_cursor, encode_cursor
-from tests.conftest import ApiProcess, api_process, app_with_ready, serve
+from tests.conftest import ApiProcess, api_process, serve
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -136,12 +137,12 @@ async def test_websocket_compression_is_negotiated_only_when_turned_on(server, m
     accepts it only with WS_COMPRESSION on."""
     settings = make_settings(ws_compression=ws_compression)
     # The session's database: Beanie's binding is process-wide, and must outlive this app.
-    app, ready = app_with_ready(settings, database=server.app.state.database)
+    app = create_app(settings, database=server.services.database)
 
     def config(app: Any, port: int) -> Any:
         return uvicorn_config(app, settings, host="127.0.0.1", port=port)
 
-    async with serve(app, ready=ready, config=config) as live:
+    async with serve(app, config=config) as live:
         # What a browser sends: permessage-deflate, with client_max_window_bits.
         async with websockets.connect(
             live.ws_url, subprotocols=["graphql-transport-ws"], compression="deflate", ping_interval=None
@@ -164,17 +165,17 @@ async def test_served_websockets_forget_the_handshake_once_accepted(server, make
     # uvicorn kept each connection's handshake response, headers parsed, for the connection's
     # life: about 1.5 KiB of every idle subscription.
     settings = make_settings()
-    app, ready = app_with_ready(settings, database=server.app.state.database)
+    app = create_app(settings, database=server.services.database)
 
     def config(app: Any, port: int) -> Any:
         return uvicorn_config(app, settings, host="127.0.0.1", port=port)
 
     token = server.token(await make_user())
-    async with serve(app, ready=ready, config=config) as live:
+    async with serve(app, config=config) as live:
         async with websockets.connect(live.ws_url, subprotocols=["graphql-transport-ws"], ping_interval=None) as ws:
             await ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": token}}))
             ack = json.loads(await asyncio.wait_for(ws.recv(), 10))
-            protocols = [o for o in gc.get_objects() if isinstance(o, WebSocketProtocol) and not o.disconnected]
+            protocols = [o for o in gc.get_objects() if type(o) is WebSocketProtocol and not o.disconnected]
             await ws.send(json.dumps({"type": "ping"}))  # the connection still works both ways
             pong = json.loads(await asyncio.wait_for(ws.recv(), 10))
 

@@ -17,9 +17,10 @@ import websockets
 from gql import Client, GraphQLRequest
 from gql.transport.websockets import WebsocketsTransport
 
+from gql_api.app import create_app
 from gql_api.embedded import EmbeddedMongo
 from gql_api.pagination import decode_cursor, encode_cursor
-from tests.conftest import api_process, app_with_ready, serve
+from tests.conftest import api_process, serve
 
 MESSAGE_ADDED = """
 subscription Live($s: ID!, $after: String) {
@@ -194,9 +195,9 @@ async def test_a_slow_subscriber_is_closed_with_subscriber_too_slow_while_a_fast
     server, make_settings, make_user, make_stream
 ):
     settings = make_settings(subscriber_queue_size=5, ws_ping_interval_seconds=600)
-    app, ready = app_with_ready(settings, database=server.app.state.database)
+    app = create_app(settings, database=server.services.database)
     # uvicorn's own websocket pings would close the silent client first; this is about the hub.
-    async with serve(app, ready=ready, send_buffer=8192, ws_ping_interval=None) as live:
+    async with serve(app, send_buffer=8192, ws_ping_interval=None) as live:
         owner = await make_user()  # exempt from the rate limit: it can send a burst
         stream = await make_stream(owner)
         token = live.token(owner)
@@ -218,7 +219,7 @@ async def test_a_slow_subscriber_is_closed_with_subscriber_too_slow_while_a_fast
         sock.connect(("127.0.0.1", int(live.url.rsplit(":", 1)[1])))
         slow = await open_subscription(sock=sock, max_queue=1, compression=None)
         fast = await open_subscription()
-        await live.app.state.hub.wait_for_subscribers(str(stream.id), 2)
+        await live.services.hub.wait_for_subscribers(str(stream.id), 2)
 
         received: list[str] = []
         progress = asyncio.Condition()
@@ -236,7 +237,7 @@ async def test_a_slow_subscriber_is_closed_with_subscriber_too_slow_while_a_fast
 
         reader = asyncio.create_task(read_fast())
         sent = 0
-        overflowed = asyncio.create_task(live.app.state.hub.wait_for_subscribers(str(stream.id), 1))
+        overflowed = asyncio.create_task(live.services.hub.wait_for_subscribers(str(stream.id), 1))
         while not overflowed.done():  # until the hub has dropped the slow one
             await live.chat.send_message(owner, str(stream.id), f"{sent:05d}" + "x" * 490)
             sent += 1

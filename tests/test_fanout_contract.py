@@ -55,7 +55,11 @@ def test_strawberry_internals_are_there() -> None:
     _require("_raw_info" in inspect.signature(Info).parameters, "strawberry Info._raw_info")
     overridden = {
         BaseGraphQLTransportWSHandler: [
-            "handle", "handle_connection_init", "handle_pong", "run_operation", "_send_result_stream"
+            "handle",
+            "handle_connection_init",
+            "handle_pong",
+            "run_operation",
+            "_send_result_stream",
         ],
         BaseGraphQLWSHandler: ["handle", "handle_connection_init", "handle_async_results"],
     }

@@ -14,7 +14,7 @@ SEND = """
 mutation Send($streamId: ID!, $content: String!, $clientMessageId: String) {
   sendChatMessage(streamId: $streamId, content: $content, clientMessageId: $clientMessageId) {
     id streamId kind content clientMessageId cursor createdAt updatedAt
-    sender { id username name surname availabilityStatus
+    sender { __typename userId id username name surname availabilityStatus
              profilePhoto { id url type createdAt updatedAt variants { size url } } }
   }
 }
@@ -22,7 +22,7 @@ mutation Send($streamId: ID!, $content: String!, $clientMessageId: String) {
 SUPERLIKE = "mutation($s: ID!) { sendSuperlike(streamId: $s) { id kind content sender { username } } }"
 STREAM = "query($id: ID!) { liveStream(id: $id) { id title status superlikeCount endedAt owner { username } } }"
 HISTORY = "query($s: ID!) { chatMessages(streamId: $s, last: 100) { edges { node { id kind content } } } }"
-CREATE = "mutation($t: String!) { createLiveStream(title: $t) { id title status superlikeCount createdAt endedAt owner { id username } } }"
+CREATE = "mutation($t: String!) { createLiveStream(title: $t) { id title status superlikeCount createdAt endedAt owner { __typename userId id username } } }"
 END = "mutation($id: ID!) { endLiveStream(id: $id) { id status endedAt } }"
 MISSING_STREAM = "64d15f9e2e6c8f4d5a123000"
 
@@ -38,7 +38,8 @@ async def test_send_message_returns_the_stored_message(make_user, make_stream, c
     assert sent["kind"] == "TEXT"
     assert sent["streamId"] == str(stream.id)
     assert sent["clientMessageId"] is None
-    assert sent["sender"]["id"] == str(user.id)
+    assert sent["sender"]["__typename"] == "UserSnapshot"
+    assert sent["sender"]["userId"] == sent["sender"]["id"] == str(user.id)  # id: deprecated, still served
     assert sent["sender"]["username"] == user.username
     assert (sent["sender"]["name"], sent["sender"]["surname"]) == ("John", "Doe")
     assert {v["size"] for v in sent["sender"]["profilePhoto"]["variants"]} == {"40", "76"}
@@ -170,7 +171,9 @@ async def test_create_and_end_a_stream(make_user, client_for):
 
     assert created["title"] == "Friday night"
     assert created["status"] == "LIVE" and created["endedAt"] is None and created["superlikeCount"] == 0
-    assert created["owner"] == {"id": str(owner.id), "username": owner.username}
+    assert created["owner"] == {
+        "__typename": "UserSnapshot", "userId": str(owner.id), "id": str(owner.id), "username": owner.username
+    }
     assert ended["status"] == "ENDED" and ended["endedAt"].endswith("Z")
     assert (await client.data(STREAM, {"id": created["id"]}))["liveStream"]["status"] == "ENDED"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from gql_api.documents import User
 from gql_api.pagination import encode_cursor
 
 PAGE = """
@@ -128,6 +129,44 @@ async def test_me_is_the_caller(make_user, client_for):
         "surname": "Lovelace",
         "availabilityStatus": "available",
         "profilePhoto": {"url": "https://img.example/ada.webp", "type": "image"},
+    }
+
+
+async def test_senders_are_snapshots_without_an_identity_of_their_own(server, make_user, make_stream, client_for):
+    # Normalised caches (Apollo, urql Graphcache, Relay) merge objects by __typename and id:
+    # each message's sender must stay its own snapshot, apart from the live User.
+    user = await make_user(name="Ada")
+    stream = await make_stream()
+    await server.chat.send_message(user, str(stream.id), "before")
+    await user.set({User.name: "Augusta"})
+    await server.chat.send_message(user, str(stream.id), "after")
+    query = (
+        "query($s: ID!) { me { __typename id name }"
+        " chatMessages(streamId: $s) { edges { node { content sender { __typename userId name } } } } }"
+    )
+    data = await client_for(user).data(query, {"s": str(stream.id)})
+
+    assert data["me"] == {"__typename": "User", "id": str(user.id), "name": "Augusta"}
+    assert [e["node"] for e in data["chatMessages"]["edges"]] == [
+        {"content": "before", "sender": {"__typename": "UserSnapshot", "userId": str(user.id), "name": "Ada"}},
+        {"content": "after", "sender": {"__typename": "UserSnapshot", "userId": str(user.id), "name": "Augusta"}},
+    ]
+
+
+async def test_a_stream_owner_is_a_snapshot_apart_from_the_live_user(make_user, make_stream, client_for):
+    # Typed User with the live id, the owner would share `User:<id>` with `me` in a normalised
+    # cache, and the snapshot's old name would overwrite the caller's current one.
+    user = await make_user(name="Ada")
+    stream = await make_stream(user)
+    await user.set({User.name: "Augusta"})
+    query = "query($s: ID!) { me { __typename id name } liveStream(id: $s) { owner { __typename userId id name } } }"
+
+    data = await client_for(user).data(query, {"s": str(stream.id)})
+
+    assert data["me"] == {"__typename": "User", "id": str(user.id), "name": "Augusta"}
+    # `id`: deprecated, still served, so documents selecting `owner { id }` keep working.
+    assert data["liveStream"]["owner"] == {
+        "__typename": "UserSnapshot", "userId": str(user.id), "id": str(user.id), "name": "Ada"
     }
 
 

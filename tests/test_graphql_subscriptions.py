@@ -48,7 +48,7 @@ async def test_subscribers_receive_new_messages_in_order_and_nothing_else(
     stream, other = await make_stream(), await make_stream()
     async with Client(transport=_transport(server, server.token(viewer), subprotocol)) as session:
         task = asyncio.create_task(_collect(session, str(stream.id), 5))
-        await server.app.state.hub.wait_for_subscribers(str(stream.id), 1)
+        await server.services.hub.wait_for_subscribers(str(stream.id), 1)
         client = client_for(sender)
         sent = []
         for n in range(5):
@@ -60,7 +60,7 @@ async def test_subscribers_receive_new_messages_in_order_and_nothing_else(
     assert [m["content"] for m in received] == [f"m{n}" for n in range(5)]
     assert {m["streamId"] for m in received} == {str(stream.id)}
     assert {m["sender"]["username"] for m in received} == {sender.username}
-    await server.app.state.hub.wait_for_subscribers(str(stream.id), 0)
+    await server.services.hub.wait_for_subscribers(str(stream.id), 0)
 
 
 @pytest.mark.parametrize("subprotocol", SUBPROTOCOLS)
@@ -72,7 +72,7 @@ async def test_every_subscriber_gets_each_message_once(server, make_user, make_s
     sessions = [await c.connect_async() for c in clients]
     try:
         tasks = [asyncio.create_task(_collect(s, str(stream.id), 3)) for s in sessions]
-        await server.app.state.hub.wait_for_subscribers(str(stream.id), 3)
+        await server.services.hub.wait_for_subscribers(str(stream.id), 3)
         sent = [str((await server.chat.send_message(sender, str(stream.id), f"x{n}")).id) for n in range(3)]
         results = await asyncio.wait_for(asyncio.gather(*tasks), 10)
     finally:
@@ -88,7 +88,7 @@ async def test_superlikes_arrive_like_messages(server, make_user, make_stream):
     fan = await make_user()
     async with Client(transport=_transport(server, server.token(fan), "graphql-transport-ws")) as session:
         task = asyncio.create_task(_collect(session, str(stream.id), 1))
-        await server.app.state.hub.wait_for_subscribers(str(stream.id), 1)
+        await server.services.hub.wait_for_subscribers(str(stream.id), 1)
         await server.chat.send_superlike(fan, str(stream.id))
         [received] = await asyncio.wait_for(task, 10)
 
@@ -101,7 +101,7 @@ async def test_ending_the_stream_completes_the_subscription(server, make_user, m
     stream = await make_stream(owner)
     async with Client(transport=_transport(server, server.token(owner), subprotocol)) as session:
         task = asyncio.create_task(_collect(session, str(stream.id), 10))
-        await server.app.state.hub.wait_for_subscribers(str(stream.id), 1)
+        await server.services.hub.wait_for_subscribers(str(stream.id), 1)
         await server.chat.send_message(owner, str(stream.id), "last words")
         await server.chat.end_stream(owner, str(stream.id))
         received = await asyncio.wait_for(task, 10)
@@ -141,7 +141,7 @@ async def test_the_connection_payload_key_is_case_insensitive(server, make_user,
 async def test_each_message_is_executed_once_per_distinct_operation_whatever_the_audience(server, make_user, make_stream):
     stream = await make_stream()
     sender = await make_user()
-    renderer = server.app.state.graphql.renderer
+    renderer = server.app.graphql.renderer
     narrow = "subscription($s: ID!) { messageAdded(streamId: $s) { id content } }"
     wide = MESSAGE_ADDED
     audience = [(narrow, "graphql-transport-ws")] * 4 + [(wide, "graphql-ws")] * 3
@@ -155,7 +155,7 @@ async def test_each_message_is_executed_once_per_distinct_operation_whatever_the
 
     try:
         tasks = [asyncio.create_task(one(s, q)) for s, (q, _) in zip(sessions, audience)]
-        await server.app.state.hub.wait_for_subscribers(str(stream.id), len(audience))
+        await server.services.hub.wait_for_subscribers(str(stream.id), len(audience))
         before = renderer.executions
         sent = await server.chat.send_message(sender, str(stream.id), "to everyone")
         results = await asyncio.wait_for(asyncio.gather(*tasks), 10)
@@ -172,10 +172,10 @@ async def test_rendering_many_messages_keeps_nothing_per_message(server, make_us
     """The soak found every rendered event kept alive by graphql-core's per-executor memo."""
     stream = await make_stream()
     sender = await make_user()
-    renderer = server.app.state.graphql.renderer
+    renderer = server.app.graphql.renderer
     async with Client(transport=_transport(server, server.token(sender), "graphql-transport-ws")) as session:
         task = asyncio.create_task(_collect(session, str(stream.id), 15))
-        await server.app.state.hub.wait_for_subscribers(str(stream.id), 1)
+        await server.services.hub.wait_for_subscribers(str(stream.id), 1)
         for n in range(15):
             await server.chat.send_message(sender, str(stream.id), f"m{n}")
         assert len(await asyncio.wait_for(task, 10)) == 15
@@ -210,7 +210,7 @@ async def test_senders_racing_the_end_are_stored_and_delivered_before_it_or_refu
 
     async with Client(transport=_transport(server, server.token(owner), "graphql-transport-ws")) as session:
         listening = asyncio.create_task(_collect(session, stream_id, 1000))  # until `complete`
-        await server.app.state.hub.wait_for_subscribers(stream_id, 1)
+        await server.services.hub.wait_for_subscribers(stream_id, 1)
         senders = [asyncio.create_task(send(n)) for n in range(40)]
         await some_acknowledged.wait()
         ending = asyncio.create_task(client.data(END, {"id": stream_id}))
@@ -252,7 +252,7 @@ async def test_an_upper_case_stream_id_names_the_same_stream(server, make_user, 
     stream_id = str((await make_stream(owner)).id)
     async with Client(transport=_transport(server, server.token(owner), "graphql-transport-ws")) as session:
         listening = asyncio.create_task(_collect(session, stream_id.upper(), 1000))
-        await asyncio.wait_for(server.app.state.hub.wait_for_subscribers(stream_id, 1), 10)
+        await asyncio.wait_for(server.services.hub.wait_for_subscribers(stream_id, 1), 10)
         sent = await server.chat.send_message(owner, stream_id.upper(), "hi")
         await server.chat.end_stream(owner, stream_id.upper())
         received = await asyncio.wait_for(listening, 10)

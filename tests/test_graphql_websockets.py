@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import json
 import logging
@@ -10,13 +11,20 @@ import signal
 import socket
 import struct
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
 import pytest
 import websockets
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
 from strawberry.types import ExecutionContext
-from tests.conftest import LiveServer, api_process, app_with_ready, serve
+
+from gql_api.app import create_app
+from gql_api.graphql.schema import build_schema
+from gql_api.graphql.view import GraphQLView
+from tests.conftest import LiveServer, api_process, serve
 
 SUBSCRIBE = "subscription($s: ID!) { messageAdded(streamId: $s) { id content } }"
 
@@ -29,8 +37,8 @@ async def tight(server: LiveServer, make_settings) -> AsyncIterator[LiveServer]:
         ws_ping_interval_seconds=0.2,
         ws_max_subscriptions=3,
     )
-    app, ready = app_with_ready(settings, database=server.app.state.database)
-    async with serve(app, ready=ready) as live:
+    app = create_app(settings, database=server.services.database)
+    async with serve(app) as live:
         yield live
 
 
@@ -38,8 +46,8 @@ async def tight(server: LiveServer, make_settings) -> AsyncIterator[LiveServer]:
 async def limited(server: LiveServer, make_settings) -> AsyncIterator[LiveServer]:
     """An app with a small body cap and subscription limit, and the default (patient) timers."""
     settings = make_settings(graphql_max_body_bytes=2048, ws_max_subscriptions=3)
-    app, ready = app_with_ready(settings, database=server.app.state.database)
-    async with serve(app, ready=ready) as live:
+    app = create_app(settings, database=server.services.database)
+    async with serve(app) as live:
         yield live
 
 
@@ -50,8 +58,8 @@ async def pinging(server: LiveServer, make_settings) -> AsyncIterator[LiveServer
     Long enough for a loaded machine to answer a ping and to send ``connection_init`` in time,
     short enough to see several rounds quickly.
     """
-    app, ready = app_with_ready(make_settings(ws_ping_interval_seconds=0.5), database=server.app.state.database)
-    async with serve(app, ready=ready) as live:
+    app = create_app(make_settings(ws_ping_interval_seconds=0.5), database=server.services.database)
+    async with serve(app) as live:
         yield live
 
 
@@ -115,7 +123,7 @@ async def test_one_subscription_too_many_is_an_error_while_the_others_keep_strea
     async with await _connect(limited, limited.token(user)) as ws:
         for n in range(3):
             await ws.send(_subscribe(str(n), str(stream.id)))
-        await limited.app.state.hub.wait_for_subscribers(str(stream.id), 3)
+        await limited.services.hub.wait_for_subscribers(str(stream.id), 3)
         await ws.send(_subscribe("extra", str(stream.id)))
 
         refused = await _recv_operation(ws)
@@ -138,9 +146,9 @@ async def test_a_connection_that_stops_answering_pings_is_closed_and_its_subscri
     stream = await make_stream()
     async with await _connect(pinging, pinging.token(await make_user())) as ws:
         await ws.send(_subscribe("1", str(stream.id)))
-        await pinging.app.state.hub.wait_for_subscribers(str(stream.id), 1)
+        await pinging.services.hub.wait_for_subscribers(str(stream.id), 1)
         code = await _closed_with(ws)  # never answers the pings
-    await pinging.app.state.hub.wait_for_subscribers(str(stream.id), 0)
+    await pinging.services.hub.wait_for_subscribers(str(stream.id), 0)
     assert code == 4499
 
 
@@ -153,11 +161,11 @@ async def test_a_token_that_expires_closes_the_connection_with_4403(server, make
         start = {"id": "1", "type": "subscribe" if protocol == "graphql-transport-ws" else "start",
                  "payload": {"query": SUBSCRIBE, "variables": {"s": str(stream.id)}}}
         await ws.send(json.dumps(start))
-        await server.app.state.hub.wait_for_subscribers(str(stream.id), 1)
+        await server.services.hub.wait_for_subscribers(str(stream.id), 1)
         with pytest.raises(websockets.ConnectionClosed) as closed:
             while True:
                 await asyncio.wait_for(ws.recv(), 10)
-    await server.app.state.hub.wait_for_subscribers(str(stream.id), 0)
+    await server.services.hub.wait_for_subscribers(str(stream.id), 0)
     assert closed.value.rcvd.code == 4403
     # The reason a token already expired at connection_init gets: one string to match.
     assert closed.value.rcvd.reason == "Authentication required: the token has expired"
@@ -166,7 +174,7 @@ async def test_a_token_that_expires_closes_the_connection_with_4403(server, make
 async def test_abruptly_dropped_sockets_leave_no_subscription_task_or_queue(server, make_user, make_stream):
     stream = await make_stream()
     token = server.token(await make_user())
-    view = server.app.state.graphql
+    view = server.app.graphql
     await view.connections.drained()
     tasks_before = {t for t in asyncio.all_tasks() if t.get_name() != "ws-pinger"}
 
@@ -176,20 +184,20 @@ async def test_abruptly_dropped_sockets_leave_no_subscription_task_or_queue(serv
         for n, ws in enumerate(opened):
             await ws.send(_subscribe(f"{batch}-{n}", str(stream.id)))
         sockets += opened
-    await server.app.state.hub.wait_for_subscribers(str(stream.id), 200)
+    await server.services.hub.wait_for_subscribers(str(stream.id), 200)
 
     for ws in sockets:  # a reset, no close frame: SO_LINGER 0 then close
         sock = ws.transport.get_extra_info("socket")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         ws.transport.abort()
 
-    await server.app.state.hub.wait_for_subscribers(str(stream.id), 0)
+    await server.services.hub.wait_for_subscribers(str(stream.id), 0)
     await view.connections.drained()
     leftover = {t for t in asyncio.all_tasks() if t.get_name() != "ws-pinger"} - tasks_before
     leftover.discard(asyncio.current_task())
     if leftover:  # database reads detached from cancelled subscriptions finish on their own
         _, leftover = await asyncio.wait(leftover, timeout=10)
-    assert server.app.state.hub.subscriber_count() == 0
+    assert server.services.hub.subscriber_count() == 0
     assert not leftover, leftover
 
 
@@ -198,13 +206,13 @@ async def test_a_connection_handler_gets_no_attribute_after_it_is_made(pinging, 
     # An attribute first set later (the first ping's `_awaiting_pong`) turned the handler's
     # compact attribute storage into a dict: 1.1 KiB more per idle connection.
     stream = await make_stream()
-    view = pinging.app.state.graphql
+    view = pinging.app.graphql
     ws = await _connect(pinging, pinging.token(await make_user()), protocol)
     try:
         start = "subscribe" if protocol == "graphql-transport-ws" else "start"
         payload = {"query": SUBSCRIBE, "variables": {"s": str(stream.id)}}
         await ws.send(json.dumps({"id": "1", "type": start, "payload": payload}))
-        await pinging.app.state.hub.wait_for_subscribers(str(stream.id), 1)
+        await pinging.services.hub.wait_for_subscribers(str(stream.id), 1)
         if protocol == "graphql-transport-ws":
             assert (await _recv(ws))["type"] == "ping"  # a round of the keep-alive has run
             await ws.send(json.dumps({"type": "pong"}))
@@ -228,20 +236,21 @@ async def test_an_idle_subscription_keeps_no_execution_context_and_still_deliver
         for ws in sockets:
             payload = {"query": query, "variables": {"s": str(stream.id)}}
             await ws.send(json.dumps({"id": "idle", "type": "subscribe", "payload": payload}))
-        await server.app.state.hub.wait_for_subscribers(str(stream.id), 3)
+        await server.services.hub.wait_for_subscribers(str(stream.id), 3)
         gc.collect()
-        kept = [o for o in gc.get_objects() if isinstance(o, ExecutionContext) and o.query == query]
+        kept = [o for o in gc.get_objects() if type(o) is ExecutionContext and o.query == query]
         assert kept == []
 
         sent = await client_for(sender).data(
-            "mutation($s: ID!) { sendChatMessage(streamId: $s, content: \"still live\") { id } }",
+            'mutation($s: ID!) { sendChatMessage(streamId: $s, content: "still live") { id } }',
             {"s": str(stream.id)},
         )
         for ws in sockets:
             message = await _recv_operation(ws)
             assert message["type"] == "next" and message["id"] == "idle"
             assert message["payload"]["data"]["messageAdded"] == {
-                "id": sent["sendChatMessage"]["id"], "content": "still live"
+                "id": sent["sendChatMessage"]["id"],
+                "content": "still live",
             }
     finally:
         for ws in sockets:
@@ -352,7 +361,7 @@ async def test_a_malformed_frame_before_authentication_closes_with_4400_and_no_t
     async with websockets.connect(server.ws_url, subprotocols=[protocol], ping_interval=None) as ws:
         await ws.send(frame)
         code = await _closed_with(ws)
-    await server.app.state.graphql.connections.drained()
+    await server.app.graphql.connections.drained()
     assert code == 4400
     _assert_no_traceback(caplog)
 
@@ -367,7 +376,7 @@ async def test_a_malformed_operation_message_closes_with_4400_and_no_traceback(
     async with await _connect(server, server.token(await make_user()), protocol) as ws:
         await ws.send(frame(protocol, str(stream.id)))
         code = await _closed_with(ws)
-    await server.app.state.graphql.connections.drained()
+    await server.app.graphql.connections.drained()
     assert code == 4400
     _assert_no_traceback(caplog)
 
@@ -383,7 +392,7 @@ def _init_of_size(token: str, size: int, pad: str = "x") -> str:
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 async def test_a_message_as_large_as_the_body_cap_is_accepted(limited, make_user, protocol):
-    cap = limited.app.state.graphql.max_body_bytes
+    cap = limited.app.graphql.max_body_bytes
     async with websockets.connect(limited.ws_url, subprotocols=[protocol], ping_interval=None) as ws:
         await ws.send(_init_of_size(limited.token(await make_user()), cap))
         assert (await _recv(ws))["type"] == "connection_ack"
@@ -392,14 +401,14 @@ async def test_a_message_as_large_as_the_body_cap_is_accepted(limited, make_user
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("pad", ["x", "\u00e9"], ids=["ascii", "two-byte characters"])
 async def test_a_message_over_the_body_cap_closes_with_1009_before_authentication(limited, caplog, protocol, pad):
-    cap = limited.app.state.graphql.max_body_bytes
+    cap = limited.app.graphql.max_body_bytes
     frame = _init_of_size("no token", cap + len(pad.encode()), pad)
     if pad != "x":
         assert len(frame) <= cap < len(frame.encode())  # bytes are counted, not characters
     async with websockets.connect(limited.ws_url, subprotocols=[protocol], ping_interval=None) as ws:
         await ws.send(frame)
         code = await _closed_with(ws)
-    await limited.app.state.graphql.connections.drained()
+    await limited.app.graphql.connections.drained()
     assert code == 1009
     _assert_no_traceback(caplog)
 
@@ -409,13 +418,13 @@ async def test_a_message_over_the_body_cap_closes_an_authenticated_connection_wi
     limited, make_user, make_stream, protocol
 ):
     stream = await make_stream()
-    cap = limited.app.state.graphql.max_body_bytes
+    cap = limited.app.graphql.max_body_bytes
     async with await _connect(limited, limited.token(await make_user()), protocol) as ws:
         await ws.send(_start(protocol, "1", _subscription(str(stream.id))))
-        await limited.app.state.hub.wait_for_subscribers(str(stream.id), 1)
+        await limited.services.hub.wait_for_subscribers(str(stream.id), 1)
         await ws.send(_start(protocol, "2", {**_subscription(str(stream.id)), "operationName": "x" * cap}))
         assert await _closed_with(ws) == 1009
-    await limited.app.state.hub.wait_for_subscribers(str(stream.id), 0)
+    await limited.services.hub.wait_for_subscribers(str(stream.id), 0)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -424,7 +433,7 @@ async def test_the_subscription_limit_error_has_a_code(limited, make_user, make_
     async with await _connect(limited, limited.token(await make_user()), protocol) as ws:
         for n in range(3):
             await ws.send(_start(protocol, str(n), _subscription(str(stream.id))))
-        await limited.app.state.hub.wait_for_subscribers(str(stream.id), 3)
+        await limited.services.hub.wait_for_subscribers(str(stream.id), 3)
         await ws.send(_start(protocol, "extra", _subscription(str(stream.id))))
         refused = await _recv_operation(ws)
     assert refused["id"] == "extra" and refused["type"] == "error"
@@ -441,7 +450,7 @@ async def test_a_long_duplicate_id_still_closes_with_4409(server, make_user, mak
         for _ in range(2):
             await ws.send(_start(protocol, long_id, _subscription(str(stream.id))))
         code = await _closed_with(ws)
-    await server.app.state.graphql.connections.drained()
+    await server.app.graphql.connections.drained()
     assert code == 4409
     _assert_no_traceback(caplog)
 
@@ -450,9 +459,42 @@ async def test_a_syntax_error_quoting_a_long_token_still_closes_with_4400(server
     async with await _connect(server, server.token(await make_user())) as ws:
         await ws.send(_start("graphql-transport-ws", "1", {"query": "{ me { id } } " + "a" * 1000}))
         code = await _closed_with(ws)
-    await server.app.state.graphql.connections.drained()
+    await server.app.graphql.connections.drained()
     assert code == 4400
     _assert_no_traceback(caplog)
+
+
+class _FailingAuthenticator:
+    """Stands in for ``Authenticator``: looking the user up fails with a bug."""
+
+    async def authenticate_claims(self, token: str | None) -> Any:
+        raise RuntimeError("secret connection string mongodb://admin:hunter2@db")
+
+
+@pytest.mark.allow_error_logs
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_a_bug_at_connection_init_closes_with_1013_and_is_logged_with_its_traceback(server, caplog, protocol):
+    services = dataclasses.replace(server.services, authenticator=_FailingAuthenticator())
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        yield {"services": services}
+
+    view = GraphQLView(build_schema(), metrics=services.metrics, graphiql=False)
+    app = Starlette(routes=[WebSocketRoute("/graphql", view)], lifespan=lifespan)
+    with caplog.at_level(logging.WARNING, logger="gql_api"):
+        async with serve(app) as live:  # type: ignore[arg-type]
+            async with websockets.connect(live.ws_url, subprotocols=[protocol], ping_interval=None) as ws:
+                await ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": "a token"}}))
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await asyncio.wait_for(ws.recv(), 10)
+            await view.connections.drained()
+
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+    assert "hunter2" not in closed.value.rcvd.reason
+    [record] = [r for r in caplog.records if r.name.startswith("gql_api")]
+    assert record.levelno == logging.ERROR and "connection_init" in record.getMessage()
+    assert record.exc_info is not None and "hunter2" in str(record.exc_info[1])
 
 
 async def _refused(live: LiveServer, protocol: str, payload: dict[str, str], **connect: Any):
@@ -495,7 +537,7 @@ async def test_a_refused_token_closes_with_4403_and_says_why(server, make_user, 
     elif case == "expired":
         payload = {"Authorization": server.token(user, ttl=timedelta(minutes=-5))}
     elif case == "unknown user":
-        payload = {"Authorization": server.app.state.authenticator.issue("64d15f9e2e6c8f4d5a123000")}
+        payload = {"Authorization": server.services.authenticator.issue("64d15f9e2e6c8f4d5a123000")}
 
     close, messages = await _refused(server, protocol, payload, **connect)
 

@@ -36,12 +36,11 @@ def _errors(response: httpx.Response) -> list[dict]:
 async def strict(server, make_settings) -> AsyncIterator[LiveServer]:
     """An app with small limits, to reach them with valid queries.
 
-    Its lifespan is off: a second lifespan would re-bind Beanie (which is global) to its own
-    client and close it on exit, under the session's app. It uses the session's database
-    through the session app's binding, so it depends on ``server``.
+    It shares the session app's database: a second client would re-bind Beanie (which is
+    global) to itself and close it on exit, under the session's app.
     """
     settings = make_settings(graphql_max_depth=3, graphql_max_body_bytes=2048, graphql_batch_max_operations=2)
-    async with serve(create_app(settings), lifespan="off") as live:
+    async with serve(create_app(settings, database=server.services.database)) as live:
         yield live
 
 
@@ -116,8 +115,11 @@ async def test_depth_limit_is_configurable(strict):
 
 async def test_graphiql_introspection_fits_the_default_limits(http):
     query = get_introspection_query(
-        descriptions=True, specified_by_url=True, directive_is_repeatable=True,
-        schema_description=True, input_value_deprecation=True,
+        descriptions=True,
+        specified_by_url=True,
+        directive_is_repeatable=True,
+        schema_description=True,
+        input_value_deprecation=True,
     )
     body = (await http.post("/graphql", json={"query": query})).json()
     assert "errors" not in body, body.get("errors")
@@ -164,9 +166,7 @@ async def test_batching_is_off_by_default(http):
     response = await http.post("/graphql", json=[{"query": "{ __typename }"}, {"query": "{ __typename }"}])
     assert response.status_code == 400
     assert response.json() == {
-        "errors": [
-            {"message": "Batching is not enabled", "extensions": {"code": "BAD_USER_INPUT", "statusCode": 400}}
-        ]
+        "errors": [{"message": "Batching is not enabled", "extensions": {"code": "BAD_USER_INPUT", "statusCode": 400}}]
     }
 
 
@@ -189,7 +189,7 @@ async def _subscribe(server: LiveServer, token: str, query: str) -> tuple[dict |
         try:
             message = json.loads(await ws.recv())
         except websockets.ConnectionClosed as closed:
-            assert closed.rcvd is not None
+            assert closed.rcvd is not None  # noqa: PT017 - a helper saying how the server closed
             return {"reason": closed.rcvd.reason}, closed.rcvd.code
         # A refused operation leaves the connection up.
         await ws.send(json.dumps({"type": "ping"}))
@@ -203,8 +203,12 @@ async def test_limits_apply_to_subscriptions_over_websockets(server, make_user, 
     aliases = " ".join(f"a{n}: id" for n in range(16))
     fields = " ".join(["id", "content", "kind", "cursor", "createdAt", "streamId", "__typename"] * 300)
 
-    aliased, _ = await _subscribe(server, token, f'subscription {{ messageAdded(streamId: "{stream_id}") {{ {aliases} }} }}')
-    long, close_code = await _subscribe(server, token, f'subscription {{ messageAdded(streamId: "{stream_id}") {{ {fields} }} }}')
+    aliased, _ = await _subscribe(
+        server, token, f'subscription {{ messageAdded(streamId: "{stream_id}") {{ {aliases} }} }}'
+    )
+    long, close_code = await _subscribe(
+        server, token, f'subscription {{ messageAdded(streamId: "{stream_id}") {{ {fields} }} }}'
+    )
 
     assert aliased is not None and aliased["type"] == "error" and aliased["id"] == "1"
     assert aliased["payload"] == [
@@ -216,7 +220,7 @@ async def test_limits_apply_to_subscriptions_over_websockets(server, make_user, 
     # A document that does not parse closes the connection with 4400 (graphql-transport-ws).
     assert close_code == 4400, long
     assert long == {"reason": "Syntax Error: Document contains more than 2000 tokens. Parsing aborted."}
-    assert server.app.state.hub.subscriber_count(stream_id) == 0
+    assert server.services.hub.subscriber_count(stream_id) == 0
 
 
 # Checking a document costs time linear in its size; caches hold bounded memory; production
@@ -371,9 +375,10 @@ SUGGESTING = [
 
 
 @pytest.fixture(scope="module")
-async def production(make_settings) -> AsyncIterator[LiveServer]:
-    """A production app; without its lifespan (see ``strict``)."""
-    async with serve(create_app(make_settings(app_env="production")), lifespan="off") as live:
+async def production(server, make_settings) -> AsyncIterator[LiveServer]:
+    """A production app, on the session app's database (see ``strict``)."""
+    app = create_app(make_settings(app_env="production"), database=server.services.database)
+    async with serve(app) as live:
         yield live
 
 

@@ -12,11 +12,12 @@ import websockets
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
+from gql_api.app import create_app
 from gql_api.errors import ConfigurationError, SubscriberTooSlow
 from gql_api.hub import MessageHub
 from gql_api.metrics import Metrics
 from gql_api.settings import load_settings
-from tests.conftest import GraphQLClient, LiveServer, app_with_ready, serve
+from tests.conftest import GraphQLClient, LiveServer, serve
 
 SEND = "mutation($s: ID!, $c: String!) { sendChatMessage(streamId: $s, content: $c) { id } }"
 SUBSCRIBE = "subscription($s: ID!) { messageAdded(streamId: $s) { content } }"
@@ -52,8 +53,8 @@ class Scrape:
 async def observed(server: LiveServer, make_settings: Callable[..., Any]) -> AsyncIterator[LiveServer]:
     """An app of its own (its own registry, so counts start at zero), limited to 2 messages a window."""
     settings = make_settings(rate_limit_messages=2, ws_ping_interval_seconds=600)
-    app, ready = app_with_ready(settings, database=server.app.state.database)
-    async with serve(app, ready=ready) as live:
+    app = create_app(settings, database=server.services.database)
+    async with serve(app) as live:
         yield live
 
 
@@ -78,23 +79,19 @@ async def test_metrics_are_served_in_the_prometheus_text_format_or_openmetrics(o
 
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain; version=")
-    assert METRIC_NAMES <= Scrape(response.text).families.keys()
+    assert Scrape(response.text).families.keys() >= METRIC_NAMES
     assert "process_resident_memory_bytes" in response.text
     openmetrics = await observed_http.get("/metrics", headers={"Accept": "application/openmetrics-text"})
     assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
     assert openmetrics.text.endswith("# EOF\n")
 
 
-async def test_connections_subscriptions_deliveries_and_latencies_move(
-    observed, observed_http, make_user, make_stream
-):
+async def test_connections_subscriptions_deliveries_and_latencies_move(observed, observed_http, make_user, make_stream):
     viewer, sender = await make_user(), await make_user()
     stream = await make_stream()
     assert (await _scrape(observed_http)).value("gql_api_websocket_connections") == 0
 
-    async with websockets.connect(
-        observed.ws_url, subprotocols=["graphql-transport-ws"], ping_interval=None
-    ) as ws:
+    async with websockets.connect(observed.ws_url, subprotocols=["graphql-transport-ws"], ping_interval=None) as ws:
         await ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": observed.token(viewer)}}))
         assert (await _recv(ws))["type"] == "connection_ack"
         opened = await _scrape(observed_http)
@@ -103,15 +100,15 @@ async def test_connections_subscriptions_deliveries_and_latencies_move(
 
         payload = {"query": SUBSCRIBE, "variables": {"s": str(stream.id)}}
         await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": payload}))
-        await observed.app.state.hub.wait_for_subscribers(str(stream.id), 1)
+        await observed.services.hub.wait_for_subscribers(str(stream.id), 1)
         assert (await _scrape(observed_http)).value("gql_api_subscriptions") == 1
 
         await GraphQLClient(observed_http, observed.token(sender)).data(SEND, {"s": str(stream.id), "c": "hi"})
         assert (await _recv(ws))["payload"]["data"]["messageAdded"]["content"] == "hi"
         delivered = await _scrape(observed_http)
 
-    await observed.app.state.graphql.connections.drained()
-    await observed.app.state.hub.wait_for_subscribers(str(stream.id), 0)
+    await observed.app.graphql.connections.drained()
+    await observed.services.hub.wait_for_subscribers(str(stream.id), 0)
     closed = await _scrape(observed_http)
 
     assert delivered.value("gql_api_deliveries_total") == 1
@@ -147,9 +144,7 @@ async def test_rate_limit_refusals_and_errors_are_counted_by_code(observed, obse
 
 
 async def test_websocket_close_codes_are_counted(observed, observed_http):
-    async with websockets.connect(
-        observed.ws_url, subprotocols=["graphql-transport-ws"], ping_interval=None
-    ) as ws:
+    async with websockets.connect(observed.ws_url, subprotocols=["graphql-transport-ws"], ping_interval=None) as ws:
         await ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": "not a token"}}))
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await ws.recv()
@@ -161,7 +156,7 @@ async def test_websocket_close_codes_are_counted(observed, observed_http):
 async def test_a_slow_subscriber_dropped_by_the_hub_is_counted(server, make_user, make_stream):
     stream = await make_stream()
     metrics = Metrics()
-    hub = MessageHub(queue_size=2, metrics=metrics)
+    hub = MessageHub(server.chat.store, queue_size=2, metrics=metrics)
     sender = await make_user()
     async with hub.subscribe(str(stream.id)) as slow, hub.subscribe(str(stream.id)) as fast:
         messages = [await server.chat.send_message(sender, str(stream.id), f"m{n}") for n in range(3)]
@@ -187,8 +182,8 @@ async def test_apps_in_one_process_count_separately(observed, observed_http, ser
 
 @pytest.mark.parametrize("overrides", [{"metrics_enabled": False}, {"metrics_token": SecretStr("t" * 32)}])
 async def test_metrics_can_be_turned_off_or_kept_behind_a_token(server, make_settings, overrides):
-    app, ready = app_with_ready(make_settings(**overrides), database=server.app.state.database)
-    async with serve(app, ready=ready) as live, httpx.AsyncClient(base_url=live.url) as http:
+    app = create_app(make_settings(**overrides), database=server.services.database)
+    async with serve(app) as live, httpx.AsyncClient(base_url=live.url) as http:
         anonymous = await http.get("/metrics")
         wrong = await http.get("/metrics", headers={"Authorization": "Bearer " + "u" * 32})
         right = await http.get("/metrics", headers={"Authorization": "Bearer " + "t" * 32})

@@ -16,9 +16,9 @@ ASSET = re.compile(r'(?:src|href)="([^"]+)"')
 
 
 @pytest.fixture(scope="module")
-async def production(make_settings) -> AsyncIterator[LiveServer]:
-    app = create_app(make_settings(app_env="production"))
-    async with serve(app, lifespan="off") as live:
+async def production(server, make_settings) -> AsyncIterator[LiveServer]:
+    app = create_app(make_settings(app_env="production"), database=server.services.database)
+    async with serve(app) as live:
         yield live
 
 

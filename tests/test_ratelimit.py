@@ -76,8 +76,9 @@ async def test_a_retry_with_the_same_client_message_id_does_not_count(make_user,
 
 @pytest.fixture(scope="module")
 async def unlimited(server, make_settings) -> AsyncIterator[LiveServer]:
-    """RATE_LIMIT_MESSAGES=0. Lifespan off: it runs on the session app's Beanie binding."""
-    async with serve(create_app(make_settings(rate_limit_messages=0)), lifespan="off") as live:
+    """RATE_LIMIT_MESSAGES=0, on the session app's database."""
+    app = create_app(make_settings(rate_limit_messages=0), database=server.services.database)
+    async with serve(app) as live:
         yield live
 
 
@@ -91,7 +92,7 @@ async def test_zero_turns_the_limit_off(unlimited, make_user, make_stream):
 async def test_the_window_slides(server, make_user, make_stream):
     """No span of `window` seconds holds more than `limit` messages, across any boundary."""
     now = [1_000_000.0]
-    limiter = MessageRateLimiter(3, 30, clock=lambda: now[0])
+    limiter = MessageRateLimiter(3, 30, store=server.chat.store, clock=lambda: now[0])
     stream_id, user_id = str((await make_stream()).id), str((await make_user()).id)
     for t in (0, 10, 20):
         now[0] = 1_000_000 + t
@@ -112,7 +113,7 @@ async def test_the_window_slides(server, make_user, make_stream):
 
 
 async def test_concurrent_sends_admit_exactly_the_limit(server, make_user, make_stream):
-    limiter = MessageRateLimiter(20, 30)
+    limiter = MessageRateLimiter(20, 30, store=server.chat.store)
     stream_id, user_id = str((await make_stream()).id), str((await make_user()).id)
 
     results = await asyncio.gather(
@@ -126,7 +127,7 @@ async def test_concurrent_sends_admit_exactly_the_limit(server, make_user, make_
 @pytest.mark.slow
 async def test_the_limit_holds_across_replicas(server, make_user, make_stream, client_for, tmp_path):
     """A second `gql-api serve` process on the same database shares the counters."""
-    settings = server.app.state.settings
+    settings = server.app.settings
     assert settings.mongodb_uri is not None
     user = await make_user()
     stream_id = str((await make_stream()).id)
@@ -149,7 +150,7 @@ async def test_the_limit_holds_across_replicas(server, make_user, make_stream, c
 
 
 async def test_admitting_the_same_message_again_takes_no_slot(server, make_user, make_stream):
-    limiter = MessageRateLimiter(3, 30)
+    limiter = MessageRateLimiter(3, 30, store=server.chat.store)
     stream_id, user_id = str((await make_stream()).id), str((await make_user()).id)
 
     same = await asyncio.gather(*(limiter.acquire(stream_id, user_id, "k-same") for _ in range(10)))

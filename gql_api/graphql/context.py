@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 
+from gql_api.auth import Authenticator
 from gql_api.documents import User
 from gql_api.errors import ApiError, Unauthenticated
 from gql_api.graphql.fanout import EventRenderer
@@ -23,6 +24,7 @@ class Context:
     request: Request | WebSocket
     response: Response | WebSocket
     chat: ChatService
+    authenticator: Authenticator
     renderer: EventRenderer
     connection_params: dict[str, Any] | None = None
     authenticated_user: User | None = None

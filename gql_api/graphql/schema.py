@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncGenerator
 from datetime import datetime
 from functools import partial
@@ -17,7 +16,7 @@ from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOpe
 from strawberry.types import Info
 
 from gql_api.documents import isoformat_z
-from gql_api.errors import ApiError, BadUserInput, as_api_error
+from gql_api.errors import ApiError, BadUserInput, report
 from gql_api.graphql.context import Context
 from gql_api.graphql.fanout import fan_out
 from gql_api.graphql.limits import (
@@ -32,8 +31,6 @@ from gql_api.graphql.types import ChatMessage, ChatMessageConnection, LiveStream
 from gql_api.metrics import Metrics
 from gql_api.pagination import PageRequest
 from gql_api.settings import Settings
-
-logger = logging.getLogger(__name__)
 
 ChatInfo = Info[Context, None]
 DATETIME_SCALAR = strawberry.scalar(
@@ -145,21 +142,17 @@ class ChatSchema(strawberry.Schema):
             self.metrics.error(api_error.code, "graphql")
             error.message = api_error.message
             error.extensions = {**(error.extensions or {}), **api_error.extensions}
-            if api_error.status_code >= 500 and error.original_error is not None:
-                if api_error.code == "INTERNAL_SERVER_ERROR":
-                    logger.error("Unexpected error in %s", error.path, exc_info=error.original_error)
-                else:
-                    logger.warning("%s in %s: %s", api_error.code, error.path, error.original_error)
             error.original_error = None
 
 
 def _classify(error: GraphQLError) -> ApiError:
+    """What the client is told: the request's own faults as BAD_USER_INPUT, the rest reported."""
     original = error.original_error
     if original is None or isinstance(original, (GraphQLError, *_REQUEST_ERRORS)):
         return BadUserInput(error.message)  # syntax, validation, variables: the request is wrong
     if error.path is None and error.nodes and not isinstance(original, ApiError):
         return BadUserInput(error.message)  # a variable's value failed to parse
-    return as_api_error(original)
+    return report(original, error.path)
 
 
 def build_schema(settings: Settings | None = None, metrics: Metrics | None = None) -> ChatSchema:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
+from typing import Any
 
 import strawberry
 from strawberry.types import Info
@@ -51,6 +52,18 @@ class ProfilePhoto:
         )
 
 
+def _profile_fields(profile: documents.PublicProfile) -> dict[str, Any]:
+    """What ``User`` and ``UserSnapshot`` show of a profile, apart from how they name the id."""
+    photo = profile.profile_photo
+    return {
+        "username": profile.username,
+        "name": profile.name,
+        "surname": profile.surname,
+        "profile_photo": ProfilePhoto.from_document(photo) if photo else None,
+        "availability_status": profile.availability_status,
+    }
+
+
 @strawberry.type(description="A user's public profile.")
 class User:
     id: strawberry.ID
@@ -62,20 +75,44 @@ class User:
 
     @classmethod
     def from_profile(cls, profile: documents.PublicProfile) -> User:
-        return cls(
-            id=strawberry.ID(profile.id),
-            username=profile.username,
-            name=profile.name,
-            surname=profile.surname,
-            profile_photo=ProfilePhoto.from_document(profile.profile_photo)
-            if profile.profile_photo
-            else None,
-            availability_status=profile.availability_status,
-        )
+        return cls(id=strawberry.ID(profile.id), **_profile_fields(profile))
 
     @classmethod
     def from_document(cls, user: documents.User) -> User:
         return cls.from_profile(user.public_profile())
+
+
+@strawberry.type(
+    description=(
+        "A user's public profile as it was at one moment: a message's sender when they sent it, "
+        "a stream's owner when they created it. Select "
+        "`userId`, not the deprecated `id`: without an `id`, normalised caches (Apollo Client, "
+        "urql Graphcache, Relay) keep each snapshot inside its message or stream, where with one "
+        "they merge every snapshot of a user into one entry and old messages show the newest name."
+    )
+)
+class UserSnapshot:
+    user_id: strawberry.ID = strawberry.field(description="The user's id, as `User.id`.")
+    username: str
+    name: str
+    surname: str
+    profile_photo: ProfilePhoto | None
+    availability_status: str
+
+    @strawberry.field(
+        description="The user's id (same as `userId`).",
+        deprecation_reason=(
+            "Select `userId`. Selecting `id` lets Apollo Client and other normalised caches "
+            "store every snapshot of a user under one id, so old messages show the newest name."
+        ),
+    )
+    def id(self) -> strawberry.ID:
+        # Kept so that documents written against `sender: User` and `owner: User` still validate.
+        return self.user_id
+
+    @classmethod
+    def from_profile(cls, profile: documents.PublicProfile) -> UserSnapshot:
+        return cls(user_id=strawberry.ID(profile.id), **_profile_fields(profile))
 
 
 async def _superlike_count(root: LiveStream, info: Info) -> int:
@@ -88,7 +125,9 @@ class LiveStream:
     id: strawberry.ID
     title: str
     status: StreamStatus
-    owner: User
+    owner: UserSnapshot = strawberry.field(
+        description="The owner's public profile when the stream was created (select `userId`, not `id`)."
+    )
     superlike_count: int = strawberry.field(resolver=_superlike_count)
     created_at: datetime
     ended_at: datetime | None
@@ -99,7 +138,7 @@ class LiveStream:
             id=strawberry.ID(str(stream.id)),
             title=stream.title,
             status=StreamStatus(stream.status.value),
-            owner=User.from_profile(stream.owner),
+            owner=UserSnapshot.from_profile(stream.owner),
             created_at=stream.created_at,
             ended_at=stream.ended_at,
         )
@@ -111,7 +150,9 @@ class ChatMessage:
     stream_id: strawberry.ID
     kind: MessageKind
     content: str
-    sender: User = strawberry.field(description="The sender's public profile when the message was sent.")
+    sender: UserSnapshot = strawberry.field(
+        description="The sender's public profile when the message was sent (select `userId`, not `id`)."
+    )
     created_at: datetime
     updated_at: datetime
     client_message_id: str | None
@@ -126,7 +167,7 @@ class ChatMessage:
             stream_id=strawberry.ID(message.stream_id),
             kind=MessageKind(message.kind.value),
             content=message.content,
-            sender=User.from_profile(message.sender),
+            sender=UserSnapshot.from_profile(message.sender),
             created_at=message.created_at,
             updated_at=message.updated_at,
             client_message_id=message.client_message_id,

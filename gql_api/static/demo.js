@@ -9,7 +9,7 @@
 import { createClient } from "./graphql-ws.js";
 import { resumable } from "./resume.js";
 
-const MESSAGE_FIELDS = "id kind content cursor createdAt sender { id username }";
+const MESSAGE_FIELDS = "id kind content cursor createdAt sender { userId username }";
 const HISTORY = `query History($streamId: ID!) {
   liveStream(id: $streamId) { id title status superlikeCount }
   chatMessages(streamId: $streamId, last: 50) {
@@ -75,7 +75,7 @@ function render(message, me) {
   const item = document.createElement("li");
   item.dataset.id = message.id;
   item.dataset.cursor = message.cursor;
-  item.classList.toggle("mine", message.sender.id === me);
+  item.classList.toggle("mine", message.sender.userId === me);
   item.classList.toggle("superlike", message.kind === "SUPERLIKE");
   const who = document.createElement("span");
   who.className = "who";

@@ -15,7 +15,17 @@ const committed = path.join(root, "gql_api", "static");
 test("the committed static files are the build of frontend/", async () => {
   const outdir = await mkdtemp(path.join(tmpdir(), "gql-api-static-"));
   try {
-    await promisify(execFile)(process.execPath, [path.join(root, "frontend", "build.mjs"), "--outdir", outdir]);
+    const inputs = path.join(tmpdir(), `${path.basename(outdir)}-inputs.json`);
+    await promisify(execFile)(process.execPath, [
+      path.join(root, "frontend", "build.mjs"), "--outdir", outdir, "--inputs", inputs,
+    ]);
+    // Test-only packages (Apollo Client, Playwright, ...) never reach what the app serves.
+    const { devDependencies } = JSON.parse(await readFile(path.join(root, "frontend", "package.json"), "utf8"));
+    const bundled = JSON.parse(await readFile(inputs, "utf8"));
+    await rm(inputs);
+    const packages = new Set(bundled.map((input) => input.match(/node_modules\/((?:@[^/]+\/)?[^/]+)/)?.[1]));
+    assert.ok(packages.has("graphiql") && packages.has("graphql-ws"), [...packages].join(", "));
+    assert.deepEqual(Object.keys(devDependencies).filter((name) => packages.has(name)), []);
     const built = (await readdir(outdir)).sort();
     assert.deepEqual((await readdir(committed)).sort(), built);
     for (const name of built) {

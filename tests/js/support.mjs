@@ -8,6 +8,8 @@ import { createRequire } from "node:module";
 import { once } from "node:events";
 
 const require = createRequire(new URL("../../frontend/package.json", import.meta.url));
+/** `require` a package from frontend/node_modules (tests/js has none of its own). */
+export const frontendRequire = require;
 export const { createClient } = require("graphql-ws");
 export const WebSocket = require("ws");
 
