@@ -159,9 +159,7 @@ class State:
             raise PermissionError("Authentication required")
         token = header.removeprefix("Bearer ").strip()
         try:
-            claims = jwt.decode(
-                token, self.secret, algorithms=["HS256"], options={"require": ["sub", "exp", "iat"]}
-            )
+            claims = jwt.decode(token, self.secret, algorithms=["HS256"], options={"require": ["sub", "exp", "iat"]})
         except jwt.PyJWTError as exc:
             raise PermissionError("Authentication required: the token is not valid") from exc
         user = self.users.get(claims["sub"])

@@ -4,6 +4,7 @@ graphql-transport-ws by hand, whose every received event is timed against its se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import time
@@ -50,8 +51,9 @@ class Http:
         client's); reconnects once if the server hung up. A body that is not JSON comes back as a
         GraphQL error."""
         body = json.dumps({"query": query, "variables": variables}).encode()
-        request = (f"{self.head}Authorization: {token or self.token}\r\n"
-                   f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+        request = (
+            f"{self.head}Authorization: {token or self.token}\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
         for attempt in (1, 2):  # the server may have closed an idle keep-alive connection
             try:
                 if self.writer is None:
@@ -95,10 +97,8 @@ class Http:
         writer, self.writer, self.reader = self.writer, None, None
         if writer is not None:
             writer.close()
-            try:
+            with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
-            except (ConnectionError, OSError):
-                pass
 
 
 # -- subscribers and what they receive ------------------------------------------------------
@@ -107,7 +107,7 @@ class Http:
 class Message:
     """One sent chat message: when it was issued, and when each subscriber received it."""
 
-    __slots__ = ("sent", "latencies", "expected", "done", "marker")
+    __slots__ = ("done", "expected", "latencies", "marker", "sent")
 
     def __init__(self, expected: int, marker: bool = False) -> None:
         self.sent = 0.0
@@ -118,7 +118,7 @@ class Message:
 
 
 class Subscriber:
-    __slots__ = ("ws", "task", "marked", "ended")
+    __slots__ = ("ended", "marked", "task", "ws")
 
     def __init__(self, ws: Any) -> None:
         self.ws = ws
@@ -198,7 +198,6 @@ async def read_events(subscriber: Subscriber, tracker: Tracker) -> None:
         subscriber.ended = True
 
 
-
 class Load:
     """The load generator's state for one target: its subscribers and a sender."""
 
@@ -235,10 +234,15 @@ class Load:
                 ack = json.loads(await asyncio.wait_for(ws.recv(), 60))
                 if ack.get("type") != "connection_ack":
                     raise RuntimeError(f"no connection_ack: {ack}")
-                await ws.send(json.dumps({
-                    "id": "1", "type": "subscribe",
-                    "payload": {"query": SUBSCRIPTION, "variables": {"s": self.target.stream_id}},
-                }))
+                await ws.send(
+                    json.dumps(
+                        {
+                            "id": "1",
+                            "type": "subscribe",
+                            "payload": {"query": SUBSCRIPTION, "variables": {"s": self.target.stream_id}},
+                        }
+                    )
+                )
                 subscriber = Subscriber(ws)
                 subscriber.task = asyncio.create_task(read_events(subscriber, self.tracker))
                 return subscriber
@@ -287,12 +291,11 @@ class Load:
             key = self.key("mk")
             keys.append(key)
             tracker.register(key, len(self.subscribers), marker=True)
-            await self.sender.data(SEND, {"s": self.target.stream_id, "c": CONTENT_PREFIX + key},
-                                   self.target.next_token())
-            try:
+            await self.sender.data(
+                SEND, {"s": self.target.stream_id, "c": CONTENT_PREFIX + key}, self.target.next_token()
+            )
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(tracker.all_marked.wait(), 3 + len(self.subscribers) / 1000)
-            except TimeoutError:
-                pass
             # A subscription the server ended (an error under a burst of connections, say) is
             # opened again, as a client would; too many of them fail the phase.
             dead = [i for i, s in enumerate(self.subscribers) if s.ended and not s.marked]
@@ -309,5 +312,3 @@ class Load:
     async def close(self) -> None:
         await self.ensure(0)
         await self.sender.close()
-
-

@@ -36,17 +36,32 @@ class Config:
 
 
 FULL = dict(
-    sizes=[100, 1000, 5000], messages=[100, 30, 10], window=4,
-    rate_subscribers=1000, rate=20.0, rate_seconds=10.0, drain_seconds=5.0,
-    memory_low=1000, memory_high=5000,
-    senders=50, send_seconds=5.0,
-    history=[1000, 50_000], history_queries=60,
+    sizes=[100, 1000, 5000],
+    messages=[100, 30, 10],
+    window=4,
+    rate_subscribers=1000,
+    rate=20.0,
+    rate_seconds=10.0,
+    drain_seconds=5.0,
+    memory_low=1000,
+    memory_high=5000,
+    senders=50,
+    send_seconds=5.0,
+    history=[1000, 50_000],
+    history_queries=60,
 )
 QUICK = dict(
-    sizes=[50, 200, 600], messages=[30, 15, 8], window=4,
-    rate_subscribers=200, rate=20.0, rate_seconds=3.0, drain_seconds=3.0,
-    memory_low=200, memory_high=600,
-    senders=50, send_seconds=2.0,
-    history=[1000, 5000], history_queries=20,
+    sizes=[50, 200, 600],
+    messages=[30, 15, 8],
+    window=4,
+    rate_subscribers=200,
+    rate=20.0,
+    rate_seconds=3.0,
+    drain_seconds=3.0,
+    memory_low=200,
+    memory_high=600,
+    senders=50,
+    send_seconds=2.0,
+    history=[1000, 5000],
+    history_queries=20,
 )
-

@@ -37,9 +37,10 @@ def _tokens(query: str) -> int | None:
 
 def _chain(name: str, on: str, levels: int, leaf: str, spreads: int = 2) -> str:
     spread = " ".join([f"...{name}{{n1}}"] * spreads)
-    return " ".join(
-        f"fragment {name}{n} on {on} {{ {spread.format(n1=n + 1)} }}" for n in range(levels)
-    ) + f" fragment {name}{levels} on {on} {{ {leaf} }}"
+    return (
+        " ".join(f"fragment {name}{n} on {on} {{ {spread.format(n1=n + 1)} }}" for n in range(levels))
+        + f" fragment {name}{levels} on {on} {{ {leaf} }}"
+    )
 
 
 def documents() -> dict[str, tuple[str, str | None]]:
@@ -55,7 +56,8 @@ def documents() -> dict[str, tuple[str, str | None]]:
         "`me { id }` 400 times": ("{" + " me { id }" * 400 + " }", None),
         "`__typename` 1,990 times": ("{" + " __typename" * 1990 + " }", None),
         "150 operations over a 135-fragment chain": (
-            " ".join(f"query Q{n} {{ ...C0 }}" for n in range(150)) + " "
+            " ".join(f"query Q{n} {{ ...C0 }}" for n in range(150))
+            + " "
             + _chain("C", "Query", 135, "__typename", spreads=1),
             "Q0",
         ),
@@ -68,8 +70,11 @@ def documents() -> dict[str, tuple[str, str | None]]:
         "a 60 KB string literal": ('{ liveStream(id: "' + "x" * 60_000 + '") { id } }', None),
         "GraphiQL's introspection query": (
             get_introspection_query(
-                descriptions=True, specified_by_url=True, directive_is_repeatable=True,
-                schema_description=True, input_value_deprecation=True,
+                descriptions=True,
+                specified_by_url=True,
+                directive_is_repeatable=True,
+                schema_description=True,
+                input_value_deprecation=True,
             ),
             None,
         ),
@@ -83,8 +88,16 @@ async def _serve(data_dir: str) -> tuple[asyncio.subprocess.Process, str, str]:
     env = {k: v for k, v in os.environ.items() if k not in {"MONGODB_URI", "JWT_SECRET", "APP_ENV"}}
     env["GQL_API_DATA_DIR"] = data_dir
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gql_api", "serve", "--port", str(port), env=env,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        sys.executable,
+        "-m",
+        "gql_api",
+        "serve",
+        "--port",
+        str(port),
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     token = ""
     assert process.stdout is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import platform
 import resource
@@ -14,7 +15,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from bench.config import Config
@@ -84,8 +85,14 @@ class ServerProcess:
     async def start(self, timeout: float = 90.0) -> None:
         with open(self.log_path, "ab") as out:
             self.process = subprocess.Popen(
-                self.argv, env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, preexec_fn=raise_nofile, start_new_session=True,
+                self.argv,
+                env=self.env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=raise_nofile,
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         while self.ready not in self.log_path.read_text(errors="replace"):
@@ -125,7 +132,7 @@ def py_spy() -> str | None:
 class Profiler:
     """py-spy recording the server (and its database) while one phase runs."""
 
-    EXTENSIONS = {"flamegraph": "svg", "speedscope": "json", "raw": "txt"}
+    EXTENSIONS: ClassVar[dict[str, str]] = {"flamegraph": "svg", "speedscope": "json", "raw": "txt"}
 
     def __init__(self, config: Config, target_name: str, pids: dict[str, int | None]) -> None:
         self.config, self.target_name, self.pids = config, target_name, pids
@@ -141,12 +148,25 @@ class Profiler:
             out = self.config.profile_dir / (
                 f"{self.target_name}-{label}-{role}.{self.EXTENSIONS[self.config.profile_format]}"
             )
-            self.processes.append(subprocess.Popen(
-                [exe, "record", "--pid", str(pid), "--rate", "100",
-                 "--format", self.config.profile_format, "--output", str(out),
-                 *(["--native"] if self.config.profile_native else [])],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            ))
+            self.processes.append(
+                subprocess.Popen(
+                    [
+                        exe,
+                        "record",
+                        "--pid",
+                        str(pid),
+                        "--rate",
+                        "100",
+                        "--format",
+                        self.config.profile_format,
+                        "--output",
+                        str(out),
+                        *(["--native"] if self.config.profile_native else []),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
 
     def stop(self) -> None:
         processes, self.processes = self.processes, []
@@ -170,10 +190,8 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     mem_kib = 0
-    try:
+    with contextlib.suppress(OSError, ValueError, IndexError):
         mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": model,
@@ -183,4 +201,3 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "loadavg_at_start": os.getloadavg(),
     }
-

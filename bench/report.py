@@ -43,7 +43,9 @@ def header(info: dict[str, Any]) -> str:
         f"Benchmark {info['date']} on {info['cpus']} CPUs ({info['cpu']}), {info['memory_gib']} GiB, "
         f"{info['system']}, Python {info['python']}"
         + (f", Node.js {info['node']}" if info.get("node") else "")
-        + "; load average at start " + ", ".join(f"{x:.2f}" for x in info["loadavg_at_start"]) + "."
+        + "; load average at start "
+        + ", ".join(f"{x:.2f}" for x in info["loadavg_at_start"])
+        + "."
     )
 
 
@@ -71,7 +73,9 @@ def sections(config: Config, results: dict[str, dict[str, Any]]) -> str:
         "",
         "| subscribers | project deliveries/s | p50 ms | p99 ms | baseline deliveries/s | p50 ms | p99 ms "
         + ("| node deliveries/s | p50 ms | p99 ms " if node is not None else "")
-        + "| ratio " + ("| ratio to node " if node is not None else "") + "| target |",
+        + "| ratio "
+        + ("| ratio to node " if node is not None else "")
+        + "| target |",
         "|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|---:|" if node is not None else "") + "---:|---|",
     ]
     for size in sorted(config.sizes):
@@ -94,7 +98,8 @@ def sections(config: Config, results: dict[str, dict[str, Any]]) -> str:
     lines += [
         "",
         f"**Fixed rate**: {config.rate_subscribers:,} subscribers, {config.rate:g} messages/s for "
-        f"{config.rate_seconds:g} s (a delivery not made {config.drain_seconds:g} s after the last send counts as lost).",
+        f"{config.rate_seconds:g} s (a delivery not made {config.drain_seconds:g} s after the last send "
+        "counts as lost).",
         "",
         "| server | delivered | p50 ms | p99 ms | max ms | target p99 < 250 ms |",
         "|---|---:|---:|---:|---:|---|",
@@ -125,7 +130,8 @@ def sections(config: Config, results: dict[str, dict[str, Any]]) -> str:
         if "kib_per_subscription" in r:
             lines.append(
                 f"| {name} | {r['rss_low_kib'] / 1024:.1f} MiB | {r['rss_high_kib'] / 1024:.1f} MiB "
-                f"| {r['kib_per_subscription']:.1f} KiB | {('<= baseline: ' + _verdict(ok)) if name == 'project' else '-'} |"
+                f"| {r['kib_per_subscription']:.1f} KiB "
+                f"| {('<= baseline: ' + _verdict(ok)) if name == 'project' else '-'} |"
             )
     if any(key in project for key in ("send_one_stream", "send_many_streams", "raw_insert", "history")):
         lines += [
@@ -143,7 +149,9 @@ def sections(config: Config, results: dict[str, dict[str, Any]]) -> str:
         ):
             r = project.get(key, {})
             if "per_s" in r:
-                lines.append(f"| {label} | {_num(r['per_s'])} | {_ms(r['p50_ms'])} | {_ms(r['p99_ms'])} | {r['errors']} |")
+                lines.append(
+                    f"| {label} | {_num(r['per_s'])} | {_ms(r['p50_ms'])} | {_ms(r['p99_ms'])} | {r['errors']} |"
+                )
         h = project.get("history", {})
         if h and "error" not in h:
             sizes = sorted(int(s) for s in h)
@@ -163,14 +171,21 @@ def sections(config: Config, results: dict[str, dict[str, Any]]) -> str:
                 if size == sizes[-1] and len(sizes) > 1:
                     target = f"p50 {ratio:.2f}x of {sizes[0]:,}, <= 1.5x: {_verdict(ratio <= 1.5)}"
                 lines.append(f"| {size:,} | {_ms(r['p50_ms'])} | {_ms(r['p99_ms'])} | {target} |")
-    failures = [f"{t}.{k}: {v['error']}" for t, rs in results.items() for k, v in rs.items()
-                if isinstance(v, dict) and "error" in v]
+    failures = [
+        f"{t}.{k}: {v['error']}"
+        for t, rs in results.items()
+        for k, v in rs.items()
+        if isinstance(v, dict) and "error" in v
+    ]
     if failures:
         lines += ["", "Failed phases:"] + [f"- {f}" for f in failures]
     for name, rs in results.items():
         if rs.get("reopened_subscriptions"):
-            lines += ["", f"{name}: {rs['reopened_subscriptions']} subscriptions were ended by the server "
-                      "before they were live and were opened again."]
+            lines += [
+                "",
+                f"{name}: {rs['reopened_subscriptions']} subscriptions were ended by the server "
+                "before they were live and were opened again.",
+            ]
         if rs.get("unexpected_frames"):
             lines += ["", f"Unexpected frames from {name} (first ones):"]
             lines += [f"- `{frame}`" for frame in rs["unexpected_frames"][:5]]
@@ -183,4 +198,3 @@ def sections(config: Config, results: dict[str, dict[str, Any]]) -> str:
                 extra = f", {per:.0f} µs server CPU per delivery" if per and not math.isnan(per) else ""
                 lines.append(f"- {name} {key}: {c['server']} / {c['db'] if c['db'] else '-'} / {c['generator']}{extra}")
     return "\n".join(lines)
-

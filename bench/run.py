@@ -34,11 +34,11 @@ from typing import Any
 if __package__ in (None, ""):  # `python bench/run.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.config import FULL, QUICK, Config  # noqa: E402
-from bench.processes import log, machine, py_spy, raise_nofile  # noqa: E402
-from bench.report import compression_label, report  # noqa: E402
-from bench.scenarios import bench_target  # noqa: E402
-from bench.targets import STARTERS, node_unavailable  # noqa: E402
+from bench.config import FULL, QUICK, Config
+from bench.processes import log, machine, py_spy, raise_nofile
+from bench.report import compression_label, report
+from bench.scenarios import bench_target
+from bench.targets import STARTERS, node_unavailable
 
 COMPRESSION = {"on": [True], "off": [False], "both": [True, False]}
 
@@ -53,8 +53,11 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
         description="Benchmark live delivery: the project vs a plain Strawberry baseline and a Node.js peer.",
     )
     parser.add_argument("--quick", action="store_true", help="a small smoke run (about a minute)")
-    parser.add_argument("--targets", default="project,baseline,node",
-                        help="comma-separated: project, baseline, node (default all; node only if installed)")
+    parser.add_argument(
+        "--targets",
+        default="project,baseline,node",
+        help="comma-separated: project, baseline, node (default all; node only if installed)",
+    )
     parser.add_argument("--sizes", type=_ints, help="fan-out subscriber counts (default 100,1000,5000)")
     parser.add_argument("--messages", type=_ints, help="messages per fan-out size (default 100,30,10)")
     parser.add_argument("--window", type=int, help="messages in flight in fan-out runs (default 4)")
@@ -65,22 +68,47 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     parser.add_argument("--senders", type=int, help="concurrent sendChatMessage senders (50)")
     parser.add_argument("--send-seconds", type=float, help="length of each send-throughput run (5)")
     parser.add_argument("--history", type=_ints, help="history stream sizes (1000,50000)")
-    parser.add_argument("--compression", choices=sorted(COMPRESSION), default="on",
-                        help="subscribers offer permessage-deflate, as browsers do (on, the default), "
-                             "do not (off), or every measurement is run both ways (both)")
-    parser.add_argument("--no-compression", dest="compression", action="store_const", const="off",
-                        help="the same as --compression off")
+    parser.add_argument(
+        "--compression",
+        choices=sorted(COMPRESSION),
+        default="on",
+        help="subscribers offer permessage-deflate, as browsers do (on, the default), "
+        "do not (off), or every measurement is run both ways (both)",
+    )
+    parser.add_argument(
+        "--no-compression", dest="compression", action="store_const", const="off", help="the same as --compression off"
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the raw results as JSON")
-    parser.add_argument("--profile", metavar="DIR", type=Path,
-                        help="record each phase of each server (and the embedded database) with py-spy into DIR")
-    parser.add_argument("--profile-format", default="flamegraph", choices=["flamegraph", "speedscope", "raw"],
-                        help="py-spy output format (default flamegraph: an SVG per phase)")
-    parser.add_argument("--profile-native", action="store_true",
-                        help="include native frames (shows time in the garbage collector, C extensions)")
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        type=Path,
+        help="record each phase of each server (and the embedded database) with py-spy into DIR",
+    )
+    parser.add_argument(
+        "--profile-format",
+        default="flamegraph",
+        choices=["flamegraph", "speedscope", "raw"],
+        help="py-spy output format (default flamegraph: an SVG per phase)",
+    )
+    parser.add_argument(
+        "--profile-native",
+        action="store_true",
+        help="include native frames (shows time in the garbage collector, C extensions)",
+    )
     args = parser.parse_args(argv)
     values: dict[str, Any] = dict(QUICK if args.quick else FULL)
-    for name in ("sizes", "messages", "window", "rate_subscribers", "rate", "rate_seconds",
-                 "senders", "send_seconds", "history"):
+    for name in (
+        "sizes",
+        "messages",
+        "window",
+        "rate_subscribers",
+        "rate",
+        "rate_seconds",
+        "senders",
+        "send_seconds",
+        "history",
+    ):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     if args.memory:
@@ -91,9 +119,14 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     unknown = set(targets) - set(STARTERS)
     if unknown:
         parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
-    config = Config(**values, targets=targets, compression=COMPRESSION[args.compression][0],
-                    profile_dir=args.profile, profile_format=args.profile_format,
-                    profile_native=args.profile_native)
+    config = Config(
+        **values,
+        targets=targets,
+        compression=COMPRESSION[args.compression][0],
+        profile_dir=args.profile,
+        profile_format=args.profile_format,
+        profile_native=args.profile_native,
+    )
     if config.profile_dir is not None:
         if py_spy() is None:
             parser.error("--profile needs py-spy (pip install py-spy)")
@@ -116,8 +149,10 @@ async def main_async(config: Config, args: argparse.Namespace) -> int:
     info["skipped"] = skipped
     # One pass per compression mode; the project-only phases (writes, history) do not depend on
     # it and run in the first pass only.
-    passes = [replace(config, compression=mode, writes_and_history=i == 0)
-              for i, mode in enumerate(COMPRESSION[args.compression])]
+    passes = [
+        replace(config, compression=mode, writes_and_history=i == 0)
+        for i, mode in enumerate(COMPRESSION[args.compression])
+    ]
     workdir = Path(tempfile.mkdtemp(prefix="gql-api-bench-"))
     runs: list[tuple[Config, dict[str, dict[str, Any]]]] = []
     started = time.perf_counter()
@@ -143,8 +178,11 @@ async def main_async(config: Config, args: argparse.Namespace) -> int:
     print(report(info, runs))
     print(f"\n(whole run: {info['seconds']} s)")
     if args.json:
-        raw = {"machine": info, "config": config.__dict__,
-               "runs": {compression_label(c.compression): results for c, results in runs}}
+        raw = {
+            "machine": info,
+            "config": config.__dict__,
+            "runs": {compression_label(c.compression): results for c, results in runs},
+        }
         Path(args.json).write_text(json.dumps(raw, indent=2, default=str))
     return 0
 

@@ -79,8 +79,7 @@ async def fanout(load: Load, n_messages: int) -> dict[str, Any]:
         message = load.tracker.register(key, subscribers)
         messages.append(message)
         message.sent = time.perf_counter()
-        await load.sender.data(SEND, {"s": load.target.stream_id, "c": CONTENT_PREFIX + key},
-                               load.target.next_token())
+        await load.sender.data(SEND, {"s": load.target.stream_id, "c": CONTENT_PREFIX + key}, load.target.next_token())
         send_latencies.append(time.perf_counter() - message.sent)
         waiters.append(asyncio.create_task(wait_delivered(message)))
     await asyncio.gather(*waiters)
@@ -130,8 +129,7 @@ async def fixed_rate(load: Load) -> dict[str, Any]:
         message.sent = time.perf_counter()
         http = await pool.get()
         try:
-            await http.data(SEND, {"s": load.target.stream_id, "c": CONTENT_PREFIX + key},
-                            load.target.next_token())
+            await http.data(SEND, {"s": load.target.stream_id, "c": CONTENT_PREFIX + key}, load.target.next_token())
         except BaseException:
             await http.close()  # cancelled mid-request: the connection is in an unknown state
             raise
@@ -201,7 +199,9 @@ async def memory(load: Load) -> dict[str, Any]:
     }
 
 
-async def run_timed(workers: int, seconds: float, work: Callable[[int], Awaitable[None]]) -> tuple[list[float], int, float]:
+async def run_timed(
+    workers: int, seconds: float, work: Callable[[int], Awaitable[None]]
+) -> tuple[list[float], int, float]:
     """Run ``work(worker)`` in a loop in ``workers`` tasks for ``seconds``; latencies, errors, elapsed."""
     latencies: list[float] = []
     errors = 0
@@ -242,7 +242,8 @@ async def send_throughput(target: Target, config: Config, streams: list[str]) ->
 
     async def send(worker: int) -> None:
         await clients[worker].data(
-            SEND, {"s": streams[worker % len(streams)], "c": f"throughput {next(counter)}"},
+            SEND,
+            {"s": streams[worker % len(streams)], "c": f"throughput {next(counter)}"},
             target.next_token(),
         )
 
@@ -376,7 +377,8 @@ async def bench_target(name: str, config: Config, workdir: Path) -> dict[str, An
         await phase(results, "warmup", lambda: with_reset(warm_up))
         await phase(results, "memory", lambda: with_reset(lambda: memory(load)))
         rate_done = config.rate_subscribers <= 0 or config.rate <= 0
-        for size, n_messages in sorted(zip(config.sizes, config.messages), reverse=True):
+        for size, n_messages in sorted(zip(config.sizes, config.messages, strict=True), reverse=True):
+
             async def run_fanout(size: int = size, n_messages: int = n_messages) -> dict[str, Any]:
                 await load.ensure(size)
                 return await fanout(load, n_messages)
@@ -387,6 +389,7 @@ async def bench_target(name: str, config: Config, workdir: Path) -> dict[str, An
                 await load.ensure(0)  # drop whatever an overloaded server still has queued
                 rate_done = True
         if not rate_done:
+
             async def run_rate() -> dict[str, Any]:
                 await load.ensure(config.rate_subscribers)
                 return await fixed_rate(load)
@@ -394,10 +397,13 @@ async def bench_target(name: str, config: Config, workdir: Path) -> dict[str, An
             await phase(results, "fixed_rate", lambda: with_reset(run_rate))
         await load.close()
         if name == "project" and config.writes_and_history:
+
             async def many_streams() -> dict[str, Any]:
                 http = target.http(2)
-                streams = [(await http.data(CREATE_STREAM, {"t": f"bench {i}"}))["createLiveStream"]["id"]
-                           for i in range(config.senders)]
+                streams = [
+                    (await http.data(CREATE_STREAM, {"t": f"bench {i}"}))["createLiveStream"]["id"]
+                    for i in range(config.senders)
+                ]
                 await http.close()
                 return await send_throughput(target, config, streams)
 
@@ -418,5 +424,3 @@ async def bench_target(name: str, config: Config, workdir: Path) -> dict[str, An
         stop()
         log(f"== {name}: stopped")
     return results
-
-

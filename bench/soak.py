@@ -61,8 +61,7 @@ from bench.targets import make_tokens, seed
 from gql_api.pagination import decode_cursor
 
 SUBSCRIPTION = (
-    "subscription Soak($s: ID!, $a: String) { messageAdded(streamId: $s, after: $a) "
-    "{ id streamId cursor content } }"
+    "subscription Soak($s: ID!, $a: String) { messageAdded(streamId: $s, after: $a) { id streamId cursor content } }"
 )
 SEND = (
     "mutation Send($s: ID!, $c: String!, $k: String) "
@@ -148,8 +147,9 @@ class Replica:
 class Client:
     """One simulated viewer: a subscription on one replica, sends over HTTP to both."""
 
-    def __init__(self, index: int, token: str, stream: str, replicas: list[Replica], stats: Stats,
-                 per_window: int) -> None:
+    def __init__(
+        self, index: int, token: str, stream: str, replicas: list[Replica], stats: Stats, per_window: int
+    ) -> None:
         self.index, self.token, self.stream, self.stats = index, token, stream, stats
         self.replicas = replicas
         self.sub_replica = replicas[index % 2]
@@ -219,9 +219,14 @@ class Client:
         for attempt in range(3):
             try:
                 self.ws = await ws_connect(
-                    self.sub_replica.ws_url, subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
-                    compression=None, proxy=None, ping_interval=None, open_timeout=30,
-                    close_timeout=5, max_queue=None,
+                    self.sub_replica.ws_url,
+                    subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
+                    compression=None,
+                    proxy=None,
+                    ping_interval=None,
+                    open_timeout=30,
+                    close_timeout=5,
+                    max_queue=None,
                 )
                 await self.ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": self.token}}))
                 ack = json.loads(await asyncio.wait_for(self.ws.recv(), 30))
@@ -242,10 +247,15 @@ class Client:
             self.ended = "the marker message was not acknowledged"
             return
         self.after_seq = self.last_seq = marker.seq
-        await self.ws.send(json.dumps({
-            "id": "1", "type": "subscribe",
-            "payload": {"query": SUBSCRIPTION, "variables": {"s": self.stream, "a": marker.cursor}},
-        }))
+        await self.ws.send(
+            json.dumps(
+                {
+                    "id": "1",
+                    "type": "subscribe",
+                    "payload": {"query": SUBSCRIPTION, "variables": {"s": self.stream, "a": marker.cursor}},
+                }
+            )
+        )
         self.reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
@@ -284,7 +294,9 @@ class Client:
                     return
         except ConnectionClosed as exc:
             if self.ended is None and not self.closing:
-                self.ended = f"socket closed: {exc.rcvd.code if exc.rcvd else None} {exc.rcvd.reason if exc.rcvd else ''}"
+                self.ended = (
+                    f"socket closed: {exc.rcvd.code if exc.rcvd else None} {exc.rcvd.reason if exc.rcvd else ''}"
+                )
                 stats.note(f"client {self.index}: {self.ended}")
             return
         if self.ended is None and not self.closing:
@@ -317,12 +329,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=60.0, help="how long the clients send (60)")
     parser.add_argument("--streams", type=int, default=10, help="streams the clients spread over (10)")
     parser.add_argument("--rate", type=float, default=0.4, help="messages per second per client (0.4)")
-    parser.add_argument("--per-window", type=int, default=15,
-                        help="most messages a client sends in any 30 s, marker included (15; the server allows 20)")
-    parser.add_argument("--warmup", type=float, default=10.0,
-                        help="seconds of sending before the warm-up memory sample (10; at most a third of --seconds)")
-    parser.add_argument("--drain", type=float, default=30.0,
-                        help="most seconds to wait for subscribers to catch up after sending stops (30)")
+    parser.add_argument(
+        "--per-window",
+        type=int,
+        default=15,
+        help="most messages a client sends in any 30 s, marker included (15; the server allows 20)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=10.0,
+        help="seconds of sending before the warm-up memory sample (10; at most a third of --seconds)",
+    )
+    parser.add_argument(
+        "--drain",
+        type=float,
+        default=30.0,
+        help="most seconds to wait for subscribers to catch up after sending stops (30)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the data dir and server logs")
     args = parser.parse_args(argv)
     if args.clients < 1 or args.streams < 1 or args.seconds <= 0 or args.rate <= 0:
@@ -422,8 +446,12 @@ async def soak(args: argparse.Namespace) -> int:
         # -- two replicas on one embedded database ----------------------------------------
         for name in ("A", "B"):  # A starts the embedded database; B finds it and reuses it
             port = free_port()
-            server = ServerProcess(name, [sys.executable, "-m", "gql_api", "serve", "--port", str(port)],
-                                   env, workdir / f"replica-{name}.log")
+            server = ServerProcess(
+                name,
+                [sys.executable, "-m", "gql_api", "serve", "--port", str(port)],
+                env,
+                workdir / f"replica-{name}.log",
+            )
             await server.start()
             replicas.append(Replica(name, server, port))
             log(f"replica {name} serving on 127.0.0.1:{port} (pid {server.pid})")
@@ -447,8 +475,10 @@ async def soak(args: argparse.Namespace) -> int:
         log(f"{len(user_ids)} users, {len(streams)} streams")
 
         # -- clients: each subscribes (via A or B) after a marker message --------------------
-        clients = [Client(i, tokens[i], streams[(i // 2) % len(streams)], replicas, stats, args.per_window)
-                   for i in range(args.clients)]
+        clients = [
+            Client(i, tokens[i], streams[(i // 2) % len(streams)], replicas, stats, args.per_window)
+            for i in range(args.clients)
+        ]
         started = time.perf_counter()
         for i in range(0, len(clients), 50):
             await asyncio.gather(*(c.open() for c in clients[i : i + 50]))
@@ -522,22 +552,35 @@ async def soak(args: argparse.Namespace) -> int:
         key_dupes = sum(n - 1 for n in history_keys.values() if n > 1)
         stored = sum(len(e) for e in histories.values())
         acked_ids = {a.id for a in stats.acked.values()}
-        unacked_stored = sum(1 for e in histories.values() for edge in e
-                             if edge["node"]["id"] not in acked_ids
-                             and (edge["node"]["content"] or "").startswith(CONTENT_PREFIX))
-        for a in acked_missing[:3]:
-            history_problems.append(f"acknowledged {a.key} (id {a.id}, stream {a.stream}, seq {a.seq}) not in history")
-        for a in acked_twice[:3]:
-            history_problems.append(f"acknowledged {a.key} (id {a.id}) stored {history_ids[a.id]}x, key {history_keys[(a.stream, a.key)]}x")
-        history_ok = not acked_missing and not acked_twice and not id_dupes and not key_dupes and not any(
-            "order" in p for p in history_problems)
+        unacked_stored = sum(
+            1
+            for e in histories.values()
+            for edge in e
+            if edge["node"]["id"] not in acked_ids and (edge["node"]["content"] or "").startswith(CONTENT_PREFIX)
+        )
+        history_problems += [
+            f"acknowledged {a.key} (id {a.id}, stream {a.stream}, seq {a.seq}) not in history"
+            for a in acked_missing[:3]
+        ]
+        history_problems += [
+            f"acknowledged {a.key} (id {a.id}) stored {history_ids[a.id]}x, key {history_keys[(a.stream, a.key)]}x"
+            for a in acked_twice[:3]
+        ]
+        history_ok = (
+            not acked_missing
+            and not acked_twice
+            and not id_dupes
+            and not key_dupes
+            and not any("order" in p for p in history_problems)
+        )
 
         # 2. every subscriber got every message of its stream after its marker, once, in order
         acked_by_stream: dict[str, list[Acked]] = collections.defaultdict(list)
         for a in stats.acked.values():
             acked_by_stream[a.stream].append(a)
-        history_by_stream = {s: [(e["node"]["id"], decode_cursor(e["cursor"])) for e in edges]
-                             for s, edges in histories.items()}
+        history_by_stream = {
+            s: [(e["node"]["id"], decode_cursor(e["cursor"])) for e in edges] for s, edges in histories.items()
+        }
         expected_total = delivered_total = missing_total = dup_total = order_total = extra_total = 0
         hist_missing_total = incomplete = 0
         bad_clients: list[str] = []
@@ -567,7 +610,8 @@ async def soak(args: argparse.Namespace) -> int:
                 bad_clients.append(
                     f"client {c.index} (stream {c.stream}, via {c.sub_replica.name}, after seq {c.after_seq}, "
                     f"last seq {c.last_seq}): {missing} acknowledged missing, {hist_missing} stored missing, "
-                    f"{dups} duplicates, {disorder} out of order, {extra} unknown; ended: {c.ended}")
+                    f"{dups} duplicates, {disorder} out of order, {extra} unknown; ended: {c.ended}"
+                )
         ended_early = [c for c in subscribed if c.ended is not None]
         delivery_ok = not bad_clients and not ended_early
 
@@ -594,33 +638,46 @@ async def soak(args: argparse.Namespace) -> int:
             "logs": logs_ok,
             "sends": stats.other_errors == 0 and stats.rate_limited == 0 and len(subscribed) == len(clients),
         }
+
         def verdict(good: bool) -> str:
             return "PASS" if good else "FAIL"
 
         acks = sorted(stats.ack_latencies)
         deliveries = sorted(stats.delivery_latencies)
         lines = [
-            (f"Soak {info['date']} on {info['cpus']} CPUs ({info['cpu']}), Python {info['python']}: "
-            f"{args.clients} clients on {len(streams)} streams for {args.seconds:g} s, ~{args.rate:g} messages/s "
-            f"each (at most {args.per_window} per 30 s), replicas A and B (pids {replicas[0].pid}, "
-            f"{replicas[1].pid}) on one embedded database (pid {db_pid})."),
-            (f"Load average before sending {', '.join(f'{x:.2f}' for x in load_before)}; after "
-            f"{', '.join(f'{x:.2f}' for x in load_after)}. CPU while sending (cores): A {cores['A']:.2f}, "
-            f"B {cores['B']:.2f}, database {cores['db']:.2f}, this generator {cores['generator']:.2f}."),
+            (
+                f"Soak {info['date']} on {info['cpus']} CPUs ({info['cpu']}), Python {info['python']}: "
+                f"{args.clients} clients on {len(streams)} streams for {args.seconds:g} s, ~{args.rate:g} messages/s "
+                f"each (at most {args.per_window} per 30 s), replicas A and B (pids {replicas[0].pid}, "
+                f"{replicas[1].pid}) on one embedded database (pid {db_pid})."
+            ),
+            (
+                f"Load average before sending {', '.join(f'{x:.2f}' for x in load_before)}; after "
+                f"{', '.join(f'{x:.2f}' for x in load_after)}. CPU while sending (cores): A {cores['A']:.2f}, "
+                f"B {cores['B']:.2f}, database {cores['db']:.2f}, this generator {cores['generator']:.2f}."
+            ),
             "",
             "| check | figures | result |",
             "|---|---|---|",
-            (f"| acknowledged messages in the history exactly once | {len(stats.acked):,} acknowledged "
-            f"({stats.sends:,} sent); {len(stats.acked) - len(acked_missing) - len(acked_twice):,} found once, "
-            f"{len(acked_missing)} missing, {len(acked_twice)} more than once; {stored:,} stored in all, "
-            f"{id_dupes + key_dupes} duplicates, {unacked_stored} stored but not acknowledged | {verdict(history_ok)} |"),
-            (f"| subscribers got every message of their stream after their marker once, in order "
-            f"| {len(subscribed) - incomplete}/{len(clients)} subscribers complete; "
-            f"{expected_total:,} acknowledged deliveries expected, {delivered_total:,} received; {missing_total} missing "
-            f"({hist_missing_total} of stored), {dup_total} duplicates, {order_total} out of order, {extra_total} unknown; "
-            f"{len(ended_early)} subscriptions ended early; drain {drain_seconds:.1f} s | {verdict(delivery_ok)} |"),
-            (f"| zero 5xx | HTTP status >= 500: {stats.http_5xx}; GraphQL statusCode >= 500: {stats.graphql_5xx} over "
-            f"HTTP, {stats.ws_5xx} over websockets | {verdict(five_xx == 0)} |"),
+            (
+                f"| acknowledged messages in the history exactly once | {len(stats.acked):,} acknowledged "
+                f"({stats.sends:,} sent); {len(stats.acked) - len(acked_missing) - len(acked_twice):,} found once, "
+                f"{len(acked_missing)} missing, {len(acked_twice)} more than once; {stored:,} stored in all, "
+                f"{id_dupes + key_dupes} duplicates, {unacked_stored} stored but not acknowledged "
+                f"| {verdict(history_ok)} |"
+            ),
+            (
+                f"| subscribers got every message of their stream after their marker once, in order "
+                f"| {len(subscribed) - incomplete}/{len(clients)} subscribers complete; "
+                f"{expected_total:,} acknowledged deliveries expected, {delivered_total:,} received; "
+                f"{missing_total} missing ({hist_missing_total} of stored), {dup_total} duplicates, "
+                f"{order_total} out of order, {extra_total} unknown; "
+                f"{len(ended_early)} subscriptions ended early; drain {drain_seconds:.1f} s | {verdict(delivery_ok)} |"
+            ),
+            (
+                f"| zero 5xx | HTTP status >= 500: {stats.http_5xx}; GraphQL statusCode >= 500: "
+                f"{stats.graphql_5xx} over HTTP, {stats.ws_5xx} over websockets | {verdict(five_xx == 0)} |"
+            ),
         ]
         for r in replicas:
             warm, final, drained = rss_warm[r.name], rss_end[r.name], rss_drained[r.name]
@@ -630,20 +687,30 @@ async def soak(args: argparse.Namespace) -> int:
                 f"({(final / warm - 1) * 100:+.1f}%); after the drain {mib(drained)} | {verdict(memory_ok[r.name])} |"
             )
         for name, (errors, warnings, _) in logs.items():
-            lines.append(f"| replica {name} log: no ERROR or traceback | {errors} error lines, {warnings} warnings "
-                         f"| {verdict(errors == 0)} |")
+            lines.append(
+                f"| replica {name} log: no ERROR or traceback | {errors} error lines, {warnings} warnings "
+                f"| {verdict(errors == 0)} |"
+            )
         lines.append(
             f"| every client subscribed, every send answered | {len(subscribed)}/{len(clients)} subscribed; "
             f"{stats.rate_limited} rate-limited, {stats.other_errors} other failures | {verdict(checks['sends'])} |"
         )
         lines += [
             "",
-            (f"sendChatMessage acknowledged: p50 {ms(percentile(acks, 50))}, p99 {ms(percentile(acks, 99))}, "
-            f"max {ms(acks[-1] if acks else float('nan'))}; {len(stats.acked) / send_seconds:.1f} messages/s."),
-            (f"Delivery (send issued -> event read): {len(deliveries):,} events, p50 {ms(percentile(deliveries, 50))}, "
-            f"p99 {ms(percentile(deliveries, 99))}, max {ms(deliveries[-1] if deliveries else float('nan'))}."),
+            (
+                f"sendChatMessage acknowledged: p50 {ms(percentile(acks, 50))}, p99 {ms(percentile(acks, 99))}, "
+                f"max {ms(acks[-1] if acks else float('nan'))}; {len(stats.acked) / send_seconds:.1f} messages/s."
+            ),
+            (
+                f"Delivery (send issued -> event read): {len(deliveries):,} events, "
+                f"p50 {ms(percentile(deliveries, 50))}, "
+                f"p99 {ms(percentile(deliveries, 99))}, max {ms(deliveries[-1] if deliveries else float('nan'))}."
+            ),
         ]
-        trend = [f"{t:.0f}s A {mib(s['A'])} B {mib(s['B'])}" for t, s in sampler.samples[:: max(1, len(sampler.samples) // 6)]]
+        trend = [
+            f"{t:.0f}s A {mib(s['A'])} B {mib(s['B'])}"
+            for t, s in sampler.samples[:: max(1, len(sampler.samples) // 6)]
+        ]
         lines.append("Memory while sending: " + "; ".join(trend) + ".")
         problems = history_problems + bad_clients[:10] + [f"client {c.index}: {c.ended}" for c in ended_early[:5]]
         problems += stats.samples[:10]
@@ -652,8 +719,11 @@ async def soak(args: argparse.Namespace) -> int:
         if problems:
             lines += ["", "Details (first ones):"] + [f"- {p}" for p in problems]
         ok = all(checks.values())
-        lines += ["", f"RESULT: {'PASS' if ok else 'FAIL'}" + ("" if ok else " (" + ", ".join(
-            k for k, v in checks.items() if not v) + ")")]
+        lines += [
+            "",
+            f"RESULT: {'PASS' if ok else 'FAIL'}"
+            + ("" if ok else " (" + ", ".join(k for k, v in checks.items() if not v) + ")"),
+        ]
         print("\n".join(lines), flush=True)
     finally:
         for c in clients:

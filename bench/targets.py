@@ -53,8 +53,14 @@ class Target:
 
 def user_profile(user_id: str, username: str, name: str, surname: str) -> dict[str, Any]:
     """A user as embedded in stored documents (``sender``, ``owner``)."""
-    return {"id": user_id, "username": username, "name": name, "surname": surname,
-            "profile_photo": None, "availability_status": "available"}
+    return {
+        "id": user_id,
+        "username": username,
+        "name": name,
+        "surname": surname,
+        "profile_photo": None,
+        "availability_status": "available",
+    }
 
 
 def _now() -> datetime:
@@ -66,8 +72,15 @@ def message_document(stream_id: str, seq: int, sender: dict[str, Any], content: 
     """A stored ChatMessage document, as the project writes it."""
     now = _now()
     return {
-        "stream_id": stream_id, "seq": seq, "kind": "TEXT", "content": content, "sender": sender,
-        "client_message_id": None, "dedup_key": f"r:{ObjectId()}", "created_at": now, "updated_at": now,
+        "stream_id": stream_id,
+        "seq": seq,
+        "kind": "TEXT",
+        "content": content,
+        "sender": sender,
+        "client_message_id": None,
+        "dedup_key": f"r:{ObjectId()}",
+        "created_at": now,
+        "updated_at": now,
     }
 
 
@@ -91,15 +104,25 @@ async def seed(uri: str, db_name: str, sizes: list[int], users: int) -> tuple[di
         for size in sizes:
             stream_id = ObjectId()
             started = time.perf_counter()
-            await database[LiveStream.Settings.name].insert_one({
-                "_id": stream_id, "title": f"bench history {size}", "owner": owner, "status": "LIVE",
-                "superlike_count": 0, "last_seq": size, "created_at": _now(), "ended_at": None,
-            })
+            await database[LiveStream.Settings.name].insert_one(
+                {
+                    "_id": stream_id,
+                    "title": f"bench history {size}",
+                    "owner": owner,
+                    "status": "LIVE",
+                    "superlike_count": 0,
+                    "last_seq": size,
+                    "created_at": _now(),
+                    "ended_at": None,
+                }
+            )
             for first in range(1, size + 1, 5000):
-                await database[ChatMessage.Settings.name].insert_many([
-                    message_document(str(stream_id), seq, sender, f"history {seq}")
-                    for seq in range(first, min(size, first + 4999) + 1)
-                ])
+                await database[ChatMessage.Settings.name].insert_many(
+                    [
+                        message_document(str(stream_id), seq, sender, f"history {seq}")
+                        for seq in range(first, min(size, first + 4999) + 1)
+                    ]
+                )
             streams[size] = str(stream_id)
             log(f"  seeded a stream with {size} messages ({time.perf_counter() - started:.1f}s)")
     finally:
@@ -107,7 +130,6 @@ async def seed(uri: str, db_name: str, sizes: list[int], users: int) -> tuple[di
     if len(user_ids) != users:
         raise RuntimeError(f"seeded {users} users but found {len(user_ids)}")
     return streams, user_ids
-
 
 
 async def start_project(config: Config, workdir: Path) -> tuple[Target, Callable[[], None]]:
@@ -130,18 +152,34 @@ async def start_project(config: Config, workdir: Path) -> tuple[Target, Callable
         secret = secrets.token_urlsafe(48)
         env = {**base_env(), "GQL_API_DATA_DIR": str(data_dir), "MONGODB_DB": "gql_api", "JWT_SECRET": secret}
         port = free_port()
-        server = ServerProcess("project", [sys.executable, "-m", "gql_api", "serve", "--port", str(port)],
-                               env, workdir / "project.log")
+        server = ServerProcess(
+            "project", [sys.executable, "-m", "gql_api", "serve", "--port", str(port)], env, workdir / "project.log"
+        )
         await server.start()
         demo = subprocess.run(
-            [sys.executable, "-m", "gql_api", "demo", "--json"], env=env, cwd=ROOT,
-            capture_output=True, text=True, timeout=120, check=True,
+            [sys.executable, "-m", "gql_api", "demo", "--json"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
         )
         data = json.loads(demo.stdout)
         tokens = make_tokens(secret, user_ids)
         db_pid = int((data_dir / "nx-27017.pid").read_text())
-        target = Target("project", server, "127.0.0.1", port, tokens, data["streamId"], db_pid=db_pid,
-                        mongo_uri=uri, mongo_db="gql_api", history_streams=history)
+        target = Target(
+            "project",
+            server,
+            "127.0.0.1",
+            port,
+            tokens,
+            data["streamId"],
+            db_pid=db_pid,
+            mongo_uri=uri,
+            mongo_db="gql_api",
+            history_streams=history,
+        )
         return target, stop
     except BaseException:
         stop()
@@ -174,14 +212,15 @@ async def _start_in_memory(
     """Start a server that keeps users and messages in memory (the baseline, the Node.js peer):
     the users go to it in a file, the secret and the one stream in its environment."""
     secret = secrets.token_urlsafe(48)
-    profiles = {str(ObjectId()): {"username": f"bench{i:04d}", "name": "Bench", "surname": f"Viewer{i}"}
-                for i in range(config.users)}
+    profiles = {
+        str(ObjectId()): {"username": f"bench{i:04d}", "name": "Bench", "surname": f"Viewer{i}"}
+        for i in range(config.users)
+    }
     users_file = workdir / f"{name}-users.json"
     users_file.write_text(json.dumps(profiles))
     tokens = make_tokens(secret, list(profiles))
     stream_id = str(ObjectId())
-    env = {**base_env(), "BENCH_JWT_SECRET": secret, "BENCH_USERS_FILE": str(users_file),
-           "BENCH_STREAM_ID": stream_id}
+    env = {**base_env(), "BENCH_JWT_SECRET": secret, "BENCH_USERS_FILE": str(users_file), "BENCH_STREAM_ID": stream_id}
     port = free_port()
     server = ServerProcess(name, [*argv, "--port", str(port)], env, workdir / f"{name}.log", ready=ready)
     await server.start()
@@ -203,8 +242,12 @@ async def start_node(config: Config, workdir: Path) -> tuple[Target, Callable[[]
     if not (NODE_PEER_DIR / "node_modules").is_dir():
         log("  installing the Node.js peer's packages (npm ci, from bench/node_peer/package-lock.json)")
         await asyncio.to_thread(
-            subprocess.run, ["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_PEER_DIR,
-            capture_output=True, check=True, timeout=600,
+            subprocess.run,
+            ["npm", "ci", "--no-audit", "--no-fund"],
+            cwd=NODE_PEER_DIR,
+            capture_output=True,
+            check=True,
+            timeout=600,
         )
     node = shutil.which("node")
     assert node is not None

@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 import jwt
 
-from gql_api.compat import parse_object_id
 from gql_api.documents import User
 from gql_api.errors import Unauthenticated
 from gql_api.settings import Settings
+from gql_api.store import ChatStore
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,9 @@ class TokenClaims:
 class Authenticator:
     """Verifies tokens against the configured key, algorithm, issuer and audience."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, store: ChatStore | None = None) -> None:
+        # Issuing needs no database; only ``authenticate`` looks the user up.
+        self.store = store or ChatStore()
         self._algorithm = settings.jwt_algorithm
         self._verify_key = settings.verification_key()
         self._sign_key = None if self._algorithm.startswith("RS") else settings.signing_key()
@@ -108,8 +110,7 @@ class Authenticator:
     async def authenticate_claims(self, token: str | None) -> tuple[User, TokenClaims]:
         """The existing user a valid token names, and the token's claims (for its expiry)."""
         claims = self.verify(token)
-        object_id = parse_object_id(claims.user_id)
-        user = await User.get(object_id) if object_id is not None else None
+        user = await self.store.user_by_id(claims.user_id)
         if user is None:
             raise Unauthenticated("Authentication required: the token's user does not exist")
         return user, claims

@@ -8,6 +8,7 @@ import contextlib
 import gc
 import json
 import logging
+import math
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,7 @@ from gql_api.logs import configure_logging, uvicorn_log_config
 from gql_api.service import ChatService
 from gql_api.settings import Settings, load_settings
 from gql_api.state import Services
+from gql_api.store import ChatStore
 from gql_api.users import create_user, get_user
 
 logger = logging.getLogger(__name__)
@@ -69,7 +71,7 @@ def uvicorn_config(app: Any, settings: Settings, *, host: str, port: int, **opti
         port=port,
         log_level="info",
         lifespan="on",
-        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
         # The app closes a websocket message over the body cap with 1009 itself, whatever server
         # runs it; uvicorn refuses it too (also 1009), before buffering up to its default 16 MiB.
         ws_max_size=settings.graphql_max_body_bytes,
@@ -90,7 +92,7 @@ def _tune_gc() -> None:
 async def _banner(settings: Settings, args: argparse.Namespace, chat: ChatService) -> str:
     """The development banner; on an empty database, the demo data is created first."""
     lines = ["", "  gql_api is running (development)", f"  GraphiQL:      http://{args.host}:{args.port}/graphql"]
-    if await database_is_empty():
+    if await database_is_empty(chat.store):
         demo = await ensure_demo_data(chat)
         token = Authenticator(settings).issue(str(demo.users["alice"].id))
         lines += [f"  Demo stream:   {demo.stream_id}", f"  Token (alice): {token}"]
@@ -163,9 +165,10 @@ def _serve_workers(settings: Settings, args: argparse.Namespace) -> None:
 
 async def _with_database(settings: Settings, work: Callable[[ChatService], Awaitable[T]]) -> T:
     async with open_database(settings):
-        hub = MessageHub()
+        store = ChatStore()
+        hub = MessageHub(store)
         # No subscribers in a one-off command: what it stores is delivered in-process, to no one.
-        return await work(ChatService(hub, Delivery(hub)))
+        return await work(ChatService(hub, Delivery(hub), store=store))
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> None:
@@ -176,7 +179,7 @@ def _demo(settings: Settings, args: argparse.Namespace) -> None:
             print(json.dumps(data))
         else:
             print(f"Demo stream: {data['streamId']}")
-            for username, user in data["users"].items():  # type: ignore[union-attr]
+            for username, user in data["users"].items():
                 print(f"{username}: {user['token']}")
 
     asyncio.run(_with_database(settings, work))
@@ -185,6 +188,7 @@ def _demo(settings: Settings, args: argparse.Namespace) -> None:
 def _user_create(settings: Settings, args: argparse.Namespace) -> None:
     async def work(chat: ChatService) -> None:
         user = await create_user(
+            chat.store,
             args.username, name=args.name or "", surname=args.surname or "", photo_url=args.photo_url
         )
         print(json.dumps({"id": str(user.id), "username": user.username}))
@@ -194,7 +198,7 @@ def _user_create(settings: Settings, args: argparse.Namespace) -> None:
 
 def _token(settings: Settings, args: argparse.Namespace) -> None:
     async def work(chat: ChatService) -> None:
-        user = await get_user(args.username)
+        user = await get_user(chat.store, args.username)
         print(Authenticator(settings).issue(str(user.id), ttl=timedelta(seconds=args.ttl)))
 
     asyncio.run(_with_database(settings, work))

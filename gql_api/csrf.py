@@ -14,9 +14,7 @@ from gql_api.errors import BadUserInput
 
 # Apollo Server's CSRF prevention: a browser sends these content types (or none) cross-site
 # without a CORS preflight, and can add none of these headers without one.
-SIMPLE_CONTENT_TYPES = frozenset(
-    {"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"}
-)
+SIMPLE_CONTENT_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"})
 PREFLIGHT_HEADERS = ("x-apollo-operation-name", "apollo-require-preflight", "graphql-require-preflight")
 
 

@@ -14,12 +14,12 @@ import contextlib
 import logging
 from typing import Any
 
-from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure, PyMongoError
 
-from gql_api.compat import EMPTY_BATCH_PAUSE_SECONDS, change_event_document
+from gql_api.database import Database
 from gql_api.documents import ChatMessage
 from gql_api.hub import MessageHub
+from gql_api.store import EMPTY_BATCH_PAUSE_SECONDS, message_from_change_event
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class Delivery:
 
     cross_process = False
 
-    def __init__(self, hub: MessageHub) -> None:
+    def __init__(self, hub: MessageHub[ChatMessage]) -> None:
         self.hub = hub
 
     async def start(self) -> None:
@@ -58,7 +58,7 @@ class ChangeStreamDelivery(Delivery):
 
     cross_process = True
 
-    def __init__(self, hub: MessageHub, database: AsyncDatabase) -> None:
+    def __init__(self, hub: MessageHub[ChatMessage], database: Database) -> None:
         super().__init__(hub)
         self._database = database
         self._task: asyncio.Task[None] | None = None
@@ -66,12 +66,12 @@ class ChangeStreamDelivery(Delivery):
         self.connected = asyncio.Event()
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._follow(ChatMessage.get_settings().name), name="feed:messages")
+        self._task = asyncio.create_task(self._follow(ChatMessage.Settings.name), name="feed:messages")
 
     async def stop(self) -> None:
         # Ask the followers to finish their current read rather than cancel them in the middle
         # of it: pymongo's async driver can hang a task cancelled mid-operation (see
-        # ``database.detached``). Cancel only what has not stopped in time.
+        # ``store.detached``). Cancel only what has not stopped in time.
         self._stopping.set()
         if self._task is None:
             return
@@ -86,7 +86,7 @@ class ChangeStreamDelivery(Delivery):
 
     async def _on_message(self, event: dict[str, Any]) -> None:
         if event.get("operationType") == "insert":
-            message = ChatMessage.model_validate(change_event_document(event))
+            message = message_from_change_event(event)
             self.hub.metrics.change_event(message.created_at)
             await self.hub.deliver(message)
 
@@ -149,10 +149,10 @@ def retry_pause(failures: int) -> float:
     return RETRY_SECONDS[min(failures, len(RETRY_SECONDS)) - 1]
 
 
-async def open_delivery(hub: MessageHub, database: AsyncDatabase) -> Delivery:
+async def open_delivery(hub: MessageHub[ChatMessage], database: Database) -> Delivery:
     """Change-stream delivery when the deployment supports it, else in-process with a warning."""
     try:
-        probe = await database[ChatMessage.get_settings().name].watch()
+        probe = await database[ChatMessage.Settings.name].watch()
         await probe.close()
     except OperationFailure as exc:
         if exc.code not in _NO_CHANGE_STREAMS and "replica set" not in str(exc):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import ClassVar
 
 from beanie import Document
 from pydantic import BaseModel, Field
@@ -86,7 +87,9 @@ class User(Document):
 
     class Settings:
         name = "users"
-        indexes = [IndexModel([("username", ASCENDING)], unique=True, name="username_unique")]
+        indexes: ClassVar[list[IndexModel]] = [
+            IndexModel([("username", ASCENDING)], unique=True, name="username_unique")
+        ]
 
     def public_profile(self) -> PublicProfile:
         return PublicProfile(
@@ -133,11 +136,9 @@ class ChatMessage(Document):
 
     class Settings:
         name = "chat_messages"
-        indexes = [
+        indexes: ClassVar[list[IndexModel]] = [
             IndexModel([("stream_id", ASCENDING), ("seq", ASCENDING)], unique=True, name="stream_seq"),
-            IndexModel(
-                [("stream_id", ASCENDING), ("dedup_key", ASCENDING)], unique=True, name="stream_dedup"
-            ),
+            IndexModel([("stream_id", ASCENDING), ("dedup_key", ASCENDING)], unique=True, name="stream_dedup"),
             # Counting a stream's superlikes (its superlikeCount) reads this index only.
             IndexModel([("stream_id", ASCENDING), ("kind", ASCENDING)], name="stream_kind"),
         ]
@@ -159,7 +160,7 @@ class ChatRateWindow(Document):
 
     class Settings:
         name = "chat_rate_windows"
-        indexes = [IndexModel([("stream_id", ASCENDING)], name="stream")]
+        indexes: ClassVar[list[IndexModel]] = [IndexModel([("stream_id", ASCENDING)], name="stream")]
 
 
 class ChatBanRecord(BaseModel):

@@ -175,18 +175,28 @@ class EmbeddedMongo:
     def _spawn(self, port: int) -> None:
         self.pid_file.unlink(missing_ok=True)
         command = [
-            sys.executable, "-c", _LAUNCHER,
-            "--db", str(self.db_file),
-            "--host", self.host,
-            "--port", str(port),
-            "--pid-file", str(self.pid_file),
-            "--log-file", str(self.log_file),
+            sys.executable,
+            "-c",
+            _LAUNCHER,
+            "--db",
+            str(self.db_file),
+            "--host",
+            self.host,
+            "--port",
+            str(port),
+            "--pid-file",
+            str(self.pid_file),
+            "--log-file",
+            str(self.log_file),
         ]
         for pid in [pid for pid, process in _spawned.items() if process.poll() is not None]:
             del _spawned[pid]  # exited (and now reaped): its pid may be reused
         with open(self.data_dir / "nx-27017.out", "ab") as out:
             self._process = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,  # a Ctrl-C meant for the API must not kill it first
             )
         _spawned[self._process.pid] = self._process
@@ -194,9 +204,7 @@ class EmbeddedMongo:
         while not _accepts(self.host, port):
             if self._process.poll() is not None or time.monotonic() > deadline:
                 _terminate(self._process)
-                raise RuntimeError(
-                    f"the embedded MongoDB server did not start; see {self.data_dir / 'nx-27017.out'}"
-                )
+                raise RuntimeError(f"the embedded MongoDB server did not start; see {self.data_dir / 'nx-27017.out'}")
             time.sleep(0.05)
 
     def _release(self) -> None:

@@ -9,6 +9,10 @@ subscribers see no gap and no duplicate.
 A stream's end is an entry of the same log (``MessageKind.STREAM_ENDED``), numbered after its
 last message: the group completes its subscriptions when it reaches that entry in order, so
 every message before the end has been handed over first.
+
+The hub reads the stored log through a ``HistoryReader`` it is given (``store.ChatStore`` in
+the app), and needs of an entry only its stream, sequence number and kind (``LogEntry``): the
+ordering and gap filling run without a database.
 """
 
 from __future__ import annotations
@@ -17,13 +21,45 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any, Generic, Protocol, TypeVar
 
-from gql_api import history
-from gql_api.documents import ChatMessage, MessageKind
+from gql_api.documents import MessageKind
 from gql_api.errors import ServiceUnavailable, SubscriberTooSlow
 from gql_api.metrics import Metrics
 
 logger = logging.getLogger(__name__)
+
+
+class LogEntry(Protocol):
+    """What the hub reads of an entry of a stream's log (``documents.ChatMessage`` is one)."""
+
+    @property
+    def stream_id(self) -> str: ...
+
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def kind(self) -> MessageKind: ...
+
+
+EntryT = TypeVar("EntryT", bound=LogEntry)
+EntryT_co = TypeVar("EntryT_co", bound=LogEntry, covariant=True)
+
+
+class HistoryReader(Protocol[EntryT_co]):
+    """The stored log of each stream, as the hub reads it."""
+
+    async def newest(self, stream_id: str) -> EntryT_co | None:
+        """The stream's newest entry (its end entry once it has ended); None when it has none."""
+        ...
+
+    def replay(
+        self, stream_id: str, *, after: int, through: int | None = None, with_end: bool = False
+    ) -> AsyncIterator[EntryT_co]:
+        """Entries with ``after < seq <= through`` (or to the newest), oldest first; the end
+        entry only ``with_end``."""
+        ...
 
 
 class _End:
@@ -38,7 +74,7 @@ _END = _End()
 _OVERFLOW = _Overflow()
 
 
-class Subscriber:
+class Subscriber(Generic[EntryT]):
     """One live subscription: a bounded queue of one stream's messages.
 
     ``start_seq`` is the sequence number its group had delivered when it joined: it receives
@@ -48,10 +84,10 @@ class Subscriber:
     def __init__(self, stream_id: str, queue_size: int, start_seq: int) -> None:
         self.stream_id = stream_id
         self.start_seq = start_seq
-        self._queue: asyncio.Queue[ChatMessage | _End | _Overflow] = asyncio.Queue(queue_size)
+        self._queue: asyncio.Queue[EntryT | _End | _Overflow] = asyncio.Queue(queue_size)
         self.closed = False
 
-    def offer(self, item: ChatMessage | _End) -> bool:
+    def offer(self, item: EntryT | _End) -> bool:
         """Queue without waiting; on overflow fail the subscription and return False."""
         if self.closed:
             return False
@@ -69,10 +105,10 @@ class Subscriber:
             self.closed = True
         return True
 
-    def __aiter__(self) -> AsyncIterator[ChatMessage]:
+    def __aiter__(self) -> AsyncIterator[EntryT]:
         return self
 
-    async def __anext__(self) -> ChatMessage:
+    async def __anext__(self) -> EntryT:
         item = await self._queue.get()
         if isinstance(item, _End):
             raise StopAsyncIteration
@@ -81,19 +117,20 @@ class Subscriber:
         return item
 
 
-class _Group:
+class _Group(Generic[EntryT]):
     """The subscribers of one stream in this process, and how far the stream was delivered."""
 
-    def __init__(self, stream_id: str, metrics: Metrics) -> None:
+    def __init__(self, stream_id: str, history: HistoryReader[EntryT], metrics: Metrics) -> None:
         self.stream_id = stream_id
+        self.history = history
         self.metrics = metrics
-        self.subscribers: set[Subscriber] = set()
+        self.subscribers: set[Subscriber[EntryT]] = set()
         self.last_seq = 0
         self.ended = False
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.lock = asyncio.Lock()  # one delivery (with its catch-up reads) at a time
 
-    def fan_out(self, message: ChatMessage) -> list[Subscriber]:
+    def fan_out(self, message: EntryT) -> list[Subscriber[EntryT]]:
         """Hand a message to every subscriber; return those that fell behind.
 
         The stream's end entry completes every subscription instead, and ends the group.
@@ -109,10 +146,10 @@ class _Group:
         self.metrics.deliveries.inc(len(self.subscribers) - len(behind))
         return behind
 
-    async def catch_up(self, through: int | None = None) -> list[Subscriber]:
+    async def catch_up(self, through: int | None = None) -> list[Subscriber[EntryT]]:
         """Deliver stored entries after ``last_seq`` (up to ``through``) that the feed skipped."""
-        dropped: list[Subscriber] = []
-        async for message in history.replay(
+        dropped: list[Subscriber[EntryT]] = []
+        async for message in self.history.replay(
             self.stream_id, after=self.last_seq, through=through, with_end=True
         ):
             if self.ended:
@@ -121,24 +158,31 @@ class _Group:
         return dropped
 
 
-class MessageHub:
-    """Groups of subscribers by stream; fed by a ``Delivery`` with each new entry of a stream's log."""
+class MessageHub(Generic[EntryT]):
+    """Groups of subscribers by stream; fed by a ``Delivery`` with each new entry of a stream's log.
 
-    def __init__(self, queue_size: int = 1000, metrics: Metrics | None = None) -> None:
+    ``history`` is where a group reads where its stream stands when it starts, and the entries
+    a feed skipped.
+    """
+
+    def __init__(
+        self, history: HistoryReader[EntryT], queue_size: int = 1000, metrics: Metrics | None = None
+    ) -> None:
+        self._history = history
         self._queue_size = queue_size
         self.metrics = metrics or Metrics()
-        self._groups: dict[str, _Group] = {}
+        self._groups: dict[str, _Group[EntryT]] = {}
         self._waiters: list[tuple[str, int, asyncio.Future[None]]] = []
 
     @asynccontextmanager
-    async def subscribe(self, stream_id: str) -> AsyncIterator[Subscriber]:
+    async def subscribe(self, stream_id: str) -> AsyncIterator[Subscriber[EntryT]]:
         """Join the stream's group for the duration of the block.
 
         The subscriber of a stream that has ended (its end entry is delivered or stored) is
         complete at once: it only replays from history.
         """
         group = await self._group(stream_id)
-        subscriber = Subscriber(stream_id, self._queue_size, group.last_seq)
+        subscriber: Subscriber[EntryT] = Subscriber(stream_id, self._queue_size, group.last_seq)
         if group.ended:
             subscriber.offer(_END)
         else:
@@ -149,7 +193,7 @@ class MessageHub:
         finally:
             self._leave(group, subscriber)
 
-    async def deliver(self, message: ChatMessage) -> None:
+    async def deliver(self, message: EntryT) -> None:
         """Hand a new entry to its stream's subscribers, once each, in sequence order.
 
         A message is queued to each subscriber; the end entry completes them all.
@@ -160,7 +204,9 @@ class MessageHub:
         async with group.lock:
             if message.seq <= group.last_seq or group.ended:
                 return  # delivered already (a resumed feed repeats itself)
-            dropped = await group.catch_up(through=message.seq - 1)
+            # Read the log only for what the feed skipped: in sequence, nothing was.
+            skipped = message.seq > group.last_seq + 1
+            dropped = await group.catch_up(through=message.seq - 1) if skipped else []
             if not group.ended:
                 dropped += group.fan_out(message)
         self._settle(group, dropped)
@@ -194,12 +240,12 @@ class MessageHub:
 
     # -- internals -------------------------------------------------------------------------
 
-    async def _group(self, stream_id: str) -> _Group:
+    async def _group(self, stream_id: str) -> _Group[EntryT]:
         group = self._groups.get(stream_id)
         if group is None:
-            group = self._groups[stream_id] = _Group(stream_id, self.metrics)
+            group = self._groups[stream_id] = _Group(stream_id, self._history, self.metrics)
             try:
-                newest = await history.newest(stream_id)
+                newest = await self._history.newest(stream_id)
             except BaseException as exc:
                 del self._groups[stream_id]
                 # Joiners waiting on this group fail too; a cancelled creator is not their cancel.
@@ -216,26 +262,26 @@ class MessageHub:
         return group
 
     @staticmethod
-    async def _is_ready(group: _Group) -> bool:
+    async def _is_ready(group: _Group[Any]) -> bool:
         try:
             await asyncio.shield(group.ready)
         except Exception:  # noqa: BLE001 - the group never started; its joiners were told
             return False
         return True
 
-    def _leave(self, group: _Group, subscriber: Subscriber) -> None:
+    def _leave(self, group: _Group[EntryT], subscriber: Subscriber[EntryT]) -> None:
         group.subscribers.discard(subscriber)
         if not group.subscribers and self._groups.get(group.stream_id) is group:
             del self._groups[group.stream_id]
         self._changed()
 
-    def _drop(self, group: _Group, subscribers: list[Subscriber]) -> None:
+    def _drop(self, group: _Group[EntryT], subscribers: list[Subscriber[EntryT]]) -> None:
         self.metrics.slow_subscribers_dropped.inc(len(set(subscribers)))  # one catch-up may list one twice
         for subscriber in subscribers:
             logger.warning("Closed a subscriber of stream %s that fell behind", group.stream_id)
             self._leave(group, subscriber)
 
-    def _settle(self, group: _Group, dropped: list[Subscriber]) -> None:
+    def _settle(self, group: _Group[EntryT], dropped: list[Subscriber[EntryT]]) -> None:
         """After a delivery: close who fell behind, and forget a group whose stream ended."""
         self._drop(group, dropped)
         if group.ended:

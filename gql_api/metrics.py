@@ -131,7 +131,8 @@ def timed_send(kind: str) -> Callable[[Method[S, P, T]], Method[S, P, T]]:
 
     def decorate(method: Method[S, P, T]) -> Method[S, P, T]:
         @functools.wraps(method)
-        async def timed(self: S, *args: P.args, **kwargs: P.kwargs) -> T:
+        # `self` positional-only, as Concatenate makes it: else `wraps` no longer matches `Method`.
+        async def timed(self: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
             started = time.perf_counter()
             outcome = "error"
             try:
@@ -149,9 +150,7 @@ def timed_send(kind: str) -> Callable[[Method[S, P, T]], Method[S, P, T]]:
     return decorate
 
 
-def metrics_endpoint(
-    metrics: Metrics, token: SecretStr | None = None
-) -> Callable[[Request], Awaitable[Response]]:
+def metrics_endpoint(metrics: Metrics, token: SecretStr | None = None) -> Callable[[Request], Awaitable[Response]]:
     """The ``/metrics`` route: the registry in the format the scraper asks for (Prometheus text,
     or OpenMetrics); with ``token``, only for ``Authorization: Bearer <token>``."""
     expected = f"Bearer {token.get_secret_value()}".encode() if token is not None else None
@@ -160,7 +159,9 @@ def metrics_endpoint(
         if expected is not None:
             given = request.headers.get("authorization", "").encode()
             if not hmac.compare_digest(given, expected):
-                error = Unauthenticated("Authentication required: /metrics needs `Authorization: Bearer <METRICS_TOKEN>`")
+                error = Unauthenticated(
+                    "Authentication required: /metrics needs `Authorization: Bearer <METRICS_TOKEN>`"
+                )
                 return JSONResponse(
                     {"errors": [{"message": error.message, "extensions": error.extensions}]},
                     status_code=error.status_code,

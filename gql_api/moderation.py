@@ -5,7 +5,7 @@ from the chat, for good or for a while (a timeout, which lifts itself), and lift
 moderator cannot act on the owner or on another moderator. A banned user can still read, but
 their messages and superlikes are refused (FORBIDDEN).
 
-The state lives in MongoDB (``moderation_store``), and a send reads it there, so a change made
+The state lives in MongoDB (``ChatStore``'s moderation queries), and a send reads it there, so a change made
 through one replica holds on every replica from its next send. Every change is recorded in the
 moderation log: who did what to whom, when and why.
 """
@@ -30,7 +30,7 @@ from gql_api.documents import (
     utcnow,
 )
 from gql_api.errors import BadUserInput, Forbidden, NotFound
-from gql_api.moderation_store import ModerationStore, TargetIsModerator, member_key
+from gql_api.store import ChatStore, TargetIsModerator, member_key
 
 MIN_BAN_SECONDS = 1
 MAX_BAN_SECONDS = 14 * 24 * 60 * 60  # a timeout lasts at most 14 days; longer is a ban
@@ -75,13 +75,13 @@ def _duration(seconds: int | None) -> timedelta | None:
 
 
 class Moderation:
-    """The rules of roles and bans, over ``ModerationStore``.
+    """The rules of roles and bans, over the store's moderation queries.
 
     ``streams`` finds a stream by the id a client gave (NotFound when there is none);
     ``clock`` tells the time, for bans' start and end (tests pass their own).
     """
 
-    def __init__(self, store: ModerationStore, streams: StreamLookup, clock: Clock = utcnow) -> None:
+    def __init__(self, store: ChatStore, streams: StreamLookup, clock: Clock = utcnow) -> None:
         self.store = store
         self._streams = streams
         self._clock = clock
@@ -125,7 +125,7 @@ class Moderation:
         now = self._clock()
         appointment = Appointment(appointed_by=actor.public_profile(), created_at=now)
         try:
-            before = await self.store.appoint(str(stream.id), target, appointment, unless_moderator=True)
+            before = await self.store.appoint_moderator(str(stream.id), target, appointment)
         except TargetIsModerator:  # a moderator already: their appointment stands as it was
             return stream
         if before is not None and self.is_active(before.ban):
@@ -137,14 +137,14 @@ class Moderation:
         """Dismiss a moderator (the owner only); dismissing a non-moderator changes nothing."""
         stream = await self._owned(actor, stream_id, "remove moderators")
         target = await self._user(user_id)
-        if await self.store.dismiss(str(stream.id), target.id) is not None:
+        if await self.store.dismiss_moderator(str(stream.id), target.id) is not None:
             await self._record(stream, ModerationActionKind.MODERATOR_REMOVED, actor, target, self._clock())
         return stream
 
     async def moderators(self, stream_id: str) -> list[User]:
-        """The stream's moderators as they are now, in the order they were last changed."""
+        """The stream's moderators as they are now, in the order they were appointed."""
         members = await self.store.moderators(stream_id)
-        return await self.store.users([member.user_id for member in members])
+        return await self.store.users_by_ids([member.user_id for member in members])
 
     # -- bans ------------------------------------------------------------------------------
 
@@ -177,7 +177,7 @@ class Moderation:
             expires_at=now + duration if duration is not None else None,
         )
         try:
-            before = await self.store.ban(
+            before = await self.store.store_ban(
                 str(stream.id), target, record, unless_moderator=actor_role is ChatRole.MODERATOR
             )
         except TargetIsModerator as exc:
@@ -193,7 +193,7 @@ class Moderation:
         stream = await self._streams(stream_id)
         await self._moderating(actor, stream, "unban users")
         target = await self._user(user_id)
-        before = await self.store.unban(str(stream.id), target.id)
+        before = await self.store.lift_ban(str(stream.id), target.id)
         if before is None or not self.is_active(before.ban):
             return False
         await self._record(stream, ModerationActionKind.USER_UNBANNED, actor, target, self._clock())
@@ -204,12 +204,12 @@ class Moderation:
         stream = await self._streams(stream_id)
         await self._moderating(actor, stream, "see bans")
         now = self._clock()
-        members = [m for m in await self.store.banned(str(stream.id)) if self.is_active(m.ban)]
+        members = [m for m in await self.store.banned_members(str(stream.id)) if self.is_active(m.ban)]
         return sorted(members, key=lambda m: m.ban.created_at if m.ban else now)
 
     async def actions(self, stream_id: str) -> list[ModerationAction]:
         """The stream's moderation log, oldest first."""
-        return await self.store.actions(str((await self._streams(stream_id)).id))
+        return await self.store.moderation_actions(str((await self._streams(stream_id)).id))
 
     # -- internals -------------------------------------------------------------------------
 
@@ -226,7 +226,7 @@ class Moderation:
         return role
 
     async def _user(self, user_id: str) -> PublicProfile:
-        user = await self.store.user(user_id)
+        user = await self.store.user_by_id(user_id)
         if user is None:
             raise NotFound("Resource not found: no user has this id")
         return user.public_profile()
@@ -241,7 +241,7 @@ class Moderation:
         reason: str | None = None,
         expires_at: datetime | None = None,
     ) -> None:
-        await self.store.record(
+        await self.store.record_moderation(
             ModerationAction(
                 stream_id=str(stream.id),
                 kind=kind,

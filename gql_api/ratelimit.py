@@ -12,7 +12,8 @@ Written here rather than taken from the ``limits`` package: its MongoDB storage 
 Motor (this app uses pymongo's own async client) and updates with aggregation pipelines
 (``$$NOW``, ``$cond``), which nx-27017 does not implement. The embedded server also rejects
 ``$not`` and cannot match array positions (``sent_at_ms.19``), so the log is written by
-compare-and-swap on a version number, which both servers do atomically. Times come from each
+compare-and-swap on a version number, which both servers do atomically (the store's
+``rate_window``, ``create_rate_window`` and ``swap_rate_window``). Times come from each
 replica's clock: replicas need synchronised clocks (NTP), as any shared window does.
 """
 
@@ -22,13 +23,11 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any
 
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import PyMongoError
 
-from gql_api.compat import eq
-from gql_api.documents import ChatRateWindow
 from gql_api.errors import RateLimited
+from gql_api.store import ChatStore
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +35,10 @@ logger = logging.getLogger(__name__)
 class MessageRateLimiter:
     """At most ``limit`` messages per ``window_seconds`` per user per stream; ``limit=0`` is off."""
 
-    def __init__(self, limit: int, window_seconds: int, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, limit: int, window_seconds: int, *, store: ChatStore, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.store = store
         self.limit = limit
         self.window_seconds = window_seconds
         self._clock = clock
@@ -53,42 +55,32 @@ class MessageRateLimiter:
         """
         if not self.enabled:
             return
-        collection = ChatRateWindow.get_pymongo_collection()
         key = f"{stream_id}:{user_id}"
         window_ms = self.window_seconds * 1000
         # Each lost swap means another message of this same user took a slot (or a retry of
         # this one did), so within `limit` rounds the log is full or holds this message.
         for _ in range(self.limit + 1):
             now_ms = int(self._clock() * 1000)
-            raw = await collection.find_one({"_id": eq(key)})
-            entries = _entries(raw)
+            window = await self.store.rate_window(key)
+            entries = window.entries if window is not None else []
             if any(k == dedup_key for _, k in entries):
                 return  # a retry of an admitted message: it has its slot
             recent = sorted((e for e in entries if e[0] > now_ms - window_ms), reverse=True)
             if len(recent) >= self.limit:
                 raise self._refusal(recent[self.limit - 1][0] + window_ms - now_ms)
             log = [(now_ms, dedup_key), *recent]
-            times, keys = [t for t, _ in log], [k for _, k in log]
-            if raw is None:
-                try:
-                    await collection.insert_one(
-                        {"_id": key, "stream_id": stream_id, "sent_at_ms": times, "dedup_keys": keys, "version": 1}
-                    )
-                except DuplicateKeyError:
-                    continue  # the user's concurrent message created it first
-                return
-            result = await collection.update_one(
-                {"_id": eq(key), "version": eq(raw["version"])},
-                {"$set": {"sent_at_ms": times, "dedup_keys": keys, "version": raw["version"] + 1}},
-            )
-            if result.matched_count:
+            if window is None:
+                if await self.store.create_rate_window(key, stream_id, log):
+                    return
+                continue  # the user's concurrent message created it first
+            if await self.store.swap_rate_window(key, window.version, log):
                 return
         raise self._refusal(1000)  # pragma: no cover - only a flood of parallel sends gets here
 
     async def forget(self, stream_id: str) -> None:
         """Drop a stream's counters (it has ended, so no one can send to it any more)."""
         try:
-            await ChatRateWindow.get_pymongo_collection().delete_many({"stream_id": eq(stream_id)})
+            await self.store.drop_rate_windows(stream_id)
         except PyMongoError as exc:  # leftovers are harmless: the stream takes no more messages
             logger.warning("Could not drop the rate counters of stream %s: %r", stream_id, exc)
 
@@ -100,13 +92,3 @@ class MessageRateLimiter:
             retry_after=retry_after,
         )
 
-
-def _entries(raw: dict[str, Any] | None) -> list[tuple[int, str]]:
-    """The (send time, dedup key) pairs of a stored log; a log written before keys were
-    recorded has none, so none of its entries matches a retry."""
-    if raw is None:
-        return []
-    times = raw.get("sent_at_ms", [])
-    keys = raw.get("dedup_keys") or []
-    keys = keys if len(keys) == len(times) else [""] * len(times)
-    return list(zip(times, keys, strict=True))

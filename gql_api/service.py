@@ -11,21 +11,16 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 
 from bson import ObjectId
-from pymongo import ReturnDocument
-from pymongo.errors import DuplicateKeyError
 
-from gql_api import history
-from gql_api.compat import eq, is_duplicate_of, parse_object_id
-from gql_api.database import detached
 from gql_api.delivery import Delivery
 from gql_api.documents import ChatMessage, ChatRole, LiveStream, MessageKind, StreamStatus, User, utcnow
 from gql_api.errors import BadUserInput, Conflict, Forbidden, NotFound
 from gql_api.hub import MessageHub
 from gql_api.metrics import timed_send
 from gql_api.moderation import Clock, Moderation
-from gql_api.moderation_store import ModerationStore
 from gql_api.pagination import Page, PageRequest, decode_cursor
 from gql_api.ratelimit import MessageRateLimiter
+from gql_api.store import ChatStore, DedupKeyTaken, SeqTaken, canonical_id
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +70,10 @@ def _require_client_message_id(value: str) -> str:
 
 def _stream_key(stream_id: str) -> str:
     """The one spelling of a stream id that every stored reference uses (lower-case hex)."""
-    object_id = parse_object_id(stream_id)
-    if object_id is None:
+    key = canonical_id(stream_id)
+    if key is None:
         raise NotFound("Resource not found: no live stream has this id")
-    return str(object_id)
+    return key
 
 
 class _StreamEnded(Conflict):
@@ -126,19 +121,21 @@ class ChatService:
 
     def __init__(
         self,
-        hub: MessageHub,
+        hub: MessageHub[ChatMessage],
         delivery: Delivery,
         rate_limiter: MessageRateLimiter | None = None,
         *,
+        store: ChatStore,
         clock: Clock = utcnow,
     ) -> None:
         self.hub = hub
+        self.store = store
         self.delivery = delivery
         self._writers = _StreamWriters()
-        self.rate_limiter = rate_limiter or MessageRateLimiter(0, 1)
+        self.rate_limiter = rate_limiter or MessageRateLimiter(0, 1, store=store)
         self.metrics = hub.metrics
         # Roles and bans: every send asks it whether its sender may, and in which role.
-        self.moderation = Moderation(ModerationStore(), self.get_stream, clock)
+        self.moderation = Moderation(store, self.get_stream, clock)
         # Stream id to owner id (an owner never changes), for the role of messages stored
         # before roles were: a bounded map, oldest out first.
         self._owners: OrderedDict[str, str] = OrderedDict()
@@ -147,7 +144,7 @@ class ChatService:
 
     async def get_stream(self, stream_id: str) -> LiveStream:
         """The stream with this id; NotFound when there is none."""
-        stream = await detached(LiveStream.get(ObjectId(_stream_key(stream_id))))
+        stream = await self.store.stream(_stream_key(stream_id))
         if stream is None:
             raise NotFound("Resource not found: no live stream has this id")
         return stream
@@ -172,12 +169,12 @@ class ChatService:
     async def create_stream(self, owner: User, title: str) -> LiveStream:
         """A new LIVE stream owned by ``owner``."""
         stream = LiveStream(title=_require_text("title", title, MAX_TITLE_LENGTH), owner=owner.public_profile())
-        await stream.insert()
+        await self.store.insert_stream(stream)
         return stream
 
     async def superlike_count(self, stream_id: str) -> int:
         """How many users superliked the stream, counted from its stored superlikes."""
-        return await history.superlike_count(_stream_key(stream_id))
+        return await self.store.superlike_count(_stream_key(stream_id))
 
     async def end_stream(self, user: User, stream_id: str) -> LiveStream:
         """End a LIVE stream (its owner only) and complete its subscriptions.
@@ -202,27 +199,20 @@ class ChatService:
             end = await self._claim(key, end_entry)
         except _StreamEnded as exc:  # the log has an end already: finish its marking
             end, stored_here = exc.entry, False
-        except DuplicateKeyError as exc:
-            if is_duplicate_of(exc, "seq"):
-                raise
-            newest = await history.newest(key)  # the end's key is taken: the end is the newest
+        except DedupKeyTaken:
+            newest = await self.store.newest(key)  # the end's key is taken: the end is the newest
             if newest is None or newest.kind is not MessageKind.STREAM_ENDED:
                 raise
             end, stored_here = newest, False
-        collection = LiveStream.get_pymongo_collection()
-        raw = await collection.find_one_and_update(
-            {"_id": stream.id, "status": eq(StreamStatus.LIVE.value)},
-            {"$set": {"status": StreamStatus.ENDED.value, "ended_at": end.created_at, "ended_seq": end.seq}},
-            return_document=ReturnDocument.AFTER,
-        )
-        if raw is None:
-            raw = await collection.find_one({"_id": stream.id}) if stored_here else None
-            if raw is None:  # another call ended it (and said so)
+        ended = await self.store.mark_stream_ended(key, end)
+        if ended is None:
+            ended = await self.store.stream(key) if stored_here else None
+            if ended is None:  # another call ended it (and said so)
                 raise Conflict("Resource cannot be changed in its current state: the stream has already ended")
         if not stored_here:
             await self.delivery.message_stored(end)  # in-process delivery may not have had it
         await self.rate_limiter.forget(key)
-        return LiveStream.model_validate(raw)
+        return ended
 
     # -- messages --------------------------------------------------------------------------
 
@@ -262,9 +252,7 @@ class ChatService:
                 return await self._append(
                     sender, role, key, MessageKind.TEXT, content, client_message_id, dedup_key
                 )
-            except DuplicateKeyError as exc:
-                if is_duplicate_of(exc, "seq"):
-                    raise
+            except DedupKeyTaken:
                 continue  # a concurrent retry won the race: read its message
         raise Conflict("Resource already exists: this clientMessageId is being used")  # pragma: no cover
 
@@ -277,9 +265,7 @@ class ChatService:
             return await self._append(
                 sender, role, str(stream.id), MessageKind.SUPERLIKE, "", None, f"s:{sender.id}"
             )
-        except DuplicateKeyError as exc:
-            if is_duplicate_of(exc, "seq"):
-                raise
+        except DedupKeyTaken as exc:
             raise Conflict(
                 "Resource already exists: your superlike of this stream is stored already (one per user)"
             ) from exc
@@ -287,7 +273,7 @@ class ChatService:
     async def list_messages(self, stream_id: str, request: PageRequest) -> Page[ChatMessage]:
         """One page of a stream's history, oldest first."""
         key = str((await self.get_stream(stream_id)).id)
-        items = await history.read_window(
+        items = await self.store.read_window(
             key,
             after=request.after,
             before=request.before,
@@ -299,10 +285,10 @@ class ChatService:
         if request.from_end:
             items.reverse()
             has_previous = more
-            has_next = request.before is not None and await history.exists(key, {"$gte": request.before})
+            has_next = request.before is not None and await self.store.has_messages_from(key, request.before)
         else:
             has_next = more
-            has_previous = request.after is not None and await history.exists(key, {"$lte": request.after})
+            has_previous = request.after is not None and await self.store.has_messages_through(key, request.after)
         return Page(items=items, has_previous=has_previous, has_next=has_next)
 
     async def subscribe(self, stream_id: str, after: str | None = None) -> AsyncIterator[ChatMessage]:
@@ -319,7 +305,7 @@ class ChatService:
             ended = stream.status is StreamStatus.ENDED
             if after_seq is not None:
                 through = None if ended else subscriber.start_seq
-                async for message in history.replay(key, after=after_seq, through=through):
+                async for message in self.store.replay(key, after=after_seq, through=through):
                     yield message
             if ended:
                 return
@@ -340,7 +326,7 @@ class ChatService:
         await self.rate_limiter.acquire(str(stream.id), str(sender.id), dedup_key)
 
     async def _find_by_dedup_key(self, stream_id: str, dedup_key: str) -> ChatMessage | None:
-        return await ChatMessage.find_one({"stream_id": eq(stream_id), "dedup_key": eq(dedup_key)})
+        return await self.store.message_by_dedup_key(stream_id, dedup_key)
 
     async def _live_stream(self, stream_id: str) -> LiveStream:
         stream = await self.get_stream(stream_id)
@@ -391,7 +377,7 @@ class ChatService:
 
     async def _newest(self, stream_id: str) -> tuple[int, ChatMessage | None]:
         """The stream's newest sequence number from the database, and its end entry if it is one."""
-        newest = await history.newest(stream_id)
+        newest = await self.store.newest(stream_id)
         if newest is None:
             return 0, None
         return newest.seq, newest if newest.kind is MessageKind.STREAM_ENDED else None
@@ -403,7 +389,7 @@ class ChatService:
         (stream_id, seq) index: a writer can only take N+1 once N is stored, so numbers have no
         holes and are stored in order, which is what lets subscribers resume without gaps. A
         lock per stream keeps this process's writers from colliding; another replica's writes
-        show up as a duplicate key, and the writer re-reads the newest entry and tries again.
+        show up as ``SeqTaken``, and the writer re-reads the newest entry and tries again.
         When the newest is the stream's end, nothing more is stored: ``_StreamEnded``.
         """
         async with self._writers.lock(stream_id):
@@ -417,11 +403,9 @@ class ChatService:
                     raise _StreamEnded(end)
                 entry = build(seq + 1)
                 try:
-                    await entry.insert()
+                    await self.store.insert_entry(entry)
                     break
-                except DuplicateKeyError as exc:
-                    if not is_duplicate_of(exc, "seq"):
-                        raise
+                except SeqTaken:
                     last = await self._newest(stream_id)
             self._writers.remember(entry)
         await self.delivery.message_stored(entry)

@@ -99,9 +99,7 @@ class Settings(BaseSettings):
         elif self.production:
             secret = self.jwt_secret.get_secret_value() if self.jwt_secret else ""
             if len(secret.encode()) < MIN_SECRET_BYTES:
-                raise ValueError(
-                    f"APP_ENV=production needs JWT_SECRET of at least {MIN_SECRET_BYTES} bytes"
-                )
+                raise ValueError(f"APP_ENV=production needs JWT_SECRET of at least {MIN_SECRET_BYTES} bytes")
         return self
 
     def verification_key(self) -> str:
@@ -131,7 +129,6 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
-            for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigurationError(f"invalid configuration: {problems}") from exc

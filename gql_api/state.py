@@ -15,17 +15,18 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
-from pymongo.asynchronous.database import AsyncDatabase
 from starlette.requests import HTTPConnection
 
 from gql_api.auth import Authenticator
-from gql_api.database import open_database
+from gql_api.database import Database, open_database
 from gql_api.delivery import Delivery, open_delivery
+from gql_api.documents import ChatMessage
 from gql_api.hub import MessageHub
 from gql_api.metrics import Metrics
 from gql_api.ratelimit import MessageRateLimiter
 from gql_api.service import ChatService
 from gql_api.settings import Settings
+from gql_api.store import ChatStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,9 +34,10 @@ class Services:
     """Everything a request may use, for as long as the app runs."""
 
     settings: Settings
-    database: AsyncDatabase
+    database: Database
     metrics: Metrics
-    hub: MessageHub
+    store: ChatStore
+    hub: MessageHub[ChatMessage]
     delivery: Delivery
     rate_limiter: MessageRateLimiter
     chat: ChatService
@@ -50,26 +52,30 @@ class AppState(TypedDict):
 
 @asynccontextmanager
 async def open_services(
-    settings: Settings, metrics: Metrics, *, database: AsyncDatabase | None = None
+    settings: Settings, metrics: Metrics, *, database: Database | None = None
 ) -> AsyncIterator[Services]:
     """Open the database (unless one is given, already open), start live delivery on it, and
     build the services; on exit stop delivery, then close what was opened here."""
     async with AsyncExitStack() as stack:
         if database is None:
             database = await stack.enter_async_context(open_database(settings))
-        hub = MessageHub(settings.subscriber_queue_size, metrics)
+        store = ChatStore()  # every query, on the database just opened (Beanie's binding)
+        hub = MessageHub(store, settings.subscriber_queue_size, metrics)
         delivery = await open_delivery(hub, database)
         stack.push_async_callback(delivery.stop)
-        rate_limiter = MessageRateLimiter(settings.rate_limit_messages, settings.rate_limit_window_seconds)
+        rate_limiter = MessageRateLimiter(
+            settings.rate_limit_messages, settings.rate_limit_window_seconds, store=store
+        )
         yield Services(
             settings=settings,
             database=database,
             metrics=metrics,
+            store=store,
             hub=hub,
             delivery=delivery,
             rate_limiter=rate_limiter,
-            chat=ChatService(hub, delivery, rate_limiter),
-            authenticator=Authenticator(settings),
+            chat=ChatService(hub, delivery, rate_limiter, store=store),
+            authenticator=Authenticator(settings, store),
         )
 
 

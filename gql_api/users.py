@@ -5,17 +5,16 @@ from __future__ import annotations
 import re
 
 from bson import ObjectId
-from pymongo.errors import DuplicateKeyError
 
-from gql_api.compat import eq
 from gql_api.documents import ProfilePhoto, User
 from gql_api.errors import BadUserInput, Conflict, NotFound
+from gql_api.store import ChatStore, UsernameTaken
 
 USERNAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.]{2,31}$")
 
 
 async def create_user(
-    username: str, *, name: str = "", surname: str = "", photo_url: str | None = None
+    store: ChatStore, username: str, *, name: str = "", surname: str = "", photo_url: str | None = None
 ) -> User:
     """A new user; Conflict when the username is taken."""
     username = username.strip().lower()
@@ -35,20 +34,20 @@ async def create_user(
         profile_photo=photo,
     )
     try:
-        await user.insert()
-    except DuplicateKeyError as exc:
+        await store.insert_user(user)
+    except UsernameTaken as exc:
         raise Conflict(f"Resource already exists: the username {username!r} is taken") from exc
     return user
 
 
-async def find_user(username: str) -> User | None:
+async def find_user(store: ChatStore, username: str) -> User | None:
     """The user with this username, or None."""
-    return await User.find_one({"username": eq(username.strip().lower())})
+    return await store.user_by_username(username.strip().lower())
 
 
-async def get_user(username: str) -> User:
+async def get_user(store: ChatStore, username: str) -> User:
     """The user with this username; NotFound when there is none."""
-    user = await find_user(username)
+    user = await find_user(store, username)
     if user is None:
         raise NotFound(f"Resource not found: no user is called {username!r}")
     return user

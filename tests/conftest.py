@@ -203,7 +203,7 @@ def make_user(server: LiveServer) -> Callable[..., Awaitable[User]]:
     async def make(**kwargs: Any) -> User:
         username = kwargs.pop("username", None) or f"user{next(_usernames)}_{uuid.uuid4().hex[:6]}"
         kwargs.setdefault("photo_url", f"https://img.example/{username}.webp")
-        return await create_user(username, **kwargs)
+        return await create_user(server.chat.store, username, **kwargs)
 
     return make
 

@@ -106,7 +106,10 @@ async def test_mutations_need_a_token_too(make_stream, http):
     body = (
         await http.post(
             "/graphql",
-            json={"query": 'mutation($s: ID!) { sendChatMessage(streamId: $s, content: "hi") { id } }', "variables": {"s": str(stream.id)}},
+            json={
+                "query": 'mutation($s: ID!) { sendChatMessage(streamId: $s, content: "hi") { id } }',
+                "variables": {"s": str(stream.id)},
+            },
         )
     ).json()
     assert body["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
@@ -116,7 +119,11 @@ def test_issuer_and_audience_are_checked_when_configured(make_settings):
     authenticator = Authenticator(make_settings(jwt_issuer="https://issuer.example", jwt_audience="chat"))
     good = authenticator.issue("64d15f9e2e6c8f4d5a123456")
     assert authenticator.verify(good).user_id == "64d15f9e2e6c8f4d5a123456"
-    for changes in ({"iss": "https://evil.example", "aud": "chat"}, {"iss": "https://issuer.example", "aud": "other"}, {}):
+    for changes in (
+        {"iss": "https://evil.example", "aud": "chat"},
+        {"iss": "https://issuer.example", "aud": "other"},
+        {},
+    ):
         with pytest.raises(Unauthenticated):
             authenticator.verify(_token(_claims("64d15f9e2e6c8f4d5a123456", **changes)))
 
@@ -126,9 +133,11 @@ def test_rs256_tokens_from_another_service_verify_with_the_public_key(make_setti
     private_pem = private_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()
-    public_pem = private_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    public_pem = (
+        private_key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     authenticator = Authenticator(make_settings(jwt_algorithm="RS256", jwt_public_key=SecretStr(public_pem)))
 
     claims = authenticator.verify(_token(_claims("64d15f9e2e6c8f4d5a123456"), key=private_pem, algorithm="RS256"))

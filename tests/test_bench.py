@@ -54,8 +54,11 @@ async def test_node_peer_delivers_the_benchmark_subscription_over_permessage_def
         assert not load.tracker.other_frames
 
         # A token that does not verify is refused in connection_init, as graphql-ws refuses.
-        async with ws_connect(target.ws_url, subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
-                              ping_interval=None) as ws:
+        async with ws_connect(
+            target.ws_url,
+            subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
+            ping_interval=None,
+        ) as ws:
             await ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": "not a token"}}))
             with pytest.raises(ConnectionClosed) as closed:
                 await ws.recv()
@@ -75,10 +78,21 @@ def _fanout(deliveries_per_s: float) -> dict[str, Any]:
 
 
 def test_report_has_a_set_of_tables_per_compression_mode_and_the_node_peer() -> None:
-    info: dict[str, Any] = {"date": "today", "cpus": 2, "cpu": "cpu", "memory_gib": 1.0, "system": "Linux", "python": "3.11",
-            "node": "20.0.0", "loadavg_at_start": (0.0, 0.0, 0.0), "skipped": {}}
-    results: dict[str, dict[str, Any]] = {name: {"fanout_1000": _fanout(rate)}
-               for name, rate in (("project", 8000.0), ("baseline", 2000.0), ("node", 4000.0))}
+    info: dict[str, Any] = {
+        "date": "today",
+        "cpus": 2,
+        "cpu": "cpu",
+        "memory_gib": 1.0,
+        "system": "Linux",
+        "python": "3.11",
+        "node": "20.0.0",
+        "loadavg_at_start": (0.0, 0.0, 0.0),
+        "skipped": {},
+    }
+    results: dict[str, dict[str, Any]] = {
+        name: {"fanout_1000": _fanout(rate)}
+        for name, rate in (("project", 8000.0), ("baseline", 2000.0), ("node", 4000.0))
+    }
     text = report(info, [(_config(sizes=[1000]), results), (_config(sizes=[1000], compression=False), results)])
     assert "### Websocket compression: permessage-deflate" in text
     assert "### Websocket compression: off" in text
@@ -87,8 +101,16 @@ def test_report_has_a_set_of_tables_per_compression_mode_and_the_node_peer() -> 
 
 
 def test_report_says_which_peer_was_not_run() -> None:
-    info: dict[str, Any] = {"date": "today", "cpus": 2, "cpu": "cpu", "memory_gib": 1.0, "system": "Linux", "python": "3.11",
-            "loadavg_at_start": (0.0, 0.0, 0.0), "skipped": {"node": "node is not on PATH"}}
+    info: dict[str, Any] = {
+        "date": "today",
+        "cpus": 2,
+        "cpu": "cpu",
+        "memory_gib": 1.0,
+        "system": "Linux",
+        "python": "3.11",
+        "loadavg_at_start": (0.0, 0.0, 0.0),
+        "skipped": {"node": "node is not on PATH"},
+    }
     results: dict[str, dict[str, Any]] = {name: {"fanout_1000": _fanout(1000.0)} for name in ("project", "baseline")}
     text = report(info, [(_config(sizes=[1000], compression=False), results)])
     assert "Not run: node (node is not on PATH)." in text

@@ -9,7 +9,6 @@ import httpx
 import pytest
 import websockets
 
-from gql_api import history
 from gql_api.app import create_app
 from tests.conftest import LiveServer, serve
 
@@ -51,7 +50,14 @@ async def test_a_get_with_a_preflight_header_runs(http, header):
 
 
 @pytest.mark.parametrize(
-    "content_type", ["text/plain", "text/plain; charset=utf-8", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None]
+    "content_type",
+    [
+        "text/plain",
+        "text/plain; charset=utf-8",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        None,
+    ],
 )
 async def test_a_post_a_browser_sends_without_a_preflight_is_refused(http, content_type):
     headers = {"Content-Type": content_type} if content_type else {}
@@ -87,11 +93,14 @@ async def test_mutations_never_run_over_get(make_user, make_stream, server, http
     error = _error(response)
     assert "mutations are not allowed when using GET" in error["message"]
     assert error["extensions"] == {"code": "BAD_USER_INPUT", "statusCode": 400}
-    assert await history.newest(str(stream.id)) is None  # nothing was stored
+    assert await server.chat.store.newest(str(stream.id)) is None  # nothing was stored
 
 
 async def test_cors_answers_allowed_origins_only(with_origins):
-    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type, authorization"}
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type, authorization",
+    }
     async with httpx.AsyncClient(base_url=with_origins.url) as client:
         allowed = await client.options("/graphql", headers={"Origin": ALLOWED, **preflight})
         other = await client.options("/graphql", headers={"Origin": OTHER, **preflight})
@@ -110,9 +119,7 @@ async def test_cors_answers_allowed_origins_only(with_origins):
 
 
 async def test_by_default_no_other_origin_is_allowed(http):
-    preflight = await http.options(
-        "/graphql", headers={"Origin": ALLOWED, "Access-Control-Request-Method": "POST"}
-    )
+    preflight = await http.options("/graphql", headers={"Origin": ALLOWED, "Access-Control-Request-Method": "POST"})
     post = await http.post("/graphql", json=TYPENAME, headers={"Origin": ALLOWED})
 
     assert preflight.status_code == 400
@@ -122,7 +129,9 @@ async def test_by_default_no_other_origin_is_allowed(http):
 async def _handshake(live: LiveServer, token: str, origin: str | None) -> int | str:
     """The HTTP status of a refused websocket handshake, or the first message once accepted."""
     try:
-        async with websockets.connect(live.ws_url, subprotocols=["graphql-transport-ws"], ping_interval=None, origin=origin) as ws:
+        async with websockets.connect(
+            live.ws_url, subprotocols=["graphql-transport-ws"], ping_interval=None, origin=origin
+        ) as ws:
             await ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": token}}))
             return json.loads(await ws.recv())["type"]
     except websockets.InvalidStatus as refused:

@@ -69,7 +69,7 @@ def test_a_restarted_server_takes_the_port_recorded_for_the_data_dir(data_dir):
     uri = first.start()
     pid = int((data_dir / "nx-27017.pid").read_text())
     os.kill(pid, signal.SIGKILL)  # a crash: the record stays behind
-    first._process.wait()  # noqa: SLF001 - reap our own child
+    first._process.wait()  # reap our own child
     again = EmbeddedMongo(data_dir)
     try:
         # Clients still hold the recorded URI: the same port lets them reconnect by themselves.

@@ -46,7 +46,10 @@ def missing(needs_browser: bool) -> str | None:
 
 async def run_node_tests(path: Path, env: dict[str, str]) -> None:
     process = await asyncio.create_subprocess_exec(
-        "node", "--test", "--test-reporter=spec", str(path),
+        "node",
+        "--test",
+        "--test-reporter=spec",
+        str(path),
         cwd=ROOT,
         env={**os.environ, **env},
         stdin=asyncio.subprocess.DEVNULL,
@@ -69,7 +72,7 @@ async def run_node_tests(path: Path, env: dict[str, str]) -> None:
 async def test_js(name: str, needs_browser: bool, server: LiveServer, tmp_path: Path) -> None:
     if reason := missing(needs_browser):
         pytest.skip(f"JS tests ({name}): {reason}")
-    screenshots = Path(os.environ.get("GQL_API_SCREENSHOTS") or tmp_path).resolve()
+    screenshots = Path(os.environ.get("GQL_API_SCREENSHOTS") or tmp_path).resolve()  # noqa: ASYNC240 - once, at setup
     await run_node_tests(
         JS_TESTS / name,
         {"GQL_API_URL": server.url, "CHROMIUM": chromium() or "", "GQL_API_SCREENSHOTS": str(screenshots)},

@@ -51,7 +51,7 @@ async def fuzzer(server: LiveServer) -> AsyncIterator[Fuzzer]:
     With random IDs alone nearly every operation stops at NOT_FOUND; real ones (the caller's
     own stream, someone else's, an ended one) take them into the rules behind.
     """
-    user, other = [await create_user(f"fuzzer_{uuid.uuid4().hex[:8]}") for _ in range(2)]
+    user, other = [await create_user(server.chat.store, f"fuzzer_{uuid.uuid4().hex[:8]}") for _ in range(2)]
     own = await server.chat.create_stream(user, "fuzzed")
     theirs = await server.chat.create_stream(other, "someone else's")
     ended = await server.chat.create_stream(user, "ended")

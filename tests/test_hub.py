@@ -1,14 +1,19 @@
-"""The hub: per-stream groups that deliver each message once, in sequence order, gaps filled."""
+"""The hub: per-stream groups that deliver each message once, in sequence order, gaps filled.
+
+Most tests run the hub on an in-memory log (``MemoryLog``, a ``HistoryReader``): ordering and
+gap filling need no database. A few run it end to end on the real store and service.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import pytest
 
 from bson import ObjectId
 
-from gql_api import history
 from gql_api.delivery import Delivery
 from gql_api.documents import ChatMessage, MessageKind, User
 from gql_api.errors import SubscriberTooSlow
@@ -16,8 +21,208 @@ from gql_api.hub import MessageHub
 from gql_api.pagination import encode_cursor
 from gql_api.service import ChatService
 
+STREAM = "s1"
 
-async def _stored(server, make_user, stream, count: int):
+
+@dataclass(frozen=True)
+class Entry:
+    stream_id: str
+    seq: int
+    kind: MessageKind = MessageKind.TEXT
+
+
+class MemoryLog:
+    """The stored log of each stream, in memory; counts the reads the hub makes."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, list[Entry]] = {}
+        self.replays = 0
+        self.fail_newest: Exception | None = None
+
+    def append(self, count: int = 1, stream_id: str = STREAM) -> list[Entry]:
+        log = self.entries.setdefault(stream_id, [])
+        added = [Entry(stream_id, len(log) + n + 1) for n in range(count)]
+        log += added
+        return added
+
+    def end(self, stream_id: str = STREAM) -> Entry:
+        log = self.entries.setdefault(stream_id, [])
+        log.append(Entry(stream_id, len(log) + 1, MessageKind.STREAM_ENDED))
+        return log[-1]
+
+    async def newest(self, stream_id: str) -> Entry | None:
+        if self.fail_newest is not None:
+            raise self.fail_newest
+        log = self.entries.get(stream_id, [])
+        return log[-1] if log else None
+
+    async def replay(
+        self, stream_id: str, *, after: int, through: int | None = None, with_end: bool = False
+    ) -> AsyncIterator[Entry]:
+        self.replays += 1
+        for entry in self.entries.get(stream_id, []):
+            if after < entry.seq and (through is None or entry.seq <= through):
+                if with_end or entry.kind is not MessageKind.STREAM_ENDED:
+                    yield entry
+
+
+@pytest.fixture
+def log() -> MemoryLog:
+    return MemoryLog()
+
+
+def _seqs(entries: list[Entry]) -> list[int]:
+    return [entry.seq for entry in entries]
+
+
+async def test_out_of_order_and_repeated_feeds_become_one_ordered_delivery(log):
+    hub = MessageHub(log)
+    async with hub.subscribe(STREAM) as subscriber:
+        messages = log.append(5)
+        await hub.deliver(messages[4])  # skips 1-4: they are read from the log first
+        await hub.deliver(messages[2])  # delivered already
+        await hub.deliver(messages[4])
+        await hub.deliver(log.end())
+        received = [m.seq async for m in subscriber]
+
+    assert received == _seqs(messages)
+
+
+async def test_a_feed_in_order_reads_no_history(log):
+    """The next message in sequence skipped nothing: no read, so no database round trip."""
+    hub = MessageHub(log)
+    async with hub.subscribe(STREAM) as subscriber:
+        messages = log.append(3)
+        for message in messages:
+            await hub.deliver(message)
+        assert [(await anext(subscriber)).seq for _ in messages] == _seqs(messages)
+
+    assert log.replays == 0
+
+
+async def test_only_the_skipped_entries_are_read_to_fill_a_gap(log):
+    hub = MessageHub(log)
+    async with hub.subscribe(STREAM) as subscriber:
+        messages = log.append(6)
+        await hub.deliver(messages[0])
+        await hub.deliver(messages[3])  # 2 and 3 are missing
+        await hub.deliver(messages[5])  # 5 is missing
+        received = [(await anext(subscriber)).seq for _ in messages]
+
+    assert received == _seqs(messages)
+
+
+async def test_a_group_starts_after_what_is_stored(log):
+    """What was stored before the first subscriber joined is history, not live."""
+    old = log.append(3)
+    hub = MessageHub(log)
+    async with hub.subscribe(STREAM) as subscriber:
+        assert subscriber.start_seq == old[-1].seq
+        await hub.deliver(old[1])  # a repeat of a stored message: not live
+        [new] = log.append()
+        await hub.deliver(new)
+        await hub.deliver(log.end())
+        assert [m.seq async for m in subscriber] == [new.seq]
+
+
+async def test_a_late_joiner_starts_after_what_the_group_delivered(log):
+    hub = MessageHub(log)
+    async with hub.subscribe(STREAM) as early:
+        messages = log.append(2)
+        await hub.deliver(messages[0])
+        async with hub.subscribe(STREAM) as late:
+            await hub.deliver(messages[1])
+            await hub.deliver(log.end())
+            assert late.start_seq == messages[0].seq
+            assert [m.seq async for m in late] == [messages[1].seq]
+        assert [m.seq async for m in early] == _seqs(messages)
+
+
+async def test_the_end_entry_completes_subscriptions_after_every_earlier_message(log):
+    hub = MessageHub(log)
+    async with hub.subscribe(STREAM) as first, hub.subscribe(STREAM) as second:
+        messages = log.append(3)
+        end = log.end()
+        await hub.deliver(end)  # the feed skipped every message: they are read from the log first
+        await hub.deliver(messages[1])  # after the end: dropped
+        assert hub.subscriber_count() == 0  # the group is gone with its stream
+        assert [m.seq async for m in first] == _seqs(messages)
+        assert [m.seq async for m in second] == _seqs(messages)
+
+
+async def test_a_resync_delivers_what_the_feed_missed_ends_included(log):
+    """The end is the stream's last entry: no later event would pull it in, a resync must."""
+    hub = MessageHub(log)
+    async with hub.subscribe(STREAM) as subscriber, hub.subscribe("s2") as other:
+        messages = log.append(2)
+        log.end()
+        others = log.append(1, stream_id="s2")
+        await hub.resync()
+        assert [m.seq async for m in subscriber] == _seqs(messages)
+        assert [(await anext(other)).seq] == _seqs(others)  # still live: s2 has not ended
+
+
+async def test_joining_a_stream_whose_end_is_stored_completes_at_once(log):
+    log.append(2)
+    end = log.end()
+    hub = MessageHub(log)
+    async with hub.subscribe(STREAM) as subscriber:
+        assert subscriber.start_seq == end.seq
+        assert [m async for m in subscriber] == []
+    assert hub.subscriber_count() == 0
+
+
+async def test_a_subscriber_that_falls_behind_is_closed_without_holding_up_the_others(log):
+    hub = MessageHub(log, queue_size=2)
+    async with hub.subscribe(STREAM) as slow, hub.subscribe(STREAM) as fast:
+        messages = log.append(3)
+        await hub.deliver(messages[0])
+        assert (await anext(fast)).seq == messages[0].seq
+        await hub.deliver(messages[1])
+        await hub.deliver(messages[2])  # slow now holds 3 > 2 unread messages
+        assert hub.subscriber_count(STREAM) == 1
+        assert [(await anext(fast)).seq, (await anext(fast)).seq] == _seqs(messages[1:])
+        with pytest.raises(SubscriberTooSlow):
+            await anext(slow)
+
+
+async def test_a_group_that_could_not_read_the_log_is_not_kept(log):
+    hub = MessageHub(log)
+    log.fail_newest = ConnectionError("the database is away")
+    with pytest.raises(ConnectionError):
+        async with hub.subscribe(STREAM):
+            pass  # pragma: no cover - joining failed
+    assert hub.subscriber_count() == 0
+
+    log.fail_newest = None
+    async with hub.subscribe(STREAM) as subscriber:  # the next joiner starts the group afresh
+        [message] = log.append()
+        await hub.deliver(message)
+        assert (await anext(subscriber)).seq == message.seq
+
+
+async def test_leaving_the_block_unsubscribes_even_when_cancelled(log):
+    hub = MessageHub(log)
+    entered = asyncio.Event()
+
+    async def listen() -> None:
+        async with hub.subscribe(STREAM) as subscriber:
+            entered.set()
+            async for _ in subscriber:
+                pass
+
+    task = asyncio.create_task(listen())
+    await entered.wait()
+    assert hub.subscriber_count(STREAM) == 1
+    task.cancel()
+    await hub.wait_for_subscribers(STREAM, 0)
+    assert hub.subscriber_count() == 0
+
+
+# -- end to end: the real store and service --------------------------------------------------
+
+
+async def _stored(server, make_user, stream, count: int) -> list[ChatMessage]:
     sender = await make_user()
     return [await server.chat.send_message(sender, str(stream.id), f"m{n}") for n in range(count)]
 
@@ -26,79 +231,43 @@ async def _ended(server, stream) -> ChatMessage:
     """End the stream through the service; its end entry, to feed a hub by hand."""
     owner = await User.get(ObjectId(stream.owner.id))
     await server.chat.end_stream(owner, str(stream.id))
-    end = await history.newest(str(stream.id))
+    end = await server.chat.store.newest(str(stream.id))
     assert end is not None and end.kind is MessageKind.STREAM_ENDED
     return end
 
 
-async def test_out_of_order_and_repeated_feeds_become_one_ordered_delivery(server, make_user, make_stream):
+async def test_the_store_fills_gaps_and_ends_on_the_real_database(server, make_user, make_stream):
     stream = await make_stream()
-    hub = MessageHub()  # fed by hand here, not by the server's change stream
+    hub = MessageHub(server.chat.store)  # fed by hand here, not by the server's change stream
     async with hub.subscribe(str(stream.id)) as subscriber:
         messages = await _stored(server, make_user, stream, 5)
-        await hub.deliver(messages[4])  # skips 1-4: they are read from history first
-        await hub.deliver(messages[2])  # delivered already
-        await hub.deliver(messages[4])
+        await hub.deliver(messages[4])  # skips 1-4: they are read from the database first
+        await hub.deliver(messages[2])
         await hub.deliver(await _ended(server, stream))
         received = [m.seq async for m in subscriber]
 
     assert received == [m.seq for m in messages]
 
 
-async def test_a_late_joiner_starts_after_what_the_group_delivered(server, make_user, make_stream):
+async def test_a_resync_reads_an_end_from_the_real_database(server, make_user, make_stream):
     stream = await make_stream()
-    hub = MessageHub()
-    async with hub.subscribe(str(stream.id)) as early:
+    hub = MessageHub(server.chat.store)
+    async with hub.subscribe(str(stream.id)) as subscriber:
         messages = await _stored(server, make_user, stream, 2)
-        await hub.deliver(messages[0])
-        async with hub.subscribe(str(stream.id)) as late:
-            await hub.deliver(messages[1])
-            await hub.deliver(await _ended(server, stream))
-            assert late.start_seq == messages[0].seq
-            assert [m.seq async for m in late] == [messages[1].seq]
-        assert [m.seq async for m in early] == [m.seq for m in messages]
+        await _ended(server, stream)
+        await hub.resync()
+        received = [m.seq async for m in subscriber]
 
-
-async def test_a_subscriber_that_falls_behind_is_closed_without_holding_up_the_others(server, make_user, make_stream):
-    stream = await make_stream()
-    hub = MessageHub(queue_size=2)
-    async with hub.subscribe(str(stream.id)) as slow, hub.subscribe(str(stream.id)) as fast:
-        messages = await _stored(server, make_user, stream, 3)
-        await hub.deliver(messages[0])
-        assert (await anext(fast)).seq == messages[0].seq
-        await hub.deliver(messages[1])
-        await hub.deliver(messages[2])  # slow now holds 3 > 2 unread messages
-        assert hub.subscriber_count(str(stream.id)) == 1
-        assert [(await anext(fast)).seq, (await anext(fast)).seq] == [messages[1].seq, messages[2].seq]
-        with pytest.raises(SubscriberTooSlow):
-            await anext(slow)
-
-
-async def test_leaving_the_block_unsubscribes_even_when_cancelled(make_stream):
-    stream = await make_stream()
-    hub = MessageHub()
-    entered = asyncio.Event()
-
-    async def listen() -> None:
-        async with hub.subscribe(str(stream.id)) as subscriber:
-            entered.set()
-            async for _ in subscriber:
-                pass
-
-    task = asyncio.create_task(listen())
-    await entered.wait()
-    assert hub.subscriber_count(str(stream.id)) == 1
-    task.cancel()
-    await hub.wait_for_subscribers(str(stream.id), 0)
-    assert hub.subscriber_count() == 0
+    assert received == [m.seq for m in messages]
 
 
 async def test_a_cursor_ahead_of_the_live_feed_skips_what_it_already_covers(server, make_user, make_stream):
     """A client resumes from a message the hub has not delivered yet: nothing at or before it comes."""
     owner = await make_user()
     stream = await make_stream(owner)
-    hub = MessageHub()  # fed by hand: the change stream has not caught up with the writes yet
-    chat = ChatService(hub, Delivery(hub))
+    store = server.chat.store
+    hub = MessageHub(store)  # fed by hand: the change stream has not caught up with the writes yet
+    chat = ChatService(hub, Delivery(hub), store=store)
     received: list[int] = []
     async with hub.subscribe(str(stream.id)):  # the group exists and has delivered nothing
         messages = await _stored(server, make_user, stream, 4)
@@ -116,42 +285,3 @@ async def test_a_cursor_ahead_of_the_live_feed_skips_what_it_already_covers(serv
         await asyncio.wait_for(task, 10)
 
     assert received == [m.seq for m in messages[2:]]
-
-
-async def test_the_end_entry_completes_subscriptions_after_every_earlier_message(server, make_user, make_stream):
-    stream = await make_stream()
-    hub = MessageHub()
-    async with hub.subscribe(str(stream.id)) as subscriber:
-        messages = await _stored(server, make_user, stream, 3)
-        end = await _ended(server, stream)
-        await hub.deliver(end)  # the feed skipped every message: they are read from history first
-        await hub.deliver(messages[1])  # after the end: dropped
-        received = [m.seq async for m in subscriber]
-
-    assert received == [m.seq for m in messages]
-    assert end.seq == messages[-1].seq + 1
-    assert hub.subscriber_count() == 0
-
-
-async def test_a_resync_delivers_an_end_the_feed_missed(server, make_user, make_stream):
-    """The end is the stream's last entry: no later event would pull it in, a resync must."""
-    stream = await make_stream()
-    hub = MessageHub()
-    async with hub.subscribe(str(stream.id)) as subscriber:
-        messages = await _stored(server, make_user, stream, 2)
-        await _ended(server, stream)
-        await hub.resync()
-        received = [m.seq async for m in subscriber]
-
-    assert received == [m.seq for m in messages]
-
-
-async def test_joining_a_stream_whose_end_is_stored_completes_at_once(server, make_user, make_stream):
-    stream = await make_stream()
-    await _stored(server, make_user, stream, 2)
-    end = await _ended(server, stream)
-    hub = MessageHub()
-    async with hub.subscribe(str(stream.id)) as subscriber:
-        assert subscriber.start_seq == end.seq
-        assert [m async for m in subscriber] == []
-    assert hub.subscriber_count() == 0

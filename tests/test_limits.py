@@ -115,8 +115,11 @@ async def test_depth_limit_is_configurable(strict):
 
 async def test_graphiql_introspection_fits_the_default_limits(http):
     query = get_introspection_query(
-        descriptions=True, specified_by_url=True, directive_is_repeatable=True,
-        schema_description=True, input_value_deprecation=True,
+        descriptions=True,
+        specified_by_url=True,
+        directive_is_repeatable=True,
+        schema_description=True,
+        input_value_deprecation=True,
     )
     body = (await http.post("/graphql", json={"query": query})).json()
     assert "errors" not in body, body.get("errors")
@@ -163,9 +166,7 @@ async def test_batching_is_off_by_default(http):
     response = await http.post("/graphql", json=[{"query": "{ __typename }"}, {"query": "{ __typename }"}])
     assert response.status_code == 400
     assert response.json() == {
-        "errors": [
-            {"message": "Batching is not enabled", "extensions": {"code": "BAD_USER_INPUT", "statusCode": 400}}
-        ]
+        "errors": [{"message": "Batching is not enabled", "extensions": {"code": "BAD_USER_INPUT", "statusCode": 400}}]
     }
 
 
@@ -188,7 +189,7 @@ async def _subscribe(server: LiveServer, token: str, query: str) -> tuple[dict |
         try:
             message = json.loads(await ws.recv())
         except websockets.ConnectionClosed as closed:
-            assert closed.rcvd is not None
+            assert closed.rcvd is not None  # noqa: PT017 - a helper saying how the server closed
             return {"reason": closed.rcvd.reason}, closed.rcvd.code
         # A refused operation leaves the connection up.
         await ws.send(json.dumps({"type": "ping"}))
@@ -202,8 +203,12 @@ async def test_limits_apply_to_subscriptions_over_websockets(server, make_user, 
     aliases = " ".join(f"a{n}: id" for n in range(16))
     fields = " ".join(["id", "content", "kind", "cursor", "createdAt", "streamId", "__typename"] * 300)
 
-    aliased, _ = await _subscribe(server, token, f'subscription {{ messageAdded(streamId: "{stream_id}") {{ {aliases} }} }}')
-    long, close_code = await _subscribe(server, token, f'subscription {{ messageAdded(streamId: "{stream_id}") {{ {fields} }} }}')
+    aliased, _ = await _subscribe(
+        server, token, f'subscription {{ messageAdded(streamId: "{stream_id}") {{ {aliases} }} }}'
+    )
+    long, close_code = await _subscribe(
+        server, token, f'subscription {{ messageAdded(streamId: "{stream_id}") {{ {fields} }} }}'
+    )
 
     assert aliased is not None and aliased["type"] == "error" and aliased["id"] == "1"
     assert aliased["payload"] == [

@@ -14,7 +14,7 @@ from gql_api.compat import eq
 from gql_api.documents import ChatMessage, ChatRole, ModerationActionKind, utcnow
 from gql_api.errors import BadUserInput, Forbidden
 from gql_api.moderation import MAX_BAN_SECONDS, Moderation
-from gql_api.moderation_store import ModerationStore
+from gql_api.store import ChatStore
 from tests.conftest import GraphQLClient, serve
 
 ADD = "mutation($s: ID!, $u: ID!) { addModerator(streamId: $s, userId: $u) { id moderators { id username } } }"
@@ -83,7 +83,7 @@ async def test_the_owner_appoints_and_dismisses_moderators_idempotently(make_use
     for _ in range(2):
         removed = (await client.data(REMOVE, {**variables, "u": str(first.id)}))["removeModerator"]
         assert removed["moderators"] == [{"id": str(second.id)}]
-    actions = await ModerationStore().actions(str(stream.id))
+    actions = await ChatStore().moderation_actions(str(stream.id))
     assert [a.kind for a in actions] == [
         ModerationActionKind.MODERATOR_ADDED,
         ModerationActionKind.MODERATOR_ADDED,
@@ -309,7 +309,7 @@ async def test_the_owner_banning_a_moderator_dismisses_them(room):
     assert (await room.as_owner.data(MODERATORS, {"s": room.s}))["liveStream"]["moderators"] == []
     assert code(await room.as_moderator.error(SEND, {"s": room.s, "c": "x"})) == "FORBIDDEN"
     assert code(await room.as_moderator.error(BAN, {"s": room.s, "u": str(room.viewer.id)})) == "FORBIDDEN"
-    kinds = [a.kind for a in await ModerationStore().actions(room.s)]
+    kinds = [a.kind for a in await ChatStore().moderation_actions(room.s)]
     assert kinds[-2:] == [ModerationActionKind.MODERATOR_REMOVED, ModerationActionKind.USER_BANNED]
 
 
@@ -326,7 +326,7 @@ async def test_every_change_is_recorded_with_who_when_and_why(room):
     await room.as_moderator.data(BAN, {"s": room.s, "u": str(room.viewer.id), "d": 60, "r": "caps"})
     await room.as_owner.data(UNBAN, {"s": room.s, "u": str(room.viewer.id)})
 
-    actions = await ModerationStore().actions(room.s)
+    actions = await ChatStore().moderation_actions(room.s)
     assert [(a.kind, a.actor.id, a.target.id, a.reason) for a in actions] == [
         (ModerationActionKind.MODERATOR_ADDED, str(room.owner.id), str(room.moderator.id), None),
         (ModerationActionKind.USER_BANNED, str(room.moderator.id), str(room.viewer.id), "caps"),
@@ -362,7 +362,7 @@ class FakeClock:
 
 async def test_a_timeout_holds_until_its_end_and_not_after(server, make_user, make_stream):
     clock = FakeClock()
-    moderation = Moderation(ModerationStore(), server.chat.get_stream, clock)
+    moderation = Moderation(ChatStore(), server.chat.get_stream, clock)
     owner, viewer = await make_user(), await make_user()
     stream = await make_stream(owner)
     s = str(stream.id)
@@ -383,7 +383,7 @@ async def test_a_timeout_holds_until_its_end_and_not_after(server, make_user, ma
 
 async def test_a_permanent_ban_never_lifts_itself(server, make_user, make_stream):
     clock = FakeClock()
-    moderation = Moderation(ModerationStore(), server.chat.get_stream, clock)
+    moderation = Moderation(ChatStore(), server.chat.get_stream, clock)
     owner, viewer = await make_user(), await make_user()
     stream = await make_stream(owner)
 

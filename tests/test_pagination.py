@@ -13,7 +13,9 @@ def test_a_cursor_round_trips(seq):
     assert decode_cursor(encode_cursor(seq)) == seq
 
 
-@pytest.mark.parametrize("cursor", [encode_cursor(2**63), "", "!!", "c2VxOg", "c2VxOi0x", "c2VxOjAx", "Zm9vOjE", "c2VxOjE\u00e9"])
+@pytest.mark.parametrize(
+    "cursor", [encode_cursor(2**63), "", "!!", "c2VxOg", "c2VxOi0x", "c2VxOjAx", "Zm9vOjE", "c2VxOjE\u00e9"]
+)
 def test_a_malformed_cursor_is_bad_user_input(cursor):
     with pytest.raises(BadUserInput):
         decode_cursor(cursor)

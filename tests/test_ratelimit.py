@@ -92,7 +92,7 @@ async def test_zero_turns_the_limit_off(unlimited, make_user, make_stream):
 async def test_the_window_slides(server, make_user, make_stream):
     """No span of `window` seconds holds more than `limit` messages, across any boundary."""
     now = [1_000_000.0]
-    limiter = MessageRateLimiter(3, 30, clock=lambda: now[0])
+    limiter = MessageRateLimiter(3, 30, store=server.chat.store, clock=lambda: now[0])
     stream_id, user_id = str((await make_stream()).id), str((await make_user()).id)
     for t in (0, 10, 20):
         now[0] = 1_000_000 + t
@@ -113,7 +113,7 @@ async def test_the_window_slides(server, make_user, make_stream):
 
 
 async def test_concurrent_sends_admit_exactly_the_limit(server, make_user, make_stream):
-    limiter = MessageRateLimiter(20, 30)
+    limiter = MessageRateLimiter(20, 30, store=server.chat.store)
     stream_id, user_id = str((await make_stream()).id), str((await make_user()).id)
 
     results = await asyncio.gather(
@@ -150,7 +150,7 @@ async def test_the_limit_holds_across_replicas(server, make_user, make_stream, c
 
 
 async def test_admitting_the_same_message_again_takes_no_slot(server, make_user, make_stream):
-    limiter = MessageRateLimiter(3, 30)
+    limiter = MessageRateLimiter(3, 30, store=server.chat.store)
     stream_id, user_id = str((await make_stream()).id), str((await make_user()).id)
 
     same = await asyncio.gather(*(limiter.acquire(stream_id, user_id, "k-same") for _ in range(10)))

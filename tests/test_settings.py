@@ -50,7 +50,7 @@ def test_environment_variables_are_read_by_name(monkeypatch):
 
 @pytest.mark.parametrize(
     "value",
-    ['https://Chat.example:443, http://localhost:3000', '["https://chat.example", "http://localhost:3000"]'],
+    ["https://Chat.example:443, http://localhost:3000", '["https://chat.example", "http://localhost:3000"]'],
 )
 def test_allowed_origins_are_a_comma_separated_or_json_list(monkeypatch, value):
     monkeypatch.setenv("ALLOWED_ORIGINS", value)

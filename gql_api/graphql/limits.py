@@ -31,6 +31,7 @@ from graphql import (
     GraphQLError,
     OperationDefinitionNode,
     SelectionSetNode,
+    Token,
     ValidationContext,
     ValidationRule,
     parse,
@@ -42,6 +43,7 @@ from strawberry.extensions import SchemaExtension
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.schema.validation_rules.maybe_null import MaybeNullValidationRule
 from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
+from strawberry.types.execution import ParseOptions
 
 __all__ = [
     "CachedParse",
@@ -225,7 +227,7 @@ def document_cost(query: str, document: DocumentNode) -> int | None:
     if document.loc is None:
         return None
     tokens = 0
-    token = document.loc.start_token
+    token: Token | None = document.loc.start_token
     while token is not None:  # the document keeps every token alive through its locations
         tokens += 1
         token = token.next
@@ -286,7 +288,7 @@ class DocumentCache:
             self.bytes -= kept[1]
 
 
-def _cache_key(query: str, parse_options: dict[str, Any]) -> tuple[str, tuple[tuple[str, Any], ...]]:
+def _cache_key(query: str, parse_options: ParseOptions) -> tuple[str, tuple[tuple[str, Any], ...]]:
     return query, tuple(sorted(parse_options.items()))
 
 
@@ -358,6 +360,6 @@ class QuietExecutionContext(StrawberryGraphQLCoreExecutionContext):
     values are coerced as execution starts, and their errors would suggest enum values."""
 
     @classmethod
-    def build(cls, *args: Any, **kwargs: Any) -> list[GraphQLError] | Executor:
+    def build(cls, *args: Any, **kwargs: Any) -> list[GraphQLError] | Executor[Any]:
         """``Executor.build``, always hiding suggestions (graphql-core passes it by keyword)."""
         return super().build(*args, **{**kwargs, "hide_suggestions": True})

@@ -123,12 +123,8 @@ class Mutation:
         return LiveStream.from_document(stream)
 
     @strawberry.mutation(description="Dismiss a moderator of a stream: its owner only. Idempotent.")
-    async def remove_moderator(
-        self, info: ChatInfo, stream_id: strawberry.ID, user_id: strawberry.ID
-    ) -> LiveStream:
-        stream = await info.context.chat.moderation.remove_moderator(
-            info.context.user, str(stream_id), str(user_id)
-        )
+    async def remove_moderator(self, info: ChatInfo, stream_id: strawberry.ID, user_id: strawberry.ID) -> LiveStream:
+        stream = await info.context.chat.moderation.remove_moderator(info.context.user, str(stream_id), str(user_id))
         return LiveStream.from_document(stream)
 
     @strawberry.mutation(

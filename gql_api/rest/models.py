@@ -7,7 +7,7 @@ from them, so the two cannot drift. Responses are converted explicitly from the 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 from pydantic.alias_generators import to_camel
@@ -130,7 +130,8 @@ class Message(_Output):
             id=str(message.id),
             stream_id=message.stream_id,
             content=message.content,
-            kind=message.kind.value,
+            # Checked when the model validates: STREAM_ENDED, never shown to clients, would fail here.
+            kind=cast(Literal["TEXT", "SUPERLIKE"], message.kind.value),
             sender=Sender.from_profile(message.sender),
             created_at=message.created_at,
             updated_at=message.updated_at,

@@ -1,0 +1,472 @@
+"""Every database query the app makes, in one place: ``ChatStore``.
+
+The domain (``service``, ``hub``, ``ratelimit``, ``users``, ``demo``, ``auth``) asks the store in
+its own terms (the newest entry of a stream's log, a window of it, a rate window's compare and
+swap) and never writes a query. What only a database should know stays here:
+
+- **Query shapes.** Equality is ``compat.eq`` (nx-27017 scans the table for the short form);
+  a log is read over the ``(stream_id, seq)`` index, never over ``_id``; counts are indexed
+  finds. ``compat`` is imported by this module only.
+- **Duplicate keys.** An insert that collides with a unique index raises the one exception
+  that says which: ``SeqTaken`` (another writer took the stream's next sequence number),
+  ``DedupKeyTaken`` (the stream has the entry already: a retry, the one superlike, the end),
+  ``UsernameTaken``; a rate window created concurrently is a ``False`` from
+  ``create_rate_window``. No ``DuplicateKeyError`` leaves the store.
+- **Detached operations.** Every operation, read or write, is awaited through ``detached``.
+  pymongo 4.20's async driver can hang a task that is cancelled in the middle of an operation
+  (measured: about 2 in 100 cancelled ``find_one`` calls never finish), and tasks are
+  cancelled whenever a client goes away: a subscription's (group set-up, replays, the stream
+  check), and a websocket's mutations when its socket closes. A detached operation runs in a
+  task of its own, so the caller is cancelled at once and the driver finishes undisturbed;
+  the result of an operation nobody awaits any more is dropped (a write stays written: the
+  log and the rate windows are correct whoever wrote them, and a client's retry with its
+  ``clientMessageId`` finds the message).
+
+The store holds no state: it works on the documents ``database.open_database`` binds Beanie
+to, so one can be built before the database is open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from bson import ObjectId
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from gql_api.compat import (
+    EMPTY_BATCH_PAUSE_SECONDS,
+    change_event_document,
+    count_matching,
+    eq,
+    is_duplicate_of,
+    parse_object_id,
+)
+from gql_api.documents import (
+    VISIBLE_KINDS,
+    Appointment,
+    ChatBanRecord,
+    ChatMessage,
+    ChatRateWindow,
+    LiveStream,
+    MessageKind,
+    ModerationAction,
+    PublicProfile,
+    StreamMember,
+    StreamStatus,
+    User,
+)
+
+__all__ = [
+    "EMPTY_BATCH_PAUSE_SECONDS",
+    "REPLAY_BATCH",
+    "ChatStore",
+    "DedupKeyTaken",
+    "DuplicateKey",
+    "RateWindow",
+    "SeqTaken",
+    "TargetIsModerator",
+    "UsernameTaken",
+    "canonical_id",
+    "detached",
+    "member_key",
+    "message_from_change_event",
+]
+
+T = TypeVar("T")
+
+REPLAY_BATCH = 100
+_EPOCH = datetime.fromtimestamp(0, UTC)
+
+
+class DuplicateKey(Exception):
+    """An insert collided with a unique index; the subclass says which."""
+
+
+class SeqTaken(DuplicateKey):
+    """Another writer stored an entry with this sequence number in the stream first."""
+
+
+class DedupKeyTaken(DuplicateKey):
+    """The stream has an entry with this dedup key already."""
+
+
+class UsernameTaken(DuplicateKey):
+    """Another user has this username."""
+
+
+class TargetIsModerator(Exception):
+    """A moderation write that must not touch a moderator found one."""
+
+
+@dataclass(frozen=True)
+class RateWindow:
+    """One user's recent sends in one stream: ``(epoch ms, dedup key)`` pairs, newest first."""
+
+    entries: list[tuple[int, str]]
+    version: int
+
+
+async def detached(operation: Awaitable[T]) -> T:
+    """Await a database operation that the caller's cancellation cannot interrupt (see above)."""
+    task = asyncio.ensure_future(operation)
+    # Once the caller has gone, nobody awaits the task: take its outcome so that a failure
+    # is not reported as never retrieved.
+    task.add_done_callback(_settled)
+    return await asyncio.shield(task)
+
+
+def _settled(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+def canonical_id(value: str) -> str | None:
+    """The one spelling (lower-case hex) of a document id, or None when ``value`` names none."""
+    object_id = parse_object_id(value)
+    return str(object_id) if object_id is not None else None
+
+
+def member_key(stream_id: str, user_id: str) -> str:
+    """The id of a user's member document in a stream (see ``documents.StreamMember``)."""
+    return f"{stream_id}:{user_id}"
+
+
+def message_from_change_event(event: dict[str, Any]) -> ChatMessage:
+    """The entry an insert event on the messages collection carries."""
+    return ChatMessage.model_validate(change_event_document(event))
+
+
+def _window(after: int | None, before: int | None) -> dict[str, int]:
+    window: dict[str, int] = {}
+    if after is not None:
+        window["$gt"] = after
+    if before is not None:
+        window["$lt"] = before
+    return window
+
+
+class ChatStore:
+    """The queries of live-stream chat: streams, their logs, rate windows and users.
+
+    A stream's log holds its messages and, once it has ended, one STREAM_ENDED entry after the
+    last of them. Windows, replays and existence checks show messages only unless asked for
+    the end; ``newest`` is whichever entry is newest.
+    """
+
+    # -- streams ---------------------------------------------------------------------------
+
+    async def stream(self, stream_id: str) -> LiveStream | None:
+        """The stream with this id, or None."""
+        object_id = parse_object_id(stream_id)
+        if object_id is None:
+            return None
+        return await detached(LiveStream.get(object_id))
+
+    async def insert_stream(self, stream: LiveStream) -> None:
+        """Store a new stream (its id is set on it)."""
+        await detached(stream.insert())
+
+    async def mark_stream_ended(self, stream_id: str, end: ChatMessage) -> LiveStream | None:
+        """Mark a LIVE stream ENDED at its end entry; None when it was not LIVE (any more)."""
+        raw = await detached(
+            LiveStream.get_pymongo_collection().find_one_and_update(
+                {"_id": ObjectId(stream_id), "status": eq(StreamStatus.LIVE.value)},
+                {"$set": {"status": StreamStatus.ENDED.value, "ended_at": end.created_at, "ended_seq": end.seq}},
+                return_document=ReturnDocument.AFTER,
+            )
+        )
+        return LiveStream.model_validate(raw) if raw is not None else None
+
+    async def live_stream_titled(self, owner_id: str, title: str) -> LiveStream | None:
+        """A LIVE stream of this owner with this title, if there is one."""
+        condition = {"owner.id": eq(owner_id), "title": eq(title), "status": eq(StreamStatus.LIVE.value)}
+        return await detached(LiveStream.find_one(condition))
+
+    # -- a stream's log --------------------------------------------------------------------
+
+    async def insert_entry(self, entry: ChatMessage) -> None:
+        """Store an entry of a stream's log: ``SeqTaken`` or ``DedupKeyTaken`` when either is."""
+        try:
+            await detached(entry.insert())
+        except DuplicateKeyError as exc:
+            if is_duplicate_of(exc, "seq"):
+                raise SeqTaken() from exc
+            if is_duplicate_of(exc, "dedup_key"):
+                raise DedupKeyTaken() from exc
+            raise
+
+    async def newest(self, stream_id: str) -> ChatMessage | None:
+        """The newest entry of the stream's log (its end entry once it has ended); None when empty."""
+        [entry] = await self._read(stream_id, {}, limit=1, newest_first=True) or [None]
+        return entry
+
+    async def read_window(
+        self,
+        stream_id: str,
+        *,
+        after: int | None,
+        before: int | None,
+        limit: int,
+        newest_first: bool,
+    ) -> list[ChatMessage]:
+        """Up to ``limit`` messages with ``after < seq < before``, from the chosen end, in that order.
+
+        The end entry is left out here rather than in the query, so the query keeps to the
+        (stream_id, seq) index: there is at most one, so one row more than asked for is enough.
+        """
+        rows = await self._read(stream_id, _window(after, before), limit=limit + 1, newest_first=newest_first)
+        return [row for row in rows if row.kind in VISIBLE_KINDS][:limit]
+
+    async def has_messages_from(self, stream_id: str, seq: int) -> bool:
+        """Whether the stream has a message (not its end) numbered ``seq`` or later."""
+        return await self._any_message(stream_id, {"$gte": seq})
+
+    async def has_messages_through(self, stream_id: str, seq: int) -> bool:
+        """Whether the stream has a message numbered ``seq`` or earlier."""
+        return await self._any_message(stream_id, {"$lte": seq})
+
+    async def replay(
+        self, stream_id: str, *, after: int, through: int | None = None, with_end: bool = False
+    ) -> AsyncIterator[ChatMessage]:
+        """Every message with ``after < seq <= through`` (or to the newest), oldest first, in batches.
+
+        With ``with_end`` the stream's end entry comes too, last.
+        """
+        before = through + 1 if through is not None else None
+        while True:
+            batch = await self._read(stream_id, _window(after, before), limit=REPLAY_BATCH, newest_first=False)
+            for message in batch:
+                if with_end or message.kind in VISIBLE_KINDS:
+                    yield message
+            if len(batch) < REPLAY_BATCH:
+                return
+            after = batch[-1].seq
+
+    async def message_by_dedup_key(self, stream_id: str, dedup_key: str) -> ChatMessage | None:
+        """The stream's entry with this dedup key, if it has one."""
+        condition = {"stream_id": eq(stream_id), "dedup_key": eq(dedup_key)}
+        return await detached(ChatMessage.find_one(condition))
+
+    async def superlike_count(self, stream_id: str) -> int:
+        """How many superlikes the stream has stored."""
+        condition = {"stream_id": eq(stream_id), "kind": eq(MessageKind.SUPERLIKE.value)}
+        return await detached(count_matching(ChatMessage.get_pymongo_collection(), condition))
+
+    async def _read(
+        self, stream_id: str, seq: dict[str, int], *, limit: int, newest_first: bool
+    ) -> list[ChatMessage]:
+        condition: dict[str, Any] = {"stream_id": eq(stream_id)}
+        if seq:
+            condition["seq"] = seq
+        query = ChatMessage.find(condition)
+        query = query.sort([("seq", DESCENDING if newest_first else ASCENDING)]).limit(limit)
+        return await detached(query.to_list())
+
+    async def _any_message(self, stream_id: str, seq: dict[str, int]) -> bool:
+        # Two rows, as the end entry may be one of them.
+        rows = await self._read(stream_id, seq, limit=2, newest_first=False)
+        return any(row.kind in VISIBLE_KINDS for row in rows)
+
+    # -- rate windows ----------------------------------------------------------------------
+
+    async def rate_window(self, key: str) -> RateWindow | None:
+        """The rate window stored under ``key``, or None."""
+        raw = await detached(ChatRateWindow.get_pymongo_collection().find_one({"_id": eq(key)}))
+        if raw is None:
+            return None
+        times = raw.get("sent_at_ms", [])
+        # A window written before dedup keys were recorded has none: no entry matches a retry.
+        keys = raw.get("dedup_keys") or []
+        keys = keys if len(keys) == len(times) else [""] * len(times)
+        return RateWindow(entries=list(zip(times, keys, strict=True)), version=raw["version"])
+
+    async def create_rate_window(self, key: str, stream_id: str, entries: list[tuple[int, str]]) -> bool:
+        """Store a first window under ``key``; False when one was created there meanwhile."""
+        document = {"_id": key, "stream_id": stream_id, **_rate_fields(entries), "version": 1}
+        try:
+            await detached(ChatRateWindow.get_pymongo_collection().insert_one(document))
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def swap_rate_window(self, key: str, version: int, entries: list[tuple[int, str]]) -> bool:
+        """Replace the window at ``version`` with ``entries``; False when it changed meanwhile."""
+        result = await detached(
+            ChatRateWindow.get_pymongo_collection().update_one(
+                {"_id": eq(key), "version": eq(version)},
+                {"$set": {**_rate_fields(entries), "version": version + 1}},
+            )
+        )
+        return bool(result.matched_count)
+
+    async def drop_rate_windows(self, stream_id: str) -> None:
+        """Delete every rate window of a stream."""
+        await detached(ChatRateWindow.get_pymongo_collection().delete_many({"stream_id": eq(stream_id)}))
+
+    # -- users -----------------------------------------------------------------------------
+
+    async def insert_user(self, user: User) -> None:
+        """Store a new user; ``UsernameTaken`` when the username is."""
+        try:
+            await detached(user.insert())
+        except DuplicateKeyError as exc:
+            if is_duplicate_of(exc, "username"):
+                raise UsernameTaken() from exc
+            raise
+
+    async def user_by_id(self, user_id: str) -> User | None:
+        """The user with this id, or None (also when ``user_id`` cannot be an id)."""
+        object_id = parse_object_id(user_id)
+        if object_id is None:
+            return None
+        return await detached(User.get(object_id))
+
+    async def user_by_username(self, username: str) -> User | None:
+        """The user with exactly this username, or None."""
+        return await detached(User.find_one({"username": eq(username)}))
+
+    async def has_users(self) -> bool:
+        """Whether any user is stored (false on a fresh database)."""
+        return await detached(User.find_one({})) is not None
+
+    # -- moderation ------------------------------------------------------------------------
+    #
+    # A stream's roles and bans are one ``StreamMember`` document per (stream, user), found
+    # by its id: a send reads one document through the ``_id`` index to learn both whether
+    # its sender is banned and whether they moderate. Its times are inside its subdocuments
+    # (``appointment``, ``ban``): nx-27017 stores a top-level datetime written by ``$set`` as
+    # text (see ``compat``). Writers return the member document as it was *before* the write
+    # (None when there was none), so the caller can record only what changed.
+
+    @staticmethod
+    def _members() -> Any:
+        return StreamMember.get_pymongo_collection()
+
+    async def member(self, stream_id: str, user_id: str) -> StreamMember | None:
+        """The user's member document in the stream, or None (a plain viewer)."""
+        raw = await detached(self._members().find_one({"_id": member_key(stream_id, user_id)}))
+        return _member(raw)
+
+    async def moderators(self, stream_id: str) -> list[StreamMember]:
+        """The stream's moderators, oldest appointment first."""
+        cursor = self._members().find({"stream_id": eq(stream_id), "moderator": eq(True)})
+        members = [StreamMember.model_validate(row) for row in await detached(cursor.to_list())]
+        return sorted(members, key=lambda m: m.appointment.created_at if m.appointment else _EPOCH)
+
+    async def banned_members(self, stream_id: str) -> list[StreamMember]:
+        """The stream's members that have a ban stored (expired ones included)."""
+        rows = await detached(self._members().find({"stream_id": eq(stream_id)}).to_list())
+        members = (StreamMember.model_validate(row) for row in rows)
+        return [member for member in members if member.ban is not None]
+
+    async def appoint_moderator(
+        self, stream_id: str, user: PublicProfile, appointment: Appointment
+    ) -> StreamMember | None:
+        """Make the user a moderator of the stream, lifting any ban of theirs;
+        ``TargetIsModerator`` when they are one already (nothing is changed then)."""
+        fields = {
+            **_member_identity(stream_id, user),
+            "moderator": True,
+            "appointment": appointment.model_dump(),
+            "ban": None,
+        }
+        condition = {"_id": member_key(stream_id, user.id), "moderator": eq(False)}
+        return await self._set_or_insert(condition, fields)
+
+    async def dismiss_moderator(self, stream_id: str, user_id: str) -> StreamMember | None:
+        """Make the user a viewer again, if they moderate: None when they did not."""
+        raw = await detached(
+            self._members().find_one_and_update(
+                {"_id": member_key(stream_id, user_id), "moderator": eq(True)},
+                {"$set": {"moderator": False, "appointment": None}},
+                return_document=ReturnDocument.BEFORE,
+            )
+        )
+        return _member(raw)
+
+    async def store_ban(
+        self, stream_id: str, user: PublicProfile, ban: ChatBanRecord, *, unless_moderator: bool
+    ) -> StreamMember | None:
+        """Store the user's ban (replacing one they had), making them a viewer.
+
+        With ``unless_moderator`` the ban is stored only if the user does not moderate, in the
+        same atomic write: ``TargetIsModerator`` otherwise.
+        """
+        condition: dict[str, Any] = {"_id": member_key(stream_id, user.id)}
+        if unless_moderator:
+            condition["moderator"] = eq(False)
+        fields = {
+            **_member_identity(stream_id, user),
+            "moderator": False,
+            "appointment": None,
+            "ban": ban.model_dump(),
+        }
+        return await self._set_or_insert(condition, fields)
+
+    async def lift_ban(self, stream_id: str, user_id: str) -> StreamMember | None:
+        """Remove the user's ban, if they have one stored."""
+        raw = await detached(
+            self._members().find_one_and_update(
+                {"_id": member_key(stream_id, user_id)},
+                {"$set": {"ban": None}},
+                return_document=ReturnDocument.BEFORE,
+            )
+        )
+        return _member(raw)
+
+    async def _set_or_insert(self, condition: dict[str, Any], fields: dict[str, Any]) -> StreamMember | None:
+        """Set ``fields`` on the member document matching ``condition`` (its ``_id`` and
+        ``moderator: False``, or its ``_id`` alone), or insert it when there is none: the
+        document as it was before (None when inserted). ``TargetIsModerator`` when one exists
+        that the condition does not match.
+
+        Not an upsert: nx-27017 silently does nothing when an upsert's insert collides with an
+        existing id, where MongoDB raises; an insert raises on both.
+        """
+        for _ in range(2):
+            raw = await detached(
+                self._members().find_one_and_update(condition, {"$set": fields}, return_document=ReturnDocument.BEFORE)
+            )
+            if raw is not None:
+                return _member(raw)
+            try:
+                await detached(self._members().insert_one({"_id": condition["_id"], **fields}))
+            except DuplicateKeyError:
+                continue  # it exists now: set it if it matches
+            return None
+        raise TargetIsModerator()  # it exists, and the condition does not match it
+
+    async def record_moderation(self, action: ModerationAction) -> None:
+        """Append an action to the moderation log."""
+        await detached(action.insert())
+
+    async def moderation_actions(self, stream_id: str) -> list[ModerationAction]:
+        """The stream's moderation log, oldest first."""
+        query = ModerationAction.find({"stream_id": eq(stream_id)}).sort("+created_at")
+        return await detached(query.to_list())
+
+    async def users_by_ids(self, user_ids: list[str]) -> list[User]:
+        """The users with these ids that exist, in the order given."""
+        object_ids = [oid for oid in map(parse_object_id, user_ids) if oid is not None]
+        if not object_ids:
+            return []
+        rows = await detached(User.find({"_id": {"$in": object_ids}}).to_list())
+        by_id = {str(user.id): user for user in rows}
+        return [by_id[user_id] for user_id in user_ids if user_id in by_id]
+
+
+def _member_identity(stream_id: str, user: PublicProfile) -> dict[str, Any]:
+    return {"stream_id": stream_id, "user_id": user.id, "user": user.model_dump()}
+
+
+def _member(raw: dict[str, Any] | None) -> StreamMember | None:
+    return StreamMember.model_validate(raw) if raw is not None else None
+
+
+def _rate_fields(entries: list[tuple[int, str]]) -> dict[str, list[Any]]:
+    return {"sent_at_ms": [t for t, _ in entries], "dedup_keys": [k for _, k in entries]}

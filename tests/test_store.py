@@ -1,0 +1,148 @@
+"""The store: the domain's queries on the real database, its duplicate-key mapping, ``detached``."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from typing import Any
+
+import pytest
+
+from gql_api.documents import ChatMessage, ChatRateWindow, MessageKind, User
+from gql_api.store import (
+    ChatStore,
+    DedupKeyTaken,
+    SeqTaken,
+    UsernameTaken,
+    canonical_id,
+    detached,
+)
+
+
+@pytest.fixture
+def store(server) -> ChatStore:
+    return server.chat.store
+
+
+def _copy(entry: ChatMessage, **changes: Any) -> ChatMessage:
+    return ChatMessage(**{**entry.model_dump(exclude={"id", "revision_id"}), **changes})
+
+
+async def test_an_insert_that_collides_says_which_key_it_collided_on(store, make_user, make_stream, server):
+    stream = await make_stream()
+    sender = await make_user()
+    first = await server.chat.send_message(sender, str(stream.id), "first", "c-1")
+
+    with pytest.raises(SeqTaken):
+        await store.insert_entry(_copy(first, dedup_key="another key"))
+    with pytest.raises(DedupKeyTaken):
+        await store.insert_entry(_copy(first, seq=first.seq + 1))
+    assert [m.seq async for m in store.replay(str(stream.id), after=0)] == [first.seq]
+
+
+async def test_a_taken_username_is_username_taken(store, make_user):
+    user = await make_user()
+    with pytest.raises(UsernameTaken):
+        await store.insert_user(User(username=user.username, name="Other", surname=""))
+    assert (await store.user_by_username(user.username)).id == user.id
+
+
+async def test_reads_of_a_log_show_its_end_only_when_asked(store, make_user, make_stream, server):
+    owner = await make_user()
+    stream = await make_stream(owner)
+    key = str(stream.id)
+    messages = [await server.chat.send_message(await make_user(), key, f"m{n}") for n in range(2)]
+    await server.chat.end_stream(owner, key)
+
+    end = await store.newest(key)
+    assert end is not None and end.kind is MessageKind.STREAM_ENDED and end.seq == messages[-1].seq + 1
+    window = await store.read_window(key, after=None, before=None, limit=5, newest_first=True)
+    assert [m.seq for m in window] == [messages[1].seq, messages[0].seq]
+    assert [m.seq async for m in store.replay(key, after=0)] == [m.seq for m in messages]
+    assert [m.seq async for m in store.replay(key, after=0, with_end=True)] == [*[m.seq for m in messages], end.seq]
+    assert await store.has_messages_from(key, messages[1].seq)
+    assert not await store.has_messages_from(key, end.seq)  # only the end is there
+    assert await store.has_messages_through(key, messages[0].seq)
+    assert not await store.has_messages_through(key, 0)
+
+
+async def test_a_rate_window_is_written_by_compare_and_swap(store):
+    key = f"{canonical_id('0' * 24)}:cas-{id(store)}"
+    assert await store.rate_window(key) is None
+    assert await store.create_rate_window(key, "cas-stream", [(1000, "a")])
+    assert not await store.create_rate_window(key, "cas-stream", [(1001, "b")])  # created meanwhile
+
+    window = await store.rate_window(key)
+    assert window is not None and window.entries == [(1000, "a")]
+    assert await store.swap_rate_window(key, window.version, [(2000, "c"), (1000, "a")])
+    assert not await store.swap_rate_window(key, window.version, [(3000, "d")])  # stale version
+    assert (await store.rate_window(key)).entries == [(2000, "c"), (1000, "a")]
+
+    await store.drop_rate_windows("cas-stream")
+    assert await store.rate_window(key) is None
+
+
+async def test_a_rate_window_stored_without_dedup_keys_matches_no_retry(store):
+    key = "old-format:window"
+    await ChatRateWindow.get_pymongo_collection().insert_one(
+        {"_id": key, "stream_id": "old-format", "sent_at_ms": [5, 4], "version": 3}
+    )
+    window = await store.rate_window(key)
+    assert window is not None and window.entries == [(5, ""), (4, "")] and window.version == 3
+
+
+def test_canonical_ids_are_lower_case_hex():
+    assert canonical_id("65F0A1B2C3D4E5F60718293A") == "65f0a1b2c3d4e5f60718293a"
+    assert canonical_id("not an id") is None
+
+
+async def test_a_detached_operation_outlives_its_cancelled_caller():
+    started, release = asyncio.Event(), asyncio.Event()
+    finished: list[str] = []
+
+    async def operation() -> str:
+        started.set()
+        await release.wait()
+        finished.append("done")
+        return "done"
+
+    before = asyncio.all_tasks()
+    caller = asyncio.create_task(detached(operation()))
+    await started.wait()
+    [inner] = asyncio.all_tasks() - before - {caller}
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller  # at once: the operation is still waiting
+    assert not inner.done()
+
+    release.set()
+    assert await inner == "done" and finished == ["done"]
+
+
+async def test_a_detached_failure_after_its_caller_left_is_not_reported_as_lost():
+    started, release = asyncio.Event(), asyncio.Event()
+    reported: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+
+    async def operation() -> None:
+        started.set()
+        await release.wait()
+        raise RuntimeError("the write failed after its caller left")
+
+    try:
+        before = asyncio.all_tasks()
+        caller = asyncio.create_task(detached(operation()))
+        await started.wait()
+        [inner] = asyncio.all_tasks() - before - {caller}
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        release.set()
+        await asyncio.wait({inner})
+        del inner, caller
+        gc.collect()  # an unretrieved exception is reported when its task is collected
+    finally:
+        loop.set_exception_handler(previous)
+    assert reported == []
