@@ -197,7 +197,9 @@ class StreamMember(Document):
     class Settings:
         name = "stream_members"
         # A stream's moderators; its bans are read over the prefix.
-        indexes = [IndexModel([("stream_id", ASCENDING), ("moderator", ASCENDING)], name="stream_moderator")]
+        indexes: ClassVar[list[IndexModel]] = [
+            IndexModel([("stream_id", ASCENDING), ("moderator", ASCENDING)], name="stream_moderator")
+        ]
 
 
 class ModerationAction(Document):
@@ -214,7 +216,9 @@ class ModerationAction(Document):
 
     class Settings:
         name = "moderation_actions"
-        indexes = [IndexModel([("stream_id", ASCENDING), ("created_at", ASCENDING)], name="stream_time")]
+        indexes: ClassVar[list[IndexModel]] = [
+            IndexModel([("stream_id", ASCENDING), ("created_at", ASCENDING)], name="stream_time")
+        ]
 
 
 DOCUMENT_MODELS: list[type[Document]] = [

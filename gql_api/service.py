@@ -249,9 +249,7 @@ class ChatService:
             role = await self.moderation.admit_sender(sender, stream)
             await self._admit(sender, stream, dedup_key)  # a second round is the same message
             try:
-                return await self._append(
-                    sender, role, key, MessageKind.TEXT, content, client_message_id, dedup_key
-                )
+                return await self._append(sender, role, key, MessageKind.TEXT, content, client_message_id, dedup_key)
             except DedupKeyTaken:
                 continue  # a concurrent retry won the race: read its message
         raise Conflict("Resource already exists: this clientMessageId is being used")  # pragma: no cover
@@ -262,9 +260,7 @@ class ChatService:
         stream = await self._live_stream(_stream_key(stream_id))
         role = await self.moderation.admit_sender(sender, stream)
         try:
-            return await self._append(
-                sender, role, str(stream.id), MessageKind.SUPERLIKE, "", None, f"s:{sender.id}"
-            )
+            return await self._append(sender, role, str(stream.id), MessageKind.SUPERLIKE, "", None, f"s:{sender.id}")
         except DedupKeyTaken as exc:
             raise Conflict(
                 "Resource already exists: your superlike of this stream is stored already (one per user)"

@@ -16,6 +16,7 @@ LICENSE = {"name": "MIT", "identifier": "MIT"}  # the repository's LICENSE file
 _ERROR_RESPONSES = {  # status: (name in components.responses, description)
     400: ("ValidationFailed", "Malformed JSON, a missing or invalid field, a bad cursor or limit"),
     401: ("AuthenticationRequired", "No token, or a bad or expired one"),
+    403: ("Forbidden", "Insufficient permissions: the sender is banned from this stream's chat"),
     404: ("NotFound", "No live stream has this id"),
     405: ("MethodNotAllowed", "The path does not take this method; `Allow` lists those it takes"),
     409: (
@@ -114,7 +115,7 @@ def openapi_document() -> dict[str, Any]:
             "summary": "Send a chat message",
             "requestBody": {"required": True, **json_content(ref(SendMessageRequest, "validation"))},
             "responses": responses(
-                201, "The message (on a retry, the original)", message, 400, 401, 404, 409, 429
+                201, "The message (on a retry, the original)", message, 400, 401, 403, 404, 409, 429
             ),
         },
         "get": {
@@ -132,7 +133,7 @@ def openapi_document() -> dict[str, Any]:
         "post": {
             "operationId": "sendSuperlike",
             "summary": "Superlike a stream: once per user per stream",
-            "responses": responses(201, "The SUPERLIKE message", message, 401, 404, 409),
+            "responses": responses(201, "The SUPERLIKE message", message, 401, 403, 404, 409),
         },
     }
     return {
