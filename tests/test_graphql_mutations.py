@@ -22,7 +22,7 @@ mutation Send($streamId: ID!, $content: String!, $clientMessageId: String) {
 SUPERLIKE = "mutation($s: ID!) { sendSuperlike(streamId: $s) { id kind content sender { username } } }"
 STREAM = "query($id: ID!) { liveStream(id: $id) { id title status superlikeCount endedAt owner { username } } }"
 HISTORY = "query($s: ID!) { chatMessages(streamId: $s, last: 100) { edges { node { id kind content } } } }"
-CREATE = "mutation($t: String!) { createLiveStream(title: $t) { id title status superlikeCount createdAt endedAt owner { id username } } }"
+CREATE = "mutation($t: String!) { createLiveStream(title: $t) { id title status superlikeCount createdAt endedAt owner { __typename userId id username } } }"
 END = "mutation($id: ID!) { endLiveStream(id: $id) { id status endedAt } }"
 MISSING_STREAM = "64d15f9e2e6c8f4d5a123000"
 
@@ -171,7 +171,9 @@ async def test_create_and_end_a_stream(make_user, client_for):
 
     assert created["title"] == "Friday night"
     assert created["status"] == "LIVE" and created["endedAt"] is None and created["superlikeCount"] == 0
-    assert created["owner"] == {"id": str(owner.id), "username": owner.username}
+    assert created["owner"] == {
+        "__typename": "UserSnapshot", "userId": str(owner.id), "id": str(owner.id), "username": owner.username
+    }
     assert ended["status"] == "ENDED" and ended["endedAt"].endswith("Z")
     assert (await client.data(STREAM, {"id": created["id"]}))["liveStream"]["status"] == "ENDED"
 

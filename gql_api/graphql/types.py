@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
+from typing import Any
 
 import strawberry
 from strawberry.types import Info
@@ -59,6 +60,18 @@ class ProfilePhoto:
         )
 
 
+def _profile_fields(profile: documents.PublicProfile) -> dict[str, Any]:
+    """What ``User`` and ``UserSnapshot`` show of a profile, apart from how they name the id."""
+    photo = profile.profile_photo
+    return {
+        "username": profile.username,
+        "name": profile.name,
+        "surname": profile.surname,
+        "profile_photo": ProfilePhoto.from_document(photo) if photo else None,
+        "availability_status": profile.availability_status,
+    }
+
+
 @strawberry.type(description="A user's public profile.")
 class User:
     id: strawberry.ID
@@ -70,16 +83,7 @@ class User:
 
     @classmethod
     def from_profile(cls, profile: documents.PublicProfile) -> User:
-        return cls(
-            id=strawberry.ID(profile.id),
-            username=profile.username,
-            name=profile.name,
-            surname=profile.surname,
-            profile_photo=ProfilePhoto.from_document(profile.profile_photo)
-            if profile.profile_photo
-            else None,
-            availability_status=profile.availability_status,
-        )
+        return cls(id=strawberry.ID(profile.id), **_profile_fields(profile))
 
     @classmethod
     def from_document(cls, user: documents.User) -> User:
@@ -88,10 +92,11 @@ class User:
 
 @strawberry.type(
     description=(
-        "A user's public profile as it was at one moment, e.g. when they sent a message. Select "
+        "A user's public profile as it was at one moment: a message's sender when they sent it, "
+        "a stream's owner when they created it. Select "
         "`userId`, not the deprecated `id`: without an `id`, normalised caches (Apollo Client, "
-        "urql Graphcache, Relay) keep each snapshot inside its message, where with one they "
-        "merge every snapshot of a user into one entry and old messages show the newest name."
+        "urql Graphcache, Relay) keep each snapshot inside its message or stream, where with one "
+        "they merge every snapshot of a user into one entry and old messages show the newest name."
     )
 )
 class UserSnapshot:
@@ -110,21 +115,12 @@ class UserSnapshot:
         ),
     )
     def id(self) -> strawberry.ID:
-        # Kept so that documents written against `sender: User` still validate.
+        # Kept so that documents written against `sender: User` and `owner: User` still validate.
         return self.user_id
 
     @classmethod
     def from_profile(cls, profile: documents.PublicProfile) -> UserSnapshot:
-        return cls(
-            user_id=strawberry.ID(profile.id),
-            username=profile.username,
-            name=profile.name,
-            surname=profile.surname,
-            profile_photo=ProfilePhoto.from_document(profile.profile_photo)
-            if profile.profile_photo
-            else None,
-            availability_status=profile.availability_status,
-        )
+        return cls(user_id=strawberry.ID(profile.id), **_profile_fields(profile))
 
 
 async def _superlike_count(root: LiveStream, info: Info) -> int:
@@ -142,7 +138,9 @@ class LiveStream:
     id: strawberry.ID
     title: str
     status: StreamStatus
-    owner: User
+    owner: UserSnapshot = strawberry.field(
+        description="The owner's public profile when the stream was created (select `userId`, not `id`)."
+    )
     superlike_count: int = strawberry.field(resolver=_superlike_count)
     moderators: list[User] = strawberry.field(
         resolver=_moderators,
@@ -157,7 +155,7 @@ class LiveStream:
             id=strawberry.ID(str(stream.id)),
             title=stream.title,
             status=StreamStatus(stream.status.value),
-            owner=User.from_profile(stream.owner),
+            owner=UserSnapshot.from_profile(stream.owner),
             created_at=stream.created_at,
             ended_at=stream.ended_at,
         )
