@@ -205,12 +205,16 @@ class ChatService:
                 raise
             end, stored_here = newest, False
         ended = await self.store.mark_stream_ended(key, end)
-        if ended is None:
-            ended = await self.store.stream(key) if stored_here else None
-            if ended is None:  # another call ended it (and said so)
-                raise Conflict("Resource cannot be changed in its current state: the stream has already ended")
         if not stored_here:
+            # The call that stored the end answers for it; this one only finishes its marking
+            # (that call may have stopped in between), so exactly one end succeeds.
             await self.delivery.message_stored(end)  # in-process delivery may not have had it
+            await self.rate_limiter.forget(key)
+            raise Conflict("Resource cannot be changed in its current state: the stream has already ended")
+        if ended is None:  # marked already, by a call that found our end in place
+            ended = await self.store.stream(key)
+            if ended is None:  # pragma: no cover - streams are never deleted
+                raise NotFound("Resource not found: no live stream has this id")
         await self.rate_limiter.forget(key)
         return ended
 
