@@ -10,6 +10,7 @@ from gql_api.errors import (
     ApiError,
     BadUserInput,
     Conflict,
+    Forbidden,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
@@ -120,7 +121,7 @@ def openapi_document() -> dict[str, Any]:
                 201,
                 "The message (on a retry, the original)",
                 message,
-                *(BadUserInput, Unauthenticated, NotFound, Conflict, RateLimited),
+                *(BadUserInput, Unauthenticated, Forbidden, NotFound, Conflict, RateLimited),
             ),
         },
         "get": {
@@ -140,7 +141,7 @@ def openapi_document() -> dict[str, Any]:
         "post": {
             "operationId": "sendSuperlike",
             "summary": "Superlike a stream: once per user per stream",
-            "responses": responses(201, "The SUPERLIKE message", message, Unauthenticated, NotFound, Conflict),
+            "responses": responses(201, "The SUPERLIKE message", message, Unauthenticated, Forbidden, NotFound, Conflict),
         },
     }
     return {
