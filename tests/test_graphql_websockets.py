@@ -228,7 +228,7 @@ async def test_an_idle_subscription_keeps_no_execution_context_and_still_deliver
     server, make_user, make_stream, client_for
 ):
     # Strawberry's per-operation state (execution context, extensions, graphql-core's executor)
-    # was kept for a subscription's whole life: about 15 KiB of each idle subscription.
+    # was kept for a subscription's whole life: about 10 KiB of each idle subscription.
     stream, sender = await make_stream(), await make_user()
     query = "subscription IdleProbe($s: ID!) { messageAdded(streamId: $s) { id content } }"
     sockets = [await _connect(server, server.token(await make_user())) for _ in range(3)]

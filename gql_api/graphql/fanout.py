@@ -23,7 +23,7 @@ identical executions per chat message. This module does it once per distinct ope
    stream (its execution context, extensions, graphql-core's executor and the resolver's
    generator) ends and is freed, and the handler runs ``live`` in the operation's task until the
    events end. An idle subscription then holds its events iterator and little else: about
-   15 KiB less each (``bench/idle_memory.py``).
+   10 KiB less each (``bench/idle_memory.py``).
 
 Validation, limits, authentication and errors still go through Strawberry. The renderer relies on
 graphql-core and Strawberry internals (``Executor.build``, ``build_per_event_executor``,
