@@ -53,6 +53,8 @@ from gql_api.documents import (
     MessageKind,
     StreamStatus,
     User,
+    ViewerPresence,
+    utcnow,
 )
 
 __all__ = [
@@ -315,6 +317,28 @@ class ChatStore:
     async def has_users(self) -> bool:
         """Whether any user is stored (false on a fresh database)."""
         return await detached(User.find_one({})) is not None
+
+    # -- viewer presence (see ``viewers``) ---------------------------------------------------
+
+    async def put_presence(self, replica_id: str, counts: dict[str, int], expires_at_ms: int) -> None:
+        """Store (or replace) a replica's live subscribers per stream, valid until ``expires_at_ms``."""
+        # The id is in the document too: nx-27017 does not take an upsert's id from its filter.
+        document = {"_id": replica_id, "counts": counts, "expires_at_ms": expires_at_ms, "updated_at": utcnow()}
+        await detached(
+            ViewerPresence.get_pymongo_collection().replace_one({"_id": eq(replica_id)}, document, upsert=True)
+        )
+
+    async def presences(self) -> list[ViewerPresence]:
+        """Every replica's presence, expired ones included (one small document per replica)."""
+        return await detached(ViewerPresence.find_all().to_list())
+
+    async def drop_presence(self, replica_id: str) -> None:
+        """Delete a replica's presence (when it stops, or has no subscribers left)."""
+        await detached(ViewerPresence.get_pymongo_collection().delete_one({"_id": eq(replica_id)}))
+
+    async def drop_expired_presences(self, now_ms: int) -> None:
+        """Delete the presence of every replica that let it expire by ``now_ms`` (it died)."""
+        await detached(ViewerPresence.get_pymongo_collection().delete_many({"expires_at_ms": {"$lte": now_ms}}))
 
 
 def _rate_fields(entries: list[tuple[int, str]]) -> dict[str, list[Any]]:

@@ -125,6 +125,12 @@ async def _superlike_count(root: LiveStream, info: Info) -> int:
     return await info.context.chat.superlike_count(str(root.id))
 
 
+def _viewer_count(root: LiveStream, info: Info) -> int:
+    # This replica's latest sum over every replica: no database read per stream (see ``viewers``).
+    total: int = info.context.viewers.total(str(root.id))
+    return total
+
+
 @strawberry.type(description="A live stream that viewers chat in.")
 class LiveStream:
     id: strawberry.ID
@@ -134,6 +140,13 @@ class LiveStream:
         description="The owner's public profile when the stream was created (select `userId`, not `id`)."
     )
     superlike_count: int = strawberry.field(resolver=_superlike_count)
+    viewer_count: int = strawberry.field(
+        resolver=_viewer_count,
+        description=(
+            "Live subscribers of the stream on every replica, refreshed every "
+            "VIEWER_COUNT_INTERVAL_SECONDS (5 s by default)."
+        ),
+    )
     created_at: datetime
     ended_at: datetime | None
 
