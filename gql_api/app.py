@@ -114,7 +114,7 @@ def create_app(
             *operations,
             Route("/graphql", graphql),
             WebSocketRoute("/graphql", graphql),
-            *rest_routes(metrics),
+            *rest_routes(metrics, max_body_bytes=settings.graphql_max_body_bytes),
             *([] if settings.production else development_routes()),
         ],
         middleware=[

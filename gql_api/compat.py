@@ -17,6 +17,9 @@ Everything here is also correct, and means the same, on a real MongoDB:
 - Counting is a find of ids, not ``count_documents``: nx-27017 runs that aggregation
   as a table scan (measured: 5 s over 40,000 messages), but answers an indexed find in
   milliseconds (``count_matching``).
+- A top-level datetime written by ``$set`` is stored as text (and a boolean as 0 or 1, which
+  still compares equal to ``True``/``False``); one inside a subdocument written whole keeps its
+  type. Times that are updated live in subdocuments (see ``store``: moderation).
 - A change event's document id is read from ``documentKey._id``: nx-27017 sends
   ``fullDocument._id`` as a dict, and the rest of the document as extended JSON. Its
   duplicate-key errors name the index but not its key pattern.

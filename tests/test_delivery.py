@@ -285,6 +285,7 @@ SEND_AT = "mutation($s: ID!, $c: String!) { sendChatMessage(streamId: $s, conten
 HISTORY_AT = "query($s: ID!) { chatMessages(streamId: $s, last: 100) { edges { node { id createdAt } } } }"
 
 
+@pytest.mark.slow
 async def test_across_two_replicas_senders_racing_the_end_are_delivered_before_it_or_refused(tmp_path):
     """Sends through both replicas while one of them ends the stream: every acknowledged
     message is stored before the end and reaches the subscribers of both replicas before
