@@ -192,7 +192,6 @@ async def test_viewer_count_is_the_live_subscribers_on_every_replica(server, mak
         # a shut down cleanly: its presence is gone at once, not left to expire.
         assert a_id not in await _presences(server)
         assert await _counted([b], token, stream_id, 1) == [1]
-    assert await _viewer_count(server, token, stream_id) in {0, 1}  # the session's app refreshes every 5 s
 
 
 @pytest.mark.slow
