@@ -221,6 +221,22 @@ class ModerationAction(Document):
         ]
 
 
+class ViewerPresence(Document):
+    """One replica's live subscribers per stream, which every replica sums into its viewer
+    counts (see ``viewers``). A replica rewrites it while it has subscribers and deletes it
+    when it stops; one that dies leaves it to expire."""
+
+    id: str  # type: ignore[assignment]  # the replica's id
+    # Stream id -> live subscribers on this replica (streams with none are left out).
+    counts: dict[str, int] = Field(default_factory=dict)
+    # Epoch milliseconds after which nobody counts it (integers, as in ``ChatRateWindow``).
+    expires_at_ms: int
+    updated_at: datetime = Field(default_factory=utcnow)
+
+    class Settings:
+        name = "viewer_presence"
+
+
 DOCUMENT_MODELS: list[type[Document]] = [
     User,
     LiveStream,
@@ -228,4 +244,5 @@ DOCUMENT_MODELS: list[type[Document]] = [
     ChatRateWindow,
     StreamMember,
     ModerationAction,
+    ViewerPresence,
 ]

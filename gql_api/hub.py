@@ -227,6 +227,10 @@ class MessageHub(Generic[EntryT]):
             return len(group.subscribers) if group else 0
         return sum(len(group.subscribers) for group in self._groups.values())
 
+    def subscriber_counts(self) -> dict[str, int]:
+        """How many subscribers each stream that has any has in this process."""
+        return {stream_id: len(group.subscribers) for stream_id, group in self._groups.items() if group.subscribers}
+
     async def wait_for_subscribers(self, stream_id: str, count: int) -> None:
         """Return once a stream has exactly ``count`` subscribers (for tests and tooling)."""
         if self.subscriber_count(stream_id) == count:

@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     rate_limit_messages: int = Field(default=20, ge=0)
     rate_limit_window_seconds: int = Field(default=30, ge=1)
 
+    # How often each replica publishes its live subscribers per stream and re-reads everyone's:
+    # `LiveStream.viewerCount` (and its change events) is at most this old. A replica's counts
+    # expire after 3 intervals without a rewrite, so a dead replica stops counting within 4
+    # (30 s at the upper bound).
+    viewer_count_interval_seconds: float = Field(default=5.0, gt=0, le=7.5)
+
     # Operations: /metrics (Prometheus), and the log format of `gql-api serve`.
     metrics_enabled: bool = True
     metrics_token: SecretStr | None = Field(default=None, min_length=16)

@@ -27,6 +27,7 @@ from gql_api.ratelimit import MessageRateLimiter
 from gql_api.service import ChatService
 from gql_api.settings import Settings
 from gql_api.store import ChatStore
+from gql_api.viewers import ReplicaPresence, ViewerCounts
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,8 @@ class Services:
     rate_limiter: MessageRateLimiter
     chat: ChatService
     authenticator: Authenticator
+    viewers: ViewerCounts
+    presence: ReplicaPresence
 
 
 class AppState(TypedDict):
@@ -54,8 +57,9 @@ class AppState(TypedDict):
 async def open_services(
     settings: Settings, metrics: Metrics, *, database: Database | None = None
 ) -> AsyncIterator[Services]:
-    """Open the database (unless one is given, already open), start live delivery on it, and
-    build the services; on exit stop delivery, then close what was opened here."""
+    """Open the database (unless one is given, already open), start live delivery and this
+    replica's viewer presence on it, and build the services; on exit stop presence (deleting
+    it) and delivery, then close what was opened here."""
     async with AsyncExitStack() as stack:
         if database is None:
             database = await stack.enter_async_context(open_database(settings))
@@ -66,6 +70,10 @@ async def open_services(
         rate_limiter = MessageRateLimiter(
             settings.rate_limit_messages, settings.rate_limit_window_seconds, store=store
         )
+        viewers = ViewerCounts()
+        presence = ReplicaPresence(store, hub, viewers, interval_seconds=settings.viewer_count_interval_seconds)
+        presence.start()
+        stack.push_async_callback(presence.stop)  # before delivery stops: it deletes this replica's presence
         yield Services(
             settings=settings,
             database=database,
@@ -76,6 +84,8 @@ async def open_services(
             rate_limiter=rate_limiter,
             chat=ChatService(hub, delivery, rate_limiter, store=store),
             authenticator=Authenticator(settings, store),
+            viewers=viewers,
+            presence=presence,
         )
 
 

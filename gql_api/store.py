@@ -59,6 +59,8 @@ from gql_api.documents import (
     StreamMember,
     StreamStatus,
     User,
+    ViewerPresence,
+    utcnow,
 )
 
 __all__ = [
@@ -459,6 +461,27 @@ class ChatStore:
         by_id = {str(user.id): user for user in rows}
         return [by_id[user_id] for user_id in user_ids if user_id in by_id]
 
+    # -- viewer presence (see ``viewers``) ---------------------------------------------------
+
+    async def put_presence(self, replica_id: str, counts: dict[str, int], expires_at_ms: int) -> None:
+        """Store (or replace) a replica's live subscribers per stream, valid until ``expires_at_ms``."""
+        # The id is in the document too: nx-27017 does not take an upsert's id from its filter.
+        document = {"_id": replica_id, "counts": counts, "expires_at_ms": expires_at_ms, "updated_at": utcnow()}
+        await detached(
+            ViewerPresence.get_pymongo_collection().replace_one({"_id": eq(replica_id)}, document, upsert=True)
+        )
+
+    async def presences(self) -> list[ViewerPresence]:
+        """Every replica's presence, expired ones included (one small document per replica)."""
+        return await detached(ViewerPresence.find_all().to_list())
+
+    async def drop_presence(self, replica_id: str) -> None:
+        """Delete a replica's presence (when it stops, or has no subscribers left)."""
+        await detached(ViewerPresence.get_pymongo_collection().delete_one({"_id": eq(replica_id)}))
+
+    async def drop_expired_presences(self, now_ms: int) -> None:
+        """Delete the presence of every replica that let it expire by ``now_ms`` (it died)."""
+        await detached(ViewerPresence.get_pymongo_collection().delete_many({"expires_at_ms": {"$lte": now_ms}}))
 
 def _member_identity(stream_id: str, user: PublicProfile) -> dict[str, Any]:
     return {"stream_id": stream_id, "user_id": user.id, "user": user.model_dump()}

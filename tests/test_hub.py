@@ -285,3 +285,13 @@ async def test_a_cursor_ahead_of_the_live_feed_skips_what_it_already_covers(serv
         await asyncio.wait_for(task, 10)
 
     assert received == [m.seq for m in messages[2:]]
+
+
+async def test_subscriber_counts_list_each_stream_with_subscribers(log):
+    hub = MessageHub(log)
+    assert hub.subscriber_counts() == {}
+    async with hub.subscribe(STREAM), hub.subscribe(STREAM), hub.subscribe("s2"):
+        assert hub.subscriber_counts() == {STREAM: 2, "s2": 1}
+        await hub.deliver(log.end("s2"))  # an ended stream has no subscribers left
+        assert hub.subscriber_counts() == {STREAM: 2}
+    assert hub.subscriber_counts() == {}

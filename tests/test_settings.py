@@ -76,3 +76,13 @@ def test_limits_are_read_from_the_environment(monkeypatch):
     monkeypatch.setenv("GRAPHQL_MAX_DEPTH", "5")
     settings = load_settings()
     assert (settings.rate_limit_messages, settings.rate_limit_window_seconds, settings.graphql_max_depth) == (0, 60, 5)
+
+
+def test_the_viewer_count_interval_keeps_a_dead_replica_counted_30_seconds_at_most(monkeypatch):
+    assert load_settings().viewer_count_interval_seconds == 5.0
+    monkeypatch.setenv("VIEWER_COUNT_INTERVAL_SECONDS", "7.5")
+    assert load_settings().viewer_count_interval_seconds == 7.5  # 4 intervals: 30 s
+    for refused in ("8", "0"):
+        monkeypatch.setenv("VIEWER_COUNT_INTERVAL_SECONDS", refused)
+        with pytest.raises(ConfigurationError, match="viewer_count_interval_seconds"):
+            load_settings()

@@ -15,6 +15,7 @@ from gql_api.documents import User
 from gql_api.errors import ApiError, Unauthenticated
 from gql_api.graphql.fanout import EventRenderer
 from gql_api.service import ChatService
+from gql_api.viewers import ViewerCounts
 
 
 @dataclass
@@ -26,6 +27,7 @@ class Context:
     chat: ChatService
     authenticator: Authenticator
     renderer: EventRenderer
+    viewers: ViewerCounts
     connection_params: dict[str, Any] | None = None
     authenticated_user: User | None = None
     token_expires_at: datetime | None = None

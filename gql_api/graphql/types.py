@@ -128,6 +128,12 @@ async def _superlike_count(root: LiveStream, info: Info) -> int:
     return await info.context.chat.superlike_count(str(root.id))
 
 
+def _viewer_count(root: LiveStream, info: Info) -> int:
+    # This replica's latest sum over every replica: no database read per stream (see ``viewers``).
+    total: int = info.context.viewers.total(str(root.id))
+    return total
+
+
 async def _moderators(root: LiveStream, info: Info) -> list[User]:
     users = await info.context.chat.moderation.moderators(str(root.id))
     return [User.from_document(user) for user in users]
@@ -142,6 +148,13 @@ class LiveStream:
         description="The owner's public profile when the stream was created (select `userId`, not `id`)."
     )
     superlike_count: int = strawberry.field(resolver=_superlike_count)
+    viewer_count: int = strawberry.field(
+        resolver=_viewer_count,
+        description=(
+            "Live subscribers of the stream on every replica, refreshed every "
+            "VIEWER_COUNT_INTERVAL_SECONDS (5 s by default)."
+        ),
+    )
     moderators: list[User] = strawberry.field(
         resolver=_moderators,
         description="The users the owner appointed to moderate the chat, with their profiles as they are now.",

@@ -213,6 +213,7 @@ class GraphQLView(GraphQL[Context, None]):
             chat=services.chat,
             authenticator=services.authenticator,
             renderer=self.renderer,
+            viewers=services.viewers,
         )
         if isinstance(request, Request):
             token = token_from_header(request.headers.get("authorization"))
