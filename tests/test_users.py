@@ -1,0 +1,59 @@
+"""Users: the cache that spares each request its user lookup, and what keeps it fresh."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bson import ObjectId
+
+from gql_api.documents import User
+from gql_api.users import UserCache
+
+ME = "{ me { name } }"
+
+
+def _user(name: str = "Ann") -> User:
+    return User.model_construct(id=ObjectId(), username="ann", name=name, surname="")
+
+
+def test_the_cache_serves_only_while_its_change_stream_is_open():
+    cache, user = UserCache(), _user()
+    cache.put(user, cache.generation)
+    assert cache.get(str(user.id)) is None  # not open yet: nothing is kept
+    cache.opened()
+    cache.put(user, cache.generation)
+    assert cache.get(str(user.id)) is user
+    cache.closed()
+    assert cache.get(str(user.id)) is None
+    cache.opened()
+    assert cache.get(str(user.id)) is None  # reopened: it may have missed changes
+
+
+def test_a_read_that_a_change_overtook_is_not_kept():
+    cache, user = UserCache(), _user()
+    cache.opened()
+    generation = cache.generation  # a read begins
+    cache.changed(str(user.id))  # the user changes meanwhile
+    cache.put(user, generation)  # the read (perhaps of the old user) ends
+    assert cache.get(str(user.id)) is None
+    cache.put(user, cache.generation)
+    cache.changed(str(user.id))
+    assert cache.get(str(user.id)) is None
+
+
+async def test_a_user_changed_in_the_database_is_seen_by_the_next_request(server, make_user, client_for):
+    user = await make_user(name="Before")
+    client = client_for(user)
+    await asyncio.wait_for(server.services.authenticator.users.serving.wait(), 30)
+    assert (await client.data(ME))["me"]["name"] == "Before"
+    assert server.services.authenticator.users.get(str(user.id)) is not None  # served from the cache now
+
+    # As the platform's user service (or another replica) would: straight in the database.
+    await User.get_pymongo_collection().update_one({"_id": user.id}, {"$set": {"name": "After"}})
+
+    async def renamed() -> None:
+        while server.services.authenticator.users.get(str(user.id)) is not None:
+            await asyncio.sleep(0.01)  # the change event is what drops it; nothing else to wait on
+
+    await asyncio.wait_for(renamed(), 30)
+    assert (await client.data(ME))["me"]["name"] == "After"
