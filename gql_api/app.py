@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from pymongo.asynchronous.database import AsyncDatabase
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -16,8 +15,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 
-from gql_api.graphql.schema import build_schema
 from gql_api.csrf import PREFLIGHT_HEADERS
+from gql_api.database import Database
+from gql_api.graphql.schema import build_schema
 from gql_api.graphql.view import GraphQLView
 from gql_api.logs import RequestIdMiddleware
 from gql_api.metrics import Metrics, metrics_endpoint
@@ -56,7 +56,7 @@ def create_app(
     settings: Settings | None = None,
     *,
     on_startup: Sequence[StartupHook] = (),
-    database: AsyncDatabase | None = None,
+    database: Database | None = None,
 ) -> App:
     """Build the ASGI app; the database and the services on it are built when the app starts.
 
@@ -114,7 +114,7 @@ def create_app(
             *operations,
             Route("/graphql", graphql),
             WebSocketRoute("/graphql", graphql),
-            *rest_routes(metrics),
+            *rest_routes(metrics, max_body_bytes=settings.graphql_max_body_bytes),
             *([] if settings.production else development_routes()),
         ],
         middleware=[

@@ -8,6 +8,7 @@ import contextlib
 import gc
 import json
 import logging
+import math
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -70,7 +71,7 @@ def uvicorn_config(app: Any, settings: Settings, *, host: str, port: int, **opti
         port=port,
         log_level="info",
         lifespan="on",
-        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
         # The app closes a websocket message over the body cap with 1009 itself, whatever server
         # runs it; uvicorn refuses it too (also 1009), before buffering up to its default 16 MiB.
         ws_max_size=settings.graphql_max_body_bytes,
@@ -178,7 +179,7 @@ def _demo(settings: Settings, args: argparse.Namespace) -> None:
             print(json.dumps(data))
         else:
             print(f"Demo stream: {data['streamId']}")
-            for username, user in data["users"].items():  # type: ignore[union-attr]
+            for username, user in data["users"].items():
                 print(f"{username}: {user['token']}")
 
     asyncio.run(_with_database(settings, work))

@@ -17,6 +17,9 @@ Everything here is also correct, and means the same, on a real MongoDB:
 - Counting is a find of ids, not ``count_documents``: nx-27017 runs that aggregation
   as a table scan (measured: 5 s over 40,000 messages), but answers an indexed find in
   milliseconds (``count_matching``).
+- A top-level datetime written by ``$set`` is stored as text (and a boolean as 0 or 1, which
+  still compares equal to ``True``/``False``); one inside a subdocument written whole keeps its
+  type. Times that are updated live in subdocuments (see ``store``: moderation).
 - A change event's document id is read from ``documentKey._id``: nx-27017 sends
   ``fullDocument._id`` as a dict, and the rest of the document as extended JSON. Its
   duplicate-key errors name the index but not its key pattern.
@@ -32,7 +35,6 @@ from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
-
 
 EMPTY_BATCH_PAUSE_SECONDS = 0.01
 
@@ -52,7 +54,7 @@ def parse_object_id(value: str) -> ObjectId | None:
 
 def change_event_document(event: dict[str, Any]) -> dict[str, Any]:
     """The stored document an insert event carries, with its real ``_id`` and BSON types."""
-    document = _from_extended_json(event["fullDocument"])
+    document: dict[str, Any] = _from_extended_json(event["fullDocument"])
     document["_id"] = event["documentKey"]["_id"]
     return document
 
@@ -72,7 +74,7 @@ def _from_extended_json(value: Any) -> Any:
     return value
 
 
-async def count_matching(collection: AsyncCollection, condition: dict[str, Any]) -> int:
+async def count_matching(collection: AsyncCollection[dict[str, Any]], condition: dict[str, Any]) -> int:
     """How many documents match ``condition``, through the index that covers it.
 
     Only for small counts (a stream's superlikes: one per viewer at most); on MongoDB

@@ -32,8 +32,11 @@ def check_preflighted(headers: Mapping[str, str]) -> None:
             return  # a browser preflights any other type, so CORS has had its say
     if any(headers.get(name, "").strip() for name in PREFLIGHT_HEADERS):
         return
+    # The first thing a client developer reads (urql sends queries as GET by default): say the
+    # exact header line to add, not just the rule.
     raise BadUserInput(
         "This operation has been blocked as a potential Cross-Site Request Forgery (CSRF): "
-        "send it as a POST with Content-Type: application/json, or add a non-empty "
-        "Apollo-Require-Preflight (or GraphQL-Require-Preflight, X-Apollo-Operation-Name) header"
+        "add the header 'Apollo-Require-Preflight: true' (any non-empty value; "
+        "GraphQL-Require-Preflight or X-Apollo-Operation-Name also do), "
+        "or send it as a POST with Content-Type: application/json"
     )

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from beanie import init_beanie
 from pymongo import AsyncMongoClient
@@ -17,8 +18,11 @@ from gql_api.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+# The database as this app opens it: documents are plain dicts until Beanie reads them.
+Database = AsyncDatabase[dict[str, Any]]
+
 @asynccontextmanager
-async def open_database(settings: Settings) -> AsyncIterator[AsyncDatabase]:
+async def open_database(settings: Settings) -> AsyncIterator[Database]:
     """Connect (starting the embedded server when no URI is set), create indexes, yield the db."""
     embedded: EmbeddedMongo | None = None
     if settings.mongodb_uri is None:
@@ -26,7 +30,7 @@ async def open_database(settings: Settings) -> AsyncIterator[AsyncDatabase]:
         uri = await asyncio.to_thread(embedded.start)
     else:
         uri = settings.mongodb_uri.get_secret_value()
-    client: AsyncMongoClient = AsyncMongoClient(
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
         uri,
         tz_aware=True,
         serverSelectionTimeoutMS=settings.mongodb_server_selection_timeout_ms,

@@ -15,9 +15,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure, PyMongoError
 
+from gql_api.database import Database
 from gql_api.documents import ChatMessage, User
 from gql_api.hub import MessageHub
 from gql_api.store import EMPTY_BATCH_PAUSE_SECONDS, message_from_change_event
@@ -38,7 +38,7 @@ class Delivery:
 
     cross_process = False
 
-    def __init__(self, hub: MessageHub) -> None:
+    def __init__(self, hub: MessageHub[ChatMessage]) -> None:
         self.hub = hub
 
     async def start(self) -> None:
@@ -61,7 +61,7 @@ class ChangeStreamDelivery(Delivery):
 
     cross_process = True
 
-    def __init__(self, hub: MessageHub, database: AsyncDatabase, users: UserCache | None = None) -> None:
+    def __init__(self, hub: MessageHub[ChatMessage], database: Database, users: UserCache | None = None) -> None:
         super().__init__(hub)
         self._database = database
         self._users = users
@@ -72,7 +72,7 @@ class ChangeStreamDelivery(Delivery):
     async def start(self) -> None:
         self._tasks.append(
             asyncio.create_task(
-                self._follow(ChatMessage.get_settings().name, self._on_message, self._on_messages_open),
+                self._follow(ChatMessage.Settings.name, self._on_message, self._on_messages_open),
                 name="feed:messages",
             )
         )
@@ -80,7 +80,7 @@ class ChangeStreamDelivery(Delivery):
             users = self._users
             self._tasks.append(
                 asyncio.create_task(
-                    self._follow(User.get_settings().name, self._on_user, self._on_users_open, users.closed),
+                    self._follow(User.Settings.name, self._on_user, self._on_users_open, users.closed),
                     name="feed:users",
                 )
             )
@@ -190,13 +190,13 @@ def retry_pause(failures: int) -> float:
     return RETRY_SECONDS[min(failures, len(RETRY_SECONDS)) - 1]
 
 
-async def open_delivery(hub: MessageHub, database: AsyncDatabase, users: UserCache | None = None) -> Delivery:
+async def open_delivery(hub: MessageHub[ChatMessage], database: Database, users: UserCache | None = None) -> Delivery:
     """Change-stream delivery when the deployment supports it, else in-process with a warning.
 
     With change streams ``users`` is kept fresh from them; without, it serves nothing.
     """
     try:
-        probe = await database[ChatMessage.get_settings().name].watch()
+        probe = await database[ChatMessage.Settings.name].watch()
         await probe.close()
     except OperationFailure as exc:
         if exc.code not in _NO_CHANGE_STREAMS and "replica set" not in str(exc):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 from gql_api.auth import Authenticator
 from gql_api.documents import User
@@ -19,12 +20,24 @@ DEMO_OWNER = "carol"
 DEMO_STREAM_TITLE = "gql_api demo stream"
 
 
+class DemoUserJson(TypedDict):
+    id: str
+    token: str
+
+
+class DemoJson(TypedDict):
+    """What ``gql-api demo --json`` prints."""
+
+    streamId: str
+    users: dict[str, DemoUserJson]
+
+
 @dataclass(frozen=True)
 class DemoData:
     stream_id: str
     users: dict[str, User]
 
-    def as_json(self, authenticator: Authenticator) -> dict[str, object]:
+    def as_json(self, authenticator: Authenticator) -> DemoJson:
         """The shape ``gql-api demo --json`` prints: the stream and a fresh token per user."""
         return {
             "streamId": self.stream_id,

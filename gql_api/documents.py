@@ -38,6 +38,21 @@ class MessageKind(StrEnum):
     STREAM_ENDED = "STREAM_ENDED"
 
 
+class ChatRole(StrEnum):
+    """A user's part in one stream's chat (see ``moderation``)."""
+
+    OWNER = "OWNER"
+    MODERATOR = "MODERATOR"
+    VIEWER = "VIEWER"
+
+
+class ModerationActionKind(StrEnum):
+    MODERATOR_ADDED = "MODERATOR_ADDED"
+    MODERATOR_REMOVED = "MODERATOR_REMOVED"
+    USER_BANNED = "USER_BANNED"
+    USER_UNBANNED = "USER_UNBANNED"
+
+
 # The kinds clients see in history, on subscriptions and over REST.
 VISIBLE_KINDS = (MessageKind.TEXT, MessageKind.SUPERLIKE)
 
@@ -109,6 +124,9 @@ class ChatMessage(Document):
     content: str
     sender: PublicProfile
     client_message_id: str | None = None
+    # The sender's role when it was sent; None on messages stored before roles existed (read
+    # as OWNER for the stream's owner, else VIEWER: see ``moderation.role_of_message``).
+    sender_role: ChatRole | None = None
     # Unique per stream: "c:<sender>:<clientMessageId>" for retries, "s:<sender>" for the one
     # superlike, "end" for the stream's end, else a fresh random key. A plain unique index, because nx-27017 ignores
     # partial indexes (see ``compat``).
@@ -145,4 +163,69 @@ class ChatRateWindow(Document):
         indexes: ClassVar[list[IndexModel]] = [IndexModel([("stream_id", ASCENDING)], name="stream")]
 
 
-DOCUMENT_MODELS: list[type[Document]] = [User, LiveStream, ChatMessage, ChatRateWindow]
+class ChatBanRecord(BaseModel):
+    """A ban of one user from one stream's chat: who, when, why, and until when (None: for good)."""
+
+    banned_by: PublicProfile
+    reason: str | None = None
+    created_at: datetime
+    expires_at: datetime | None = None
+
+
+class Appointment(BaseModel):
+    """A moderator's appointment: by whom and when."""
+
+    appointed_by: PublicProfile
+    created_at: datetime
+
+
+class StreamMember(Document):
+    """What one user is in one stream's chat beyond a viewer: a moderator, banned, or neither
+    any more. One document per (stream, user), read by its id on every send, so a ban or an
+    appointment is seen by every replica at its next send."""
+
+    id: str  # type: ignore[assignment]  # "<stream_id>:<user_id>"
+    stream_id: str
+    user_id: str
+    # The user's profile at the last action on them, for ban listings.
+    user: PublicProfile
+    # Whether they moderate (indexed, for the list), and their appointment while they do.
+    moderator: bool = False
+    appointment: Appointment | None = None
+    ban: ChatBanRecord | None = None
+
+    class Settings:
+        name = "stream_members"
+        # A stream's moderators; its bans are read over the prefix.
+        indexes: ClassVar[list[IndexModel]] = [
+            IndexModel([("stream_id", ASCENDING), ("moderator", ASCENDING)], name="stream_moderator")
+        ]
+
+
+class ModerationAction(Document):
+    """The record of one moderation action that changed something: who did what to whom, when
+    and why. Never updated or deleted."""
+
+    stream_id: str
+    kind: ModerationActionKind
+    actor: PublicProfile
+    target: PublicProfile
+    reason: str | None = None
+    expires_at: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+    class Settings:
+        name = "moderation_actions"
+        indexes: ClassVar[list[IndexModel]] = [
+            IndexModel([("stream_id", ASCENDING), ("created_at", ASCENDING)], name="stream_time")
+        ]
+
+
+DOCUMENT_MODELS: list[type[Document]] = [
+    User,
+    LiveStream,
+    ChatMessage,
+    ChatRateWindow,
+    StreamMember,
+    ModerationAction,
+]

@@ -123,4 +123,3 @@ class MessageRateLimiter:
             f"in a stream; try again in {retry_after} s",
             retry_after=retry_after,
         )
-

@@ -14,10 +14,11 @@ from typing import Any
 from bson import ObjectId
 
 from gql_api.delivery import Delivery
-from gql_api.documents import ChatMessage, LiveStream, MessageKind, StreamStatus, User, utcnow
+from gql_api.documents import ChatMessage, ChatRole, LiveStream, MessageKind, StreamStatus, User, utcnow
 from gql_api.errors import BadUserInput, Conflict, Forbidden, NotFound
 from gql_api.hub import MessageHub
 from gql_api.metrics import timed_send
+from gql_api.moderation import Clock, Moderation
 from gql_api.pagination import Page, PageRequest, decode_cursor
 from gql_api.ratelimit import MessageRateLimiter
 from gql_api.store import ChatStore, DedupKeyTaken, InsertStopped, SeqTaken, canonical_id
@@ -161,6 +162,7 @@ class ChatService:
         rate_limiter: MessageRateLimiter | None = None,
         *,
         store: ChatStore,
+        clock: Clock = utcnow,
     ) -> None:
         self.hub = hub
         self.store = store
@@ -168,6 +170,11 @@ class ChatService:
         self._writers = _StreamWriters()
         self.rate_limiter = rate_limiter or MessageRateLimiter(0, 1, store=store)
         self.metrics = hub.metrics
+        # Roles and bans: every send asks it whether its sender may, and in which role.
+        self.moderation = Moderation(store, self.get_stream, clock)
+        # Stream id to owner id (an owner never changes), for the role of messages stored
+        # before roles were: a bounded map, oldest out first.
+        self._owners: OrderedDict[str, str] = OrderedDict()
 
     # -- streams ---------------------------------------------------------------------------
 
@@ -184,6 +191,16 @@ class ChatService:
             return await self.get_stream(stream_id)
         except NotFound:
             return None
+
+    async def owner_id(self, stream_id: str) -> str:
+        """The id of the stream's owner (remembered: an owner never changes)."""
+        key = _stream_key(stream_id)
+        owner = self._owners.get(key)
+        if owner is None:
+            owner = self._owners[key] = (await self.get_stream(key)).owner.id
+            if len(self._owners) > 10_000:
+                self._owners.popitem(last=False)
+        return owner
 
     async def create_stream(self, owner: User, title: str) -> LiveStream:
         """A new LIVE stream owned by ``owner``."""
@@ -211,7 +228,7 @@ class ChatService:
         key = str(stream.id)
 
         def end_entry(seq: int) -> ChatMessage:
-            return self._entry(key, seq, MessageKind.STREAM_ENDED, "", user, None, END_KEY)
+            return self._entry(key, seq, MessageKind.STREAM_ENDED, "", user, ChatRole.OWNER, None, END_KEY)
 
         stored_here = True
         try:
@@ -224,12 +241,16 @@ class ChatService:
                 raise
             end, stored_here = newest, False
         ended = await self.store.mark_stream_ended(key, end)
-        if ended is None:
-            ended = await self.store.stream(key) if stored_here else None
-            if ended is None:  # another call ended it (and said so)
-                raise Conflict("Resource cannot be changed in its current state: the stream has already ended")
         if not stored_here:
+            # The call that stored the end answers for it; this one only finishes its marking
+            # (that call may have stopped in between), so exactly one end succeeds.
             await self.delivery.message_stored(end)  # in-process delivery may not have had it
+            await self.rate_limiter.forget(key)
+            raise Conflict("Resource cannot be changed in its current state: the stream has already ended")
+        if ended is None:  # marked already, by a call that found our end in place
+            ended = await self.store.stream(key)
+            if ended is None:  # pragma: no cover - streams are never deleted
+                raise NotFound("Resource not found: no live stream has this id")
         await self.rate_limiter.forget(key)
         return ended
 
@@ -251,9 +272,10 @@ class ChatService:
         key = _stream_key(stream_id)
         if client_message_id is None:
             stream = await self._live_stream(key)
+            role = await self.moderation.admit_sender(sender, stream)
             dedup_key = f"r:{ObjectId()}"
             await self._admit(sender, stream, dedup_key)
-            return await self._append(sender, key, MessageKind.TEXT, content, None, dedup_key)
+            return await self._append(sender, role, key, MessageKind.TEXT, content, None, dedup_key)
         dedup_key = f"c:{sender.id}:{client_message_id}"
         for _ in range(2):
             existing = await self._find_by_dedup_key(key, dedup_key)
@@ -264,9 +286,10 @@ class ChatService:
                     )
                 return existing
             stream = await self._live_stream(key)
+            role = await self.moderation.admit_sender(sender, stream)
             await self._admit(sender, stream, dedup_key)  # a second round is the same message
             try:
-                return await self._append(sender, key, MessageKind.TEXT, content, client_message_id, dedup_key)
+                return await self._append(sender, role, key, MessageKind.TEXT, content, client_message_id, dedup_key)
             except DedupKeyTaken:
                 continue  # a concurrent retry won the race: read its message
         raise Conflict("Resource already exists: this clientMessageId is being used")  # pragma: no cover
@@ -275,10 +298,9 @@ class ChatService:
     async def send_superlike(self, sender: User, stream_id: str) -> ChatMessage:
         """Append the sender's one SUPERLIKE of this stream (which is what superlikeCount counts)."""
         stream = await self._live_stream(_stream_key(stream_id))
+        role = await self.moderation.admit_sender(sender, stream)
         try:
-            return await self._append(
-                sender, str(stream.id), MessageKind.SUPERLIKE, "", None, f"s:{sender.id}"
-            )
+            return await self._append(sender, role, str(stream.id), MessageKind.SUPERLIKE, "", None, f"s:{sender.id}")
         except DedupKeyTaken as exc:
             raise Conflict(
                 "Resource already exists: your superlike of this stream is stored already (one per user)"
@@ -366,6 +388,7 @@ class ChatService:
         kind: MessageKind,
         content: str,
         sender: User,
+        role: ChatRole,
         client_message_id: str | None,
         dedup_key: str,
     ) -> ChatMessage:
@@ -376,6 +399,7 @@ class ChatService:
             kind=kind,
             content=content,
             sender=sender.public_profile(),
+            sender_role=role,
             client_message_id=client_message_id,
             dedup_key=dedup_key,
             created_at=now,
@@ -385,6 +409,7 @@ class ChatService:
     async def _append(
         self,
         sender: User,
+        role: ChatRole,
         stream_id: str,
         kind: MessageKind,
         content: str,
@@ -394,7 +419,7 @@ class ChatService:
         """Store a message as the stream's next in sequence (see ``_claim``)."""
         return await self._claim(
             stream_id,
-            lambda seq: self._entry(stream_id, seq, kind, content, sender, client_message_id, dedup_key),
+            lambda seq: self._entry(stream_id, seq, kind, content, sender, role, client_message_id, dedup_key),
         )
 
     async def _newest(self, stream_id: str) -> tuple[int, ChatMessage | None]:

@@ -15,11 +15,10 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
-from pymongo.asynchronous.database import AsyncDatabase
 from starlette.requests import HTTPConnection
 
 from gql_api.auth import Authenticator
-from gql_api.database import open_database
+from gql_api.database import Database, open_database
 from gql_api.delivery import Delivery, open_delivery
 from gql_api.documents import ChatMessage
 from gql_api.hub import MessageHub
@@ -36,7 +35,7 @@ class Services:
     """Everything a request may use, for as long as the app runs."""
 
     settings: Settings
-    database: AsyncDatabase
+    database: Database
     metrics: Metrics
     store: ChatStore
     hub: MessageHub[ChatMessage]
@@ -54,7 +53,7 @@ class AppState(TypedDict):
 
 @asynccontextmanager
 async def open_services(
-    settings: Settings, metrics: Metrics, *, database: AsyncDatabase | None = None
+    settings: Settings, metrics: Metrics, *, database: Database | None = None
 ) -> AsyncIterator[Services]:
     """Open the database (unless one is given, already open), start live delivery on it, and
     build the services; on exit stop delivery, then close what was opened here."""

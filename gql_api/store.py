@@ -31,8 +31,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from beanie import PydanticObjectId
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.errors import BulkWriteError, DuplicateKeyError
@@ -47,10 +49,15 @@ from gql_api.compat import (
 )
 from gql_api.documents import (
     VISIBLE_KINDS,
+    Appointment,
+    ChatBanRecord,
     ChatMessage,
     ChatRateWindow,
     LiveStream,
     MessageKind,
+    ModerationAction,
+    PublicProfile,
+    StreamMember,
     StreamStatus,
     User,
 )
@@ -64,15 +71,18 @@ __all__ = [
     "InsertStopped",
     "RateWindow",
     "SeqTaken",
+    "TargetIsModerator",
     "UsernameTaken",
     "canonical_id",
     "detached",
+    "member_key",
     "message_from_change_event",
 ]
 
 T = TypeVar("T")
 
 REPLAY_BATCH = 100
+_EPOCH = datetime.fromtimestamp(0, UTC)
 
 
 class DuplicateKey(Exception):
@@ -108,6 +118,10 @@ class InsertStopped(Exception):
 _DUPLICATE_KEY = 11000
 
 
+class TargetIsModerator(Exception):
+    """A moderation write that must not touch a moderator found one."""
+
+
 @dataclass(frozen=True)
 class RateWindow:
     """One user's recent sends in one stream: ``(epoch ms, dedup key)`` pairs, newest first."""
@@ -134,6 +148,11 @@ def canonical_id(value: str) -> str | None:
     """The one spelling (lower-case hex) of a document id, or None when ``value`` names none."""
     object_id = parse_object_id(value)
     return str(object_id) if object_id is not None else None
+
+
+def member_key(stream_id: str, user_id: str) -> str:
+    """The id of a user's member document in a stream (see ``documents.StreamMember``)."""
+    return f"{stream_id}:{user_id}"
 
 
 def message_from_change_event(event: dict[str, Any]) -> ChatMessage:
@@ -209,7 +228,7 @@ class ChatStore:
         """
         for entry in entries:
             if entry.id is None:
-                entry.id = ObjectId()
+                entry.id = PydanticObjectId()
         try:
             await detached(ChatMessage.insert_many(entries, ordered=True))
         except BulkWriteError as exc:
@@ -358,6 +377,139 @@ class ChatStore:
     async def has_users(self) -> bool:
         """Whether any user is stored (false on a fresh database)."""
         return await detached(User.find_one({})) is not None
+
+    # -- moderation ------------------------------------------------------------------------
+    #
+    # A stream's roles and bans are one ``StreamMember`` document per (stream, user), found
+    # by its id: a send reads one document through the ``_id`` index to learn both whether
+    # its sender is banned and whether they moderate. Its times are inside its subdocuments
+    # (``appointment``, ``ban``): nx-27017 stores a top-level datetime written by ``$set`` as
+    # text (see ``compat``). Writers return the member document as it was *before* the write
+    # (None when there was none), so the caller can record only what changed.
+
+    @staticmethod
+    def _members() -> Any:
+        return StreamMember.get_pymongo_collection()
+
+    async def member(self, stream_id: str, user_id: str) -> StreamMember | None:
+        """The user's member document in the stream, or None (a plain viewer)."""
+        raw = await detached(self._members().find_one({"_id": member_key(stream_id, user_id)}))
+        return _member(raw)
+
+    async def moderators(self, stream_id: str) -> list[StreamMember]:
+        """The stream's moderators, oldest appointment first."""
+        cursor = self._members().find({"stream_id": eq(stream_id), "moderator": eq(True)})
+        members = [StreamMember.model_validate(row) for row in await detached(cursor.to_list())]
+        return sorted(members, key=lambda m: m.appointment.created_at if m.appointment else _EPOCH)
+
+    async def banned_members(self, stream_id: str) -> list[StreamMember]:
+        """The stream's members that have a ban stored (expired ones included)."""
+        rows = await detached(self._members().find({"stream_id": eq(stream_id)}).to_list())
+        members = (StreamMember.model_validate(row) for row in rows)
+        return [member for member in members if member.ban is not None]
+
+    async def appoint_moderator(
+        self, stream_id: str, user: PublicProfile, appointment: Appointment
+    ) -> StreamMember | None:
+        """Make the user a moderator of the stream, lifting any ban of theirs;
+        ``TargetIsModerator`` when they are one already (nothing is changed then)."""
+        fields = {
+            **_member_identity(stream_id, user),
+            "moderator": True,
+            "appointment": appointment.model_dump(),
+            "ban": None,
+        }
+        condition = {"_id": member_key(stream_id, user.id), "moderator": eq(False)}
+        return await self._set_or_insert(condition, fields)
+
+    async def dismiss_moderator(self, stream_id: str, user_id: str) -> StreamMember | None:
+        """Make the user a viewer again, if they moderate: None when they did not."""
+        raw = await detached(
+            self._members().find_one_and_update(
+                {"_id": member_key(stream_id, user_id), "moderator": eq(True)},
+                {"$set": {"moderator": False, "appointment": None}},
+                return_document=ReturnDocument.BEFORE,
+            )
+        )
+        return _member(raw)
+
+    async def store_ban(
+        self, stream_id: str, user: PublicProfile, ban: ChatBanRecord, *, unless_moderator: bool
+    ) -> StreamMember | None:
+        """Store the user's ban (replacing one they had), making them a viewer.
+
+        With ``unless_moderator`` the ban is stored only if the user does not moderate, in the
+        same atomic write: ``TargetIsModerator`` otherwise.
+        """
+        condition: dict[str, Any] = {"_id": member_key(stream_id, user.id)}
+        if unless_moderator:
+            condition["moderator"] = eq(False)
+        fields = {
+            **_member_identity(stream_id, user),
+            "moderator": False,
+            "appointment": None,
+            "ban": ban.model_dump(),
+        }
+        return await self._set_or_insert(condition, fields)
+
+    async def lift_ban(self, stream_id: str, user_id: str) -> StreamMember | None:
+        """Remove the user's ban, if they have one stored."""
+        raw = await detached(
+            self._members().find_one_and_update(
+                {"_id": member_key(stream_id, user_id)},
+                {"$set": {"ban": None}},
+                return_document=ReturnDocument.BEFORE,
+            )
+        )
+        return _member(raw)
+
+    async def _set_or_insert(self, condition: dict[str, Any], fields: dict[str, Any]) -> StreamMember | None:
+        """Set ``fields`` on the member document matching ``condition`` (its ``_id`` and
+        ``moderator: False``, or its ``_id`` alone), or insert it when there is none: the
+        document as it was before (None when inserted). ``TargetIsModerator`` when one exists
+        that the condition does not match.
+
+        Not an upsert: nx-27017 silently does nothing when an upsert's insert collides with an
+        existing id, where MongoDB raises; an insert raises on both.
+        """
+        for _ in range(2):
+            raw = await detached(
+                self._members().find_one_and_update(condition, {"$set": fields}, return_document=ReturnDocument.BEFORE)
+            )
+            if raw is not None:
+                return _member(raw)
+            try:
+                await detached(self._members().insert_one({"_id": condition["_id"], **fields}))
+            except DuplicateKeyError:
+                continue  # it exists now: set it if it matches
+            return None
+        raise TargetIsModerator()  # it exists, and the condition does not match it
+
+    async def record_moderation(self, action: ModerationAction) -> None:
+        """Append an action to the moderation log."""
+        await detached(action.insert())
+
+    async def moderation_actions(self, stream_id: str) -> list[ModerationAction]:
+        """The stream's moderation log, oldest first."""
+        query = ModerationAction.find({"stream_id": eq(stream_id)}).sort("+created_at")
+        return await detached(query.to_list())
+
+    async def users_by_ids(self, user_ids: list[str]) -> list[User]:
+        """The users with these ids that exist, in the order given."""
+        object_ids = [oid for oid in map(parse_object_id, user_ids) if oid is not None]
+        if not object_ids:
+            return []
+        rows = await detached(User.find({"_id": {"$in": object_ids}}).to_list())
+        by_id = {str(user.id): user for user in rows}
+        return [by_id[user_id] for user_id in user_ids if user_id in by_id]
+
+
+def _member_identity(stream_id: str, user: PublicProfile) -> dict[str, Any]:
+    return {"stream_id": stream_id, "user_id": user.id, "user": user.model_dump()}
+
+
+def _member(raw: dict[str, Any] | None) -> StreamMember | None:
+    return StreamMember.model_validate(raw) if raw is not None else None
 
 
 def _rate_fields(entries: list[tuple[int, str]]) -> dict[str, list[Any]]:

@@ -180,6 +180,7 @@ async def _alone(worker: int, paused: int, work: Any) -> Any:
         os.kill(paused, signal.SIGCONT)
 
 
+@pytest.mark.slow
 async def test_serve_with_workers_runs_replicas_that_deliver_to_each_other(tmp_path):
     """``serve --workers 2``: one embedded database and one banner for both workers, both answer,
     a message sent through one reaches a subscriber on the other, and Ctrl-C stops every process."""

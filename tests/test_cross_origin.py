@@ -40,6 +40,19 @@ async def test_a_get_without_a_preflight_header_is_refused(http):
     assert error["extensions"] == {"code": "BAD_USER_INPUT", "statusCode": 400}
 
 
+async def test_the_refusal_names_the_header_to_send(http):
+    # urql (6) sends queries as GET by default: its users meet this message first, so it spells
+    # out the header line that fixes it, which the next request then carries and runs.
+    refused = await http.get("/graphql", params=TYPENAME)
+    message = _error(refused)["message"]
+    header, value = "Apollo-Require-Preflight", "true"
+
+    assert f"{header}: {value}" in message
+    assert "POST with Content-Type: application/json" in message
+    fixed = await http.get("/graphql", params=TYPENAME, headers={header: value})
+    assert fixed.json() == {"data": {"__typename": "Query"}}
+
+
 @pytest.mark.parametrize("header", ["Apollo-Require-Preflight", "GraphQL-Require-Preflight", "X-Apollo-Operation-Name"])
 async def test_a_get_with_a_preflight_header_runs(http, header):
     allowed = await http.get("/graphql", params=TYPENAME, headers={header: "true"})

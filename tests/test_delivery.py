@@ -245,7 +245,7 @@ async def test_a_slow_subscriber_is_closed_with_subscriber_too_slow_while_a_fast
             # Paced by the fast one: a send takes one round trip now, and a burst of them
             # arrives in one change-stream batch that a 5-message queue cannot hold.
             async with progress:
-                await asyncio.wait_for(progress.wait_for(lambda: len(received) >= sent or reader.done()), 60)
+                await asyncio.wait_for(progress.wait_for(lambda n=sent: len(received) >= n or reader.done()), 60)
         for _ in range(3):  # the fast one goes on receiving after the slow one is gone
             await live.chat.send_message(owner, str(stream.id), f"{sent:05d}" + "x" * 490)
             sent += 1
@@ -289,6 +289,7 @@ SEND_AT = "mutation($s: ID!, $c: String!) { sendChatMessage(streamId: $s, conten
 HISTORY_AT = "query($s: ID!) { chatMessages(streamId: $s, last: 100) { edges { node { id createdAt } } } }"
 
 
+@pytest.mark.slow
 async def test_across_two_replicas_senders_racing_the_end_are_delivered_before_it_or_refused(tmp_path):
     """Sends through both replicas while one of them ends the stream: every acknowledged
     message is stored before the end and reaches the subscribers of both replicas before

@@ -80,6 +80,7 @@ def test_a_restarted_server_takes_the_port_recorded_for_the_data_dir(data_dir):
     assert again.running_uri() is None
 
 
+@pytest.mark.slow
 async def test_stopping_the_replica_that_started_the_database_leaves_the_other_serving(tmp_path):
     first = api_process(tmp_path)
     a = await first.__aenter__()

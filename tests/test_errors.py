@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 import logging
+import re
+from pathlib import Path
 
 import pytest
 from graphql import GraphQLError
 from pymongo.errors import AutoReconnect, ExecutionTimeout, NetworkTimeout, OperationFailure, ServerSelectionTimeoutError
 
-from gql_api.errors import ApiError, BadUserInput, Conflict, Forbidden, NotFound, Unauthenticated, as_api_error
+from gql_api.errors import (
+    ERRORS,
+    ApiError,
+    BadUserInput,
+    Conflict,
+    Forbidden,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    ServiceUnavailable,
+    Unauthenticated,
+    as_api_error,
+    error_for_status,
+    report,
+)
 from gql_api.graphql.schema import build_schema
 
 
@@ -23,7 +40,7 @@ def test_an_unexpected_exception_is_logged_with_its_traceback_and_masked(caplog)
     except RuntimeError as exc:
         error = _resolver_error(exc)
 
-    with caplog.at_level(logging.ERROR, logger="gql_api.graphql.schema"):
+    with caplog.at_level(logging.ERROR, logger="gql_api.errors"):
         build_schema().process_errors([error])
 
     assert error.formatted["message"] == "Internal server error"
@@ -68,3 +85,69 @@ def test_client_errors_keep_their_message_and_carry_code_and_status(exc: ApiErro
     assert error.formatted["extensions"] == {"code": code, "statusCode": status}
     assert error.formatted["message"] == exc.message
     assert as_api_error(exc) is exc
+
+
+# -- errors.py is the table every front end and the README derive from ---------------------------
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _readme_section(title: str) -> str:
+    text = README.read_text()
+    start = text.index(f"\n## {title}\n")
+    return text[start : text.index("\n## ", start + 1)]
+
+
+def test_the_readme_errors_table_lists_every_code_with_its_status():
+    rows = re.findall(r"^\| `([A-Z_]+)` \| (\d{3}) \|", _readme_section("Errors"), flags=re.MULTILINE)
+    assert dict((code, int(status)) for code, status in rows) == {
+        code: error.status_code for code, error in ERRORS.items()
+    }
+    assert len(rows) == len(ERRORS)
+
+
+def test_the_table_holds_each_class_that_declares_a_code():
+    assert ERRORS["CONFLICT"] is Conflict and ERRORS["INTERNAL_SERVER_ERROR"] is ApiError
+    assert [ERRORS[code].summary for code in ("BAD_USER_INPUT", "NOT_FOUND")] == ["Validation failed", "Resource not found"]
+
+    class StreamEnded(Conflict):  # a special case of a row, not a row
+        pass
+
+    assert "StreamEnded" not in {error.__name__ for error in ERRORS.values()}
+    with pytest.raises(TypeError, match="CONFLICT is already Conflict's code"):
+
+        class AnotherConflict(ApiError):
+            code = "CONFLICT"
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "expected"),
+    [
+        (400, "Unable to parse request body as JSON", BadUserInput),
+        (404, "Not Found", NotFound),
+        (405, "GraphQL only supports GET and POST requests.", MethodNotAllowed),
+        (413, "", PayloadTooLarge),
+        (503, "", ServiceUnavailable),  # the first declared with that status
+        (415, "Unsupported media type", BadUserInput),  # none has it: the request is wrong
+    ],
+)
+def test_an_http_refusal_becomes_the_error_with_its_status(status, message, expected):
+    error = error_for_status(status, message)
+    assert type(error) is expected
+    assert error.message == (message or expected.summary)
+
+
+def test_the_headers_an_error_needs_go_with_it():
+    assert MethodNotAllowed().headers == {"Allow": "GET, POST"}
+    assert RateLimited(retry_after=7).headers == {"Retry-After": "7"}
+    assert NotFound().headers == {}
+
+
+def test_report_logs_ours_not_at_all_the_database_as_a_warning(caplog):
+    ours = ServiceUnavailable()
+    outage = ServerSelectionTimeoutError("No servers found yet")
+    with caplog.at_level(logging.INFO, logger="gql_api"):
+        assert report(ours, "here") is ours
+        assert report(outage, "there").code == "SERVICE_UNAVAILABLE"
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING and record.exc_info is None and "there" in record.getMessage()

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 AUDIT_DIR = Path(__file__).parent / "http_audit"
-INSTALL = "npm ci --prefix tests/http_audit"
+INSTALL = ".ci/install-js"  # Node, npm and this folder's packages (npm --prefix tests/http_audit ci)
 # The audits that send a GET without a preflight header, which the CSRF prevention refuses
 # (README, "Browsers: CSRF and CORS"); all three are MAYs.
 CSRF_REFUSED_GETS = {"5A70", "D6D5", "6A70"}
@@ -25,9 +25,9 @@ CSRF_REFUSED_GETS = {"5A70", "D6D5", "6A70"}
 
 def _skip_reason() -> str | None:
     if shutil.which("node") is None:
-        return f"needs Node.js >= 20 on PATH, then `{INSTALL}`"
+        return f"the GraphQL-over-HTTP audit needs Node.js >= 20: `{INSTALL}` installs what it needs"
     if not (AUDIT_DIR / "node_modules" / "graphql-http").is_dir():
-        return f"the audit's packages are not installed: run `{INSTALL}`"
+        return f"the GraphQL-over-HTTP audit's packages are not installed: `{INSTALL}` installs them"
     return None
 
 

@@ -153,6 +153,23 @@ async def test_senders_are_snapshots_without_an_identity_of_their_own(server, ma
     ]
 
 
+async def test_a_stream_owner_is_a_snapshot_apart_from_the_live_user(make_user, make_stream, client_for):
+    # Typed User with the live id, the owner would share `User:<id>` with `me` in a normalised
+    # cache, and the snapshot's old name would overwrite the caller's current one.
+    user = await make_user(name="Ada")
+    stream = await make_stream(user)
+    await user.set({User.name: "Augusta"})
+    query = "query($s: ID!) { me { __typename id name } liveStream(id: $s) { owner { __typename userId id name } } }"
+
+    data = await client_for(user).data(query, {"s": str(stream.id)})
+
+    assert data["me"] == {"__typename": "User", "id": str(user.id), "name": "Augusta"}
+    # `id`: deprecated, still served, so documents selecting `owner { id }` keep working.
+    assert data["liveStream"]["owner"] == {
+        "__typename": "UserSnapshot", "userId": str(user.id), "id": str(user.id), "name": "Ada"
+    }
+
+
 async def test_a_user_without_a_photo_has_a_null_profile_photo(make_user, client_for):
     user = await make_user(photo_url=None)
     assert (await client_for(user).data("{ me { profilePhoto { url } } }"))["me"]["profilePhoto"] is None

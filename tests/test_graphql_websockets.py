@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import signal
 import socket
 import struct
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
 import pytest
 import websockets
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
 
 from gql_api.app import create_app
+from gql_api.graphql.schema import build_schema
+from gql_api.graphql.view import GraphQLView
 from tests.conftest import LiveServer, api_process, serve
 
 SUBSCRIBE = "subscription($s: ID!) { messageAdded(streamId: $s) { id content } }"
@@ -398,6 +404,39 @@ async def test_a_syntax_error_quoting_a_long_token_still_closes_with_4400(server
     await server.app.graphql.connections.drained()
     assert code == 4400
     _assert_no_traceback(caplog)
+
+
+class _FailingAuthenticator:
+    """Stands in for ``Authenticator``: looking the user up fails with a bug."""
+
+    async def authenticate_claims(self, token: str | None) -> Any:
+        raise RuntimeError("secret connection string mongodb://admin:hunter2@db")
+
+
+@pytest.mark.allow_error_logs
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_a_bug_at_connection_init_closes_with_1013_and_is_logged_with_its_traceback(server, caplog, protocol):
+    services = dataclasses.replace(server.services, authenticator=_FailingAuthenticator())
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        yield {"services": services}
+
+    view = GraphQLView(build_schema(), metrics=services.metrics, graphiql=False)
+    app = Starlette(routes=[WebSocketRoute("/graphql", view)], lifespan=lifespan)
+    with caplog.at_level(logging.WARNING, logger="gql_api"):
+        async with serve(app) as live:  # type: ignore[arg-type]
+            async with websockets.connect(live.ws_url, subprotocols=[protocol], ping_interval=None) as ws:
+                await ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": "a token"}}))
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await asyncio.wait_for(ws.recv(), 10)
+            await view.connections.drained()
+
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+    assert "hunter2" not in closed.value.rcvd.reason
+    [record] = [r for r in caplog.records if r.name.startswith("gql_api")]
+    assert record.levelno == logging.ERROR and "connection_init" in record.getMessage()
+    assert record.exc_info is not None and "hunter2" in str(record.exc_info[1])
 
 
 async def _refused(live: LiveServer, protocol: str, payload: dict[str, str], **connect: Any):

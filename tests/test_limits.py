@@ -233,6 +233,7 @@ def _doubling(levels: int, leaf: str = "__typename") -> str:
     return f"query {{ ...F0 }} {fragments} fragment F{levels} on Query {{ {leaf} }}"
 
 
+@pytest.mark.slow
 async def test_fragments_spread_twice_at_each_of_30_levels_get_an_answer(tmp_path, mongo_uri):
     # A replica of its own: were checking the document to block its event loop, the test's
     # loop (which also runs the in-process servers) would not block with it.

@@ -84,6 +84,7 @@ def test_a_traceback_stays_inside_its_json_line():
     assert "ValueError: boom\nsecond line" in entry["exc_info"]
 
 
+@pytest.mark.slow
 async def test_gql_api_serve_writes_json_lines_with_the_request_id_it_echoed(tmp_path: Path, mongo_uri: str):
     env = {"LOG_FORMAT": "json", "MONGODB_URI": mongo_uri, "APP_ENV": "production", "JWT_SECRET": TEST_SECRET}
     async with api_process(tmp_path, **env) as api, httpx.AsyncClient(base_url=api.url) as client:

@@ -15,14 +15,20 @@ from gql import Client, GraphQLRequest
 from gql.transport.websockets import WebsocketsTransport
 from hypothesis.configuration import set_hypothesis_home_dir
 from pymongo.errors import ServerSelectionTimeoutError
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Mount, Route, Router
 
+from gql_api.app import create_app
 from gql_api.compat import eq
 from gql_api.documents import ChatMessage, isoformat_z
-from gql_api.errors import ApiError, BadUserInput, Conflict, Forbidden, NotFound, Unauthenticated
+from gql_api.errors import ERRORS, ApiError, BadUserInput, Conflict, Forbidden, NotFound, Unauthenticated
 from gql_api.pagination import encode_cursor
 from gql_api.rest import MAX_BODY_BYTES, RestEdge, error_response, openapi_document
 from gql_api.rest.routes import POLLING_INTERVAL_MILLIS
+from tests.conftest import serve
 
 STREAMS = "/api/v1/live-stream"
 UNKNOWN_STREAM = "64d15f9e2e6c8f4d5a123000"
@@ -159,7 +165,7 @@ async def test_a_retry_with_the_same_client_message_id_returns_the_original(serv
 
     assert first.status_code == retry.status_code == 201
     assert retry.json() == first.json()
-    errors = assert_envelope(other, 409, Conflict.default_message)
+    errors = assert_envelope(other, 409, Conflict.summary)
     assert "clientMessageId" in errors[1]
     assert _contents((await http.get(messages_url(stream.id), headers=headers)).json()) == ["once"]
 
@@ -173,7 +179,7 @@ async def test_a_superlike_is_201_once_then_409(server, http, make_user, make_st
     body = first.json()
     assert set(body) == MESSAGE_KEYS
     assert (body["kind"], body["content"], body["streamId"]) == ("SUPERLIKE", "", str(stream.id))
-    assert_envelope(second, 409, Conflict.default_message)
+    assert_envelope(second, 409, Conflict.summary)
     assert await server.chat.superlike_count(str(stream.id)) == 1
 
 
@@ -382,8 +388,8 @@ async def test_an_ended_stream_refuses_messages_and_superlikes_with_409(server, 
     liked = await http.post(superlike_url(stream.id), headers=headers)
     history = await http.get(messages_url(stream.id), headers=headers)
 
-    assert_envelope(sent, 409, Conflict.default_message)
-    assert_envelope(liked, 409, Conflict.default_message)
+    assert_envelope(sent, 409, Conflict.summary)
+    assert_envelope(liked, 409, Conflict.summary)
     assert _contents(history.json()) == ["before the end"]
 
 
@@ -417,6 +423,21 @@ async def test_a_body_over_64_kib_is_413(server, http, make_user, make_stream):
     assert (await http.get(url, headers=headers)).json()["messages"] == []
 
 
+async def test_the_body_cap_is_the_setting_graphql_and_rest_share(server, make_settings, make_user, make_stream):
+    settings = make_settings(graphql_max_body_bytes=2048)
+    stream = await make_stream()
+    headers = {**auth(server, await make_user()), "Content-Type": "application/json"}
+    async with serve(create_app(settings, database=server.services.database)) as live, httpx.AsyncClient(
+        base_url=live.url, timeout=30
+    ) as client:
+        rest = await client.post(messages_url(stream.id), content=_body_of(2049), headers=headers)
+        graphql = await client.post("/graphql", content=b" " * 2049, headers=headers)
+
+    errors = assert_envelope(rest, 413, "Request body too large")
+    assert errors[1:] == ["the limit is 2048 bytes (2 KiB)"]
+    assert graphql.status_code == 413
+
+
 def _raised(exc: BaseException) -> BaseException:
     try:
         raise exc
@@ -433,7 +454,7 @@ def _decode(response) -> dict[str, Any]:
 @pytest.mark.allow_error_logs
 def test_an_unexpected_exception_is_500_masked_and_logged_with_its_traceback(caplog):
     exc = _raised(RuntimeError("secret connection string mongodb://admin:hunter2@db"))
-    with caplog.at_level(logging.ERROR, logger="gql_api.rest"):
+    with caplog.at_level(logging.ERROR, logger="gql_api.errors"):
         response = error_response(exc, "POST /api/v1/x")
 
     body = _decode(response)
@@ -456,7 +477,7 @@ async def test_the_edge_turns_an_exception_escaping_a_route_into_the_500_envelop
         raise RuntimeError("hunter2")
 
     transport = httpx.ASGITransport(app=RestEdge(failing_app))
-    with caplog.at_level(logging.ERROR, logger="gql_api.rest"):
+    with caplog.at_level(logging.ERROR, logger="gql_api.errors"):
         async with httpx.AsyncClient(transport=transport, base_url="http://rest") as client:
             response = await client.get("/api/v1/anything")
 
@@ -466,7 +487,7 @@ async def test_the_edge_turns_an_exception_escaping_a_route_into_the_500_envelop
 
 
 def test_a_database_outage_is_503_without_a_traceback(caplog):
-    with caplog.at_level(logging.WARNING, logger="gql_api.rest"):
+    with caplog.at_level(logging.WARNING, logger="gql_api.errors"):
         response = error_response(_raised(ServerSelectionTimeoutError("No servers found yet")))
     assert response.status_code == 503
     assert _decode(response)["errors"] == ["Service temporarily unavailable, try again"]
@@ -484,7 +505,7 @@ SUPERLIKED = "Resource already exists: you have already superliked this stream"
         (Unauthenticated("Authentication required: expired"), 401, ["Authentication required", "expired"]),
         (Forbidden("Insufficient permissions: only the owner may"), 403, ["Insufficient permissions", "only the owner may"]),
         (NotFound(), 404, ["Resource not found"]),
-        (Conflict(SUPERLIKED), 409, [Conflict.default_message, SUPERLIKED]),
+        (Conflict(SUPERLIKED), 409, [Conflict.summary, SUPERLIKED]),
         (HTTPException(405, headers={"Allow": "GET"}), 405, ["Method not allowed"]),
     ],
 )
@@ -494,6 +515,49 @@ def test_every_api_error_maps_to_its_status_and_message(exc, status, errors):
     body = _decode(response)
     assert body["statusCode"] == status and body["errors"] == errors and body["isSuccess"] is False
     assert isinstance(exc, (ApiError, HTTPException))
+
+
+async def test_an_error_an_endpoint_raises_is_enveloped_whatever_handlers_the_enclosing_app_has():
+    async def superlike(request: Request) -> Response:
+        raise Conflict(SUPERLIKED)
+
+    async def not_the_envelope(request: Request, exc: Exception) -> Response:
+        return PlainTextResponse("not the envelope", status_code=418)
+
+    rest = RestEdge(Router(routes=[Route("/superlike", superlike, methods=["POST"])]))
+    handlers = {ApiError: not_the_envelope, HTTPException: not_the_envelope}
+    app = Starlette(routes=[Mount("/api/v1", app=rest)], exception_handlers=handlers)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://rest") as client:
+        raised = await client.post("/api/v1/superlike")
+        wrong_method = await client.get("/api/v1/superlike")
+        unknown = await client.get("/api/v1/nothing-here")
+
+    assert assert_envelope(raised, 409, Conflict.summary) == [Conflict.summary, SUPERLIKED]
+    assert_envelope(wrong_method, 405, "Method not allowed")
+    assert wrong_method.headers["allow"] == "POST"
+    assert_envelope(unknown, 404, "Resource not found")
+
+
+def _readme_section(title: str) -> str:
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = text.index(f"\n## {title}\n")
+    return text[start : text.index("\n## ", start + 1)]
+
+
+def test_the_readme_rest_errors_table_is_the_error_table():
+    rows = re.findall(r"^\| (\d{3}) \| ([^|`]+?) \|", _readme_section("REST"), flags=re.MULTILINE)
+    documented = {(int(status), summary) for status, summary in rows}
+    assert documented <= {(error.status_code, error.summary) for error in ERRORS.values()}
+    in_openapi = {
+        int(status)
+        for item in openapi_document()["paths"].values()
+        for operation in item.values()
+        if isinstance(operation, dict)
+        for status in operation["responses"]
+        if int(status) >= 400
+    }
+    assert in_openapi <= {status for status, _ in documented}
 
 
 # -- GraphQL and REST are one service -------------------------------------------------------------
@@ -575,6 +639,20 @@ async def test_the_openapi_document_is_served_without_a_token(http):
     assert set(schemas["Sender"]["properties"]) == SENDER_KEYS
     assert set(schemas["ProfilePhoto"]["properties"]) == PHOTO_KEYS
     assert set(schemas["ErrorEnvelope"]["required"]) == ENVELOPE_KEYS
+
+
+def test_the_openapi_error_responses_come_from_the_error_table():
+    document = openapi_document()
+    for code, response in document["components"]["responses"].items():
+        assert response["description"] == ERRORS[code].summary
+        assert response["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorEnvelope"}
+    for item in document["paths"].values():
+        for method in ("get", "post"):
+            if method not in item:
+                continue
+            errors = {s: r["$ref"] for s, r in item[method]["responses"].items() if int(s) >= 400}
+            assert {ERRORS[ref.rsplit("/", 1)[1]].status_code for ref in errors.values()} == set(map(int, errors))
+            assert {"500", "503"} <= set(errors)
 
 
 # -- schemathesis: no response breaks the document, none is a 5xx ---------------------------------
@@ -685,7 +763,7 @@ async def test_rest_senders_racing_the_end_are_stored_and_delivered_before_it_or
     async def send(n: int) -> None:
         response = await http.post(messages_url(stream_id), json={"content": f"m{n}"}, headers=headers)
         if response.status_code != 201:
-            assert_envelope(response, 409, Conflict.default_message)
+            assert_envelope(response, 409, Conflict.summary)
             return
         acknowledged.append(response.json()["_id"])
         if len(acknowledged) >= 3:
@@ -737,7 +815,7 @@ async def test_a_superlike_retry_after_a_lost_answer_is_409_saying_it_is_stored(
 
     retry = await http.post(superlike_url(stream.id), headers=auth(server, user))
 
-    errors = assert_envelope(retry, 409, Conflict.default_message)
+    errors = assert_envelope(retry, 409, Conflict.summary)
     assert "stored already" in errors[1]
     assert await server.chat.superlike_count(str(stream.id)) == 1
 
@@ -775,7 +853,7 @@ async def test_unencodable_invisible_or_control_content_is_400(server, http, mak
 
     response = await http.post(messages_url(stream.id), content=raw, headers=headers)
 
-    errors = assert_envelope(response, 400, BadUserInput.default_message)
+    errors = assert_envelope(response, 400, BadUserInput.summary)
     assert any(mentions in entry for entry in errors[1:]), errors
     assert (await http.get(messages_url(stream.id), headers=headers)).json()["messages"] == []
 
@@ -887,9 +965,9 @@ def test_every_status_each_operation_returns_is_documented_with_its_headers():
         if method != "parameters"
     }
     assert statuses == {
-        "sendChatMessage": {"201", "400", "401", "404", "405", "409", "413", "429", "500", "503"},
+        "sendChatMessage": {"201", "400", "401", "403", "404", "405", "409", "413", "429", "500", "503"},
         "listChatMessages": {"200", "400", "401", "404", "405", "413", "500", "503"},
-        "sendSuperlike": {"201", "401", "404", "405", "409", "413", "500", "503"},
+        "sendSuperlike": {"201", "401", "403", "404", "405", "409", "413", "500", "503"},
     }
     send = document["paths"]["/live-stream/{streamId}/chat/messages"]["post"]["responses"]
     retry_after = resolve(resolve(send["429"])["headers"]["Retry-After"])

@@ -41,19 +41,24 @@ def test_a_read_that_a_change_overtook_is_not_kept():
     assert cache.get(str(user.id)) is None
 
 
-async def test_a_user_changed_in_the_database_is_seen_by_the_next_request(server, make_user, client_for):
+async def test_a_user_changed_in_the_database_is_seen_by_the_next_request(server, make_user, client_for, monkeypatch):
+    cache = server.services.authenticator.users
     user = await make_user(name="Before")
     client = client_for(user)
-    await asyncio.wait_for(server.services.authenticator.users.serving.wait(), 30)
+    await asyncio.wait_for(cache.serving.wait(), 30)
     assert (await client.data(ME))["me"]["name"] == "Before"
-    assert server.services.authenticator.users.get(str(user.id)) is not None  # served from the cache now
+    assert cache.get(str(user.id)) is not None  # served from the cache now
 
+    dropped = asyncio.Event()
+    changed = cache.changed
+
+    def record(user_id: str) -> None:  # the real method, and a signal when it is this user
+        changed(user_id)
+        if user_id == str(user.id):
+            dropped.set()
+
+    monkeypatch.setattr(cache, "changed", record)
     # As the platform's user service (or another replica) would: straight in the database.
     await User.get_pymongo_collection().update_one({"_id": user.id}, {"$set": {"name": "After"}})
-
-    async def renamed() -> None:
-        while server.services.authenticator.users.get(str(user.id)) is not None:
-            await asyncio.sleep(0.01)  # the change event is what drops it; nothing else to wait on
-
-    await asyncio.wait_for(renamed(), 30)
+    await asyncio.wait_for(dropped.wait(), 30)  # the change stream's event
     assert (await client.data(ME))["me"]["name"] == "After"

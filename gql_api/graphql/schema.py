@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncGenerator
 from datetime import datetime
 from functools import partial
@@ -17,7 +16,7 @@ from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOpe
 from strawberry.types import Info
 
 from gql_api.documents import isoformat_z
-from gql_api.errors import ApiError, BadUserInput, as_api_error
+from gql_api.errors import ApiError, BadUserInput, report
 from gql_api.graphql.context import Context
 from gql_api.graphql.fanout import fan_out
 from gql_api.graphql.limits import (
@@ -28,12 +27,10 @@ from gql_api.graphql.limits import (
     alias_limit_rule,
     depth_limit_rule,
 )
-from gql_api.graphql.types import ChatMessage, ChatMessageConnection, LiveStream, User
+from gql_api.graphql.types import ChatBan, ChatMessage, ChatMessageConnection, LiveStream, User
 from gql_api.metrics import Metrics
 from gql_api.pagination import PageRequest
 from gql_api.settings import Settings
-
-logger = logging.getLogger(__name__)
 
 ChatInfo = Info[Context, None]
 DATETIME_SCALAR = strawberry.scalar(
@@ -73,6 +70,13 @@ class Query:
         stream = await info.context.chat.find_stream(str(id))
         return LiveStream.from_document(stream) if stream else None
 
+    @strawberry.field(
+        description="The bans holding in a stream's chat now, oldest first: its owner and moderators only."
+    )
+    async def chat_bans(self, info: ChatInfo, stream_id: strawberry.ID) -> list[ChatBan]:
+        bans = await info.context.chat.moderation.bans(info.context.user, str(stream_id))
+        return [ChatBan.from_member(ban) for ban in bans]
+
     @strawberry.field(description="The authenticated caller.")
     def me(self, info: ChatInfo) -> User:
         return User.from_document(info.context.user)
@@ -107,6 +111,45 @@ class Mutation:
     async def end_live_stream(self, info: ChatInfo, id: strawberry.ID) -> LiveStream:
         stream = await info.context.chat.end_stream(info.context.user, str(id))
         return LiveStream.from_document(stream)
+
+    @strawberry.mutation(
+        description="Appoint a moderator of a stream: its owner only. Lifts the user's ban; idempotent."
+    )
+    async def add_moderator(self, info: ChatInfo, stream_id: strawberry.ID, user_id: strawberry.ID) -> LiveStream:
+        stream = await info.context.chat.moderation.add_moderator(info.context.user, str(stream_id), str(user_id))
+        return LiveStream.from_document(stream)
+
+    @strawberry.mutation(description="Dismiss a moderator of a stream: its owner only. Idempotent.")
+    async def remove_moderator(self, info: ChatInfo, stream_id: strawberry.ID, user_id: strawberry.ID) -> LiveStream:
+        stream = await info.context.chat.moderation.remove_moderator(info.context.user, str(stream_id), str(user_id))
+        return LiveStream.from_document(stream)
+
+    @strawberry.mutation(
+        description=(
+            "Ban a user from a stream's chat: the owner and moderators (a moderator cannot ban "
+            "the owner or another moderator). Without `durationSeconds` the ban is permanent; "
+            "with it (1 to 1209600, 14 days) it is a timeout that lifts itself. `reason`: up to "
+            "500 characters. Banning again replaces the ban."
+        )
+    )
+    async def ban_user(
+        self,
+        info: ChatInfo,
+        stream_id: strawberry.ID,
+        user_id: strawberry.ID,
+        duration_seconds: int | None = None,
+        reason: str | None = None,
+    ) -> ChatBan:
+        ban = await info.context.chat.moderation.ban(
+            info.context.user, str(stream_id), str(user_id), duration_seconds, reason
+        )
+        return ChatBan.from_member(ban)
+
+    @strawberry.mutation(
+        description="Lift a user's ban: the owner and moderators. True when a ban held, false when none did."
+    )
+    async def unban_user(self, info: ChatInfo, stream_id: strawberry.ID, user_id: strawberry.ID) -> bool:
+        return await info.context.chat.moderation.unban(info.context.user, str(stream_id), str(user_id))
 
 
 @strawberry.type
@@ -145,21 +188,17 @@ class ChatSchema(strawberry.Schema):
             self.metrics.error(api_error.code, "graphql")
             error.message = api_error.message
             error.extensions = {**(error.extensions or {}), **api_error.extensions}
-            if api_error.status_code >= 500 and error.original_error is not None:
-                if api_error.code == "INTERNAL_SERVER_ERROR":
-                    logger.error("Unexpected error in %s", error.path, exc_info=error.original_error)
-                else:
-                    logger.warning("%s in %s: %s", api_error.code, error.path, error.original_error)
             error.original_error = None
 
 
 def _classify(error: GraphQLError) -> ApiError:
+    """What the client is told: the request's own faults as BAD_USER_INPUT, the rest reported."""
     original = error.original_error
     if original is None or isinstance(original, (GraphQLError, *_REQUEST_ERRORS)):
         return BadUserInput(error.message)  # syntax, validation, variables: the request is wrong
     if error.path is None and error.nodes and not isinstance(original, ApiError):
         return BadUserInput(error.message)  # a variable's value failed to parse
-    return as_api_error(original)
+    return report(original, error.path)
 
 
 def build_schema(settings: Settings | None = None, metrics: Metrics | None = None) -> ChatSchema:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
+from typing import Any
 
 import strawberry
 from strawberry.types import Info
 
 from gql_api import documents
+from gql_api.moderation import role_of_message
 from gql_api.pagination import Page, encode_cursor
 
 
@@ -16,6 +18,13 @@ from gql_api.pagination import Page, encode_cursor
 class MessageKind(Enum):
     TEXT = "TEXT"
     SUPERLIKE = "SUPERLIKE"
+
+
+@strawberry.enum(description="A user's part in a stream's chat.")
+class ChatRole(Enum):
+    OWNER = "OWNER"
+    MODERATOR = "MODERATOR"
+    VIEWER = "VIEWER"
 
 
 @strawberry.enum(description="Whether a stream is still accepting messages.")
@@ -51,6 +60,18 @@ class ProfilePhoto:
         )
 
 
+def _profile_fields(profile: documents.PublicProfile) -> dict[str, Any]:
+    """What ``User`` and ``UserSnapshot`` show of a profile, apart from how they name the id."""
+    photo = profile.profile_photo
+    return {
+        "username": profile.username,
+        "name": profile.name,
+        "surname": profile.surname,
+        "profile_photo": ProfilePhoto.from_document(photo) if photo else None,
+        "availability_status": profile.availability_status,
+    }
+
+
 @strawberry.type(description="A user's public profile.")
 class User:
     id: strawberry.ID
@@ -62,16 +83,7 @@ class User:
 
     @classmethod
     def from_profile(cls, profile: documents.PublicProfile) -> User:
-        return cls(
-            id=strawberry.ID(profile.id),
-            username=profile.username,
-            name=profile.name,
-            surname=profile.surname,
-            profile_photo=ProfilePhoto.from_document(profile.profile_photo)
-            if profile.profile_photo
-            else None,
-            availability_status=profile.availability_status,
-        )
+        return cls(id=strawberry.ID(profile.id), **_profile_fields(profile))
 
     @classmethod
     def from_document(cls, user: documents.User) -> User:
@@ -80,10 +92,11 @@ class User:
 
 @strawberry.type(
     description=(
-        "A user's public profile as it was at one moment, e.g. when they sent a message. Select "
+        "A user's public profile as it was at one moment: a message's sender when they sent it, "
+        "a stream's owner when they created it. Select "
         "`userId`, not the deprecated `id`: without an `id`, normalised caches (Apollo Client, "
-        "urql Graphcache, Relay) keep each snapshot inside its message, where with one they "
-        "merge every snapshot of a user into one entry and old messages show the newest name."
+        "urql Graphcache, Relay) keep each snapshot inside its message or stream, where with one "
+        "they merge every snapshot of a user into one entry and old messages show the newest name."
     )
 )
 class UserSnapshot:
@@ -102,21 +115,12 @@ class UserSnapshot:
         ),
     )
     def id(self) -> strawberry.ID:
-        # Kept so that documents written against `sender: User` still validate.
+        # Kept so that documents written against `sender: User` and `owner: User` still validate.
         return self.user_id
 
     @classmethod
     def from_profile(cls, profile: documents.PublicProfile) -> UserSnapshot:
-        return cls(
-            user_id=strawberry.ID(profile.id),
-            username=profile.username,
-            name=profile.name,
-            surname=profile.surname,
-            profile_photo=ProfilePhoto.from_document(profile.profile_photo)
-            if profile.profile_photo
-            else None,
-            availability_status=profile.availability_status,
-        )
+        return cls(user_id=strawberry.ID(profile.id), **_profile_fields(profile))
 
 
 async def _superlike_count(root: LiveStream, info: Info) -> int:
@@ -124,13 +128,24 @@ async def _superlike_count(root: LiveStream, info: Info) -> int:
     return await info.context.chat.superlike_count(str(root.id))
 
 
+async def _moderators(root: LiveStream, info: Info) -> list[User]:
+    users = await info.context.chat.moderation.moderators(str(root.id))
+    return [User.from_document(user) for user in users]
+
+
 @strawberry.type(description="A live stream that viewers chat in.")
 class LiveStream:
     id: strawberry.ID
     title: str
     status: StreamStatus
-    owner: User
+    owner: UserSnapshot = strawberry.field(
+        description="The owner's public profile when the stream was created (select `userId`, not `id`)."
+    )
     superlike_count: int = strawberry.field(resolver=_superlike_count)
+    moderators: list[User] = strawberry.field(
+        resolver=_moderators,
+        description="The users the owner appointed to moderate the chat, with their profiles as they are now.",
+    )
     created_at: datetime
     ended_at: datetime | None
 
@@ -140,10 +155,21 @@ class LiveStream:
             id=strawberry.ID(str(stream.id)),
             title=stream.title,
             status=StreamStatus(stream.status.value),
-            owner=User.from_profile(stream.owner),
+            owner=UserSnapshot.from_profile(stream.owner),
             created_at=stream.created_at,
             ended_at=stream.ended_at,
         )
+
+
+def _sender_role(root: ChatMessage, info: Info) -> ChatRole:
+    if root.stored.sender_role is not None:  # every message stored since roles exist: no await
+        return ChatRole(root.stored.sender_role.value)
+    return _derived_role(root.stored, info)  # type: ignore[return-value]  # GraphQL awaits it
+
+
+async def _derived_role(message: documents.ChatMessage, info: Info) -> ChatRole:
+    owner_id = await info.context.chat.owner_id(message.stream_id)
+    return ChatRole(role_of_message(message, owner_id).value)
 
 
 @strawberry.type(description="A chat message or superlike in a live stream.")
@@ -161,6 +187,11 @@ class ChatMessage:
     cursor: str = strawberry.field(
         description="This message's position in its stream, for `after`/`before` arguments."
     )
+    sender_role: ChatRole = strawberry.field(
+        resolver=_sender_role,
+        description="The sender's role in the stream when the message was sent, for badges.",
+    )
+    stored: strawberry.Private[documents.ChatMessage]
 
     @classmethod
     def from_document(cls, message: documents.ChatMessage) -> ChatMessage:
@@ -174,6 +205,36 @@ class ChatMessage:
             updated_at=message.updated_at,
             client_message_id=message.client_message_id,
             cursor=encode_cursor(message.seq),
+            stored=message,
+        )
+
+
+@strawberry.type(
+    description=(
+        "A user's ban from a stream's chat: permanent, or a timeout until `expiresAt`. While it "
+        "holds, the user can read but not send messages or superlikes."
+    )
+)
+class ChatBan:
+    id: strawberry.ID = strawberry.field(description="The ban's id: the stream's and the user's.")
+    stream_id: strawberry.ID
+    user: UserSnapshot = strawberry.field(description="The banned user, as they were when banned.")
+    banned_by: UserSnapshot = strawberry.field(description="Who banned them, as they were then.")
+    reason: str | None
+    created_at: datetime
+    expires_at: datetime | None = strawberry.field(description="When a timeout lifts; null for a permanent ban.")
+
+    @classmethod
+    def from_member(cls, member: documents.StreamMember) -> ChatBan:
+        assert member.ban is not None
+        return cls(
+            id=strawberry.ID(member.id),
+            stream_id=strawberry.ID(member.stream_id),
+            user=UserSnapshot.from_profile(member.user),
+            banned_by=UserSnapshot.from_profile(member.ban.banned_by),
+            reason=member.ban.reason,
+            created_at=member.ban.created_at,
+            expires_at=member.ban.expires_at,
         )
 
 

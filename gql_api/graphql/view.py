@@ -10,7 +10,6 @@ errors included, as GraphQL clients have long expected.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -30,15 +29,7 @@ from strawberry.types.unset import UNSET, UnsetType
 from gql_api.auth import token_from_header
 from gql_api.bodylimit import capped_receive
 from gql_api.csrf import check_preflighted
-from gql_api.errors import (
-    ApiError,
-    BadUserInput,
-    MethodNotAllowed,
-    NotFound,
-    PayloadTooLarge,
-    Unauthenticated,
-    as_api_error,
-)
+from gql_api.errors import ApiError, PayloadTooLarge, Unauthenticated, error_for_status, report
 from gql_api.graphql.context import Context
 from gql_api.graphql.fanout import EventRenderer
 from gql_api.graphql.websockets import (
@@ -50,17 +41,6 @@ from gql_api.graphql.websockets import (
 from gql_api.metrics import Metrics
 from gql_api.pages import graphiql_page
 from gql_api.state import services_of
-
-logger = logging.getLogger(__name__)
-
-
-_STATUS_ERRORS: dict[int, type[ApiError]] = {
-    400: BadUserInput,
-    404: NotFound,
-    405: MethodNotAllowed,
-    413: PayloadTooLarge,
-}
-
 
 GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
 JSON = "application/json"
@@ -97,7 +77,8 @@ def response_media_type(accept: str | None) -> str:
 def error_response(error: ApiError, media_type: str = JSON) -> JSONResponse:
     """A request-level failure as a GraphQL response body, with the error's HTTP status."""
     body = {"errors": [{"message": error.message, "extensions": error.extensions}]}
-    return JSONResponse(body, status_code=error.status_code, media_type=media_type)
+    headers = error.headers or None  # Allow on a 405
+    return JSONResponse(body, status_code=error.status_code, headers=headers, media_type=media_type)
 
 
 def _is_request_error(result: ExecutionResult) -> bool:
@@ -115,11 +96,6 @@ def _request_error_status(errors: list[Any]) -> int:
         if isinstance(status := (error.get("extensions") or {}).get("statusCode"), int) and 400 <= status < 600
     ]
     return max(statuses, default=400)
-
-
-def _status_error(status_code: int, message: str) -> ApiError:
-    error_class = _STATUS_ERRORS.get(status_code, BadUserInput)
-    return error_class(message or None)
 
 
 WS_TOKEN_MISSING = "Authentication required: send the token as Authorization in the connection_init payload"
@@ -178,16 +154,12 @@ class GraphQLView(GraphQL[Context, None]):
             # is parsed or anyone is authenticated.
             await request.body()
             response = await self.run(request)
-        except ApiError as exc:
-            response = error_response(exc, response_media_type(request.headers.get("accept")))
-            self.metrics.error(exc.code, "graphql")
-        except StrawberryHTTPException as exc:
-            # Strawberry's own refusals (bad JSON, GET mutation, batching...) as GraphQL errors.
-            error = _status_error(exc.status_code, exc.reason)
+        except (ApiError, StrawberryHTTPException) as exc:
+            # Ours (an oversized body, a CSRF refusal) and Strawberry's own refusals (bad JSON,
+            # a GET mutation, batching...) as GraphQL errors.
+            error = exc if isinstance(exc, ApiError) else error_for_status(exc.status_code, exc.reason)
             response = error_response(error, response_media_type(request.headers.get("accept")))
             self.metrics.error(error.code, "graphql")
-            if exc.status_code == 405:
-                response.headers["Allow"] = "GET, POST"  # RFC 9110 requires it on a 405
         await response(scope, receive, send)
 
     def parse_json(self, data: str | bytes) -> Any:
@@ -246,16 +218,11 @@ class GraphQLView(GraphQL[Context, None]):
             token = token_from_header(request.headers.get("authorization"))
             try:
                 context.authenticated_user = await context.authenticator.authenticate(token)
-            except ApiError as exc:
-                context.auth_error = exc
             except Exception as exc:  # noqa: BLE001 - becomes the operation's error, below
-                # A database outage while looking the user up is SERVICE_UNAVAILABLE, not
-                # UNAUTHENTICATED nor a crash: the resolvers raise it through `context.user`.
-                context.auth_error = as_api_error(exc)
-                if context.auth_error.status_code == 500:
-                    logger.error("Unexpected error while authenticating", exc_info=exc)
-                else:
-                    logger.warning("%s while authenticating: %r", context.auth_error.code, exc)
+                # Ours as they are; a database outage while looking the user up is
+                # SERVICE_UNAVAILABLE, not UNAUTHENTICATED nor a crash. The resolvers raise it
+                # through `context.user`.
+                context.auth_error = report(exc, "authentication")
         return context
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:

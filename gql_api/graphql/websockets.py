@@ -37,7 +37,7 @@ from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMe
 from strawberry.subscriptions.protocols.graphql_ws.types import ErrorMessage as LegacyErrorMessage
 from strawberry.types.unset import UnsetType
 
-from gql_api.errors import BadUserInput, as_api_error
+from gql_api.errors import BadUserInput, report
 from gql_api.graphql.context import Context
 from gql_api.graphql.fanout import bind_sink
 
@@ -280,8 +280,7 @@ class _Supervised:
     async def init_failed(self, exc: Exception) -> None:
         """``connection_init`` failed, not for the client's fault (the database is down):
         close with 1013, "try again later", rather than 4403 or a crash."""
-        error = as_api_error(exc)
-        logger.warning("Websocket connection refused: %s (%r)", error.code, exc)
+        error = report(exc, "a websocket's connection_init")
         await self.close(TRY_AGAIN_LATER_CLOSE_CODE, error.message[:120])
 
 

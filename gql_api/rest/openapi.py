@@ -6,6 +6,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from gql_api.errors import (
+    ApiError,
+    BadUserInput,
+    Conflict,
+    Forbidden,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    ServiceUnavailable,
+    Unauthenticated,
+)
 from gql_api.rest.models import ErrorEnvelope, HistoryQuery, Message, MessagePage, SendMessageRequest
 
 API_PREFIX = "/api/v1"
@@ -13,26 +25,12 @@ REF_TEMPLATE = "#/components/schemas/{model}"
 
 LICENSE = {"name": "MIT", "identifier": "MIT"}  # the repository's LICENSE file
 
-_ERROR_RESPONSES = {  # status: (name in components.responses, description)
-    400: ("ValidationFailed", "Malformed JSON, a missing or invalid field, a bad cursor or limit"),
-    401: ("AuthenticationRequired", "No token, or a bad or expired one"),
-    404: ("NotFound", "No live stream has this id"),
-    405: ("MethodNotAllowed", "The path does not take this method; `Allow` lists those it takes"),
-    409: (
-        "Conflict",
-        "The stream has ended, a second superlike, or a clientMessageId reused with other content",
-    ),
-    413: ("PayloadTooLarge", "The request body is over 64 KiB"),
-    429: ("RateLimited", "Too many messages from this user in this stream; `Retry-After` says when to try again"),
-    500: ("InternalServerError", "Something unexpected; the details are logged, never shown"),
-    503: ("ServiceUnavailable", "The database is unreachable; try again"),
-}
 # Every operation can answer these: a wrong method (405), a body over the cap, which the edge
 # refuses before routing, even where the operation reads none (413), and the unexpected (500, 503).
-_ANY_OPERATION = (405, 413, 500, 503)
-_ERROR_HEADERS = {  # status: {header name: name in components.headers}
-    405: {"Allow": "Allow"},
-    429: {"Retry-After": "RetryAfter"},
+_ANY_OPERATION: tuple[type[ApiError], ...] = (MethodNotAllowed, PayloadTooLarge, ApiError, ServiceUnavailable)
+_ERROR_HEADERS: dict[type[ApiError], dict[str, str]] = {  # {header name: name in components.headers}
+    MethodNotAllowed: {"Allow": "Allow"},
+    RateLimited: {"Retry-After": "RetryAfter"},
 }
 _HEADERS = {
     "Allow": {
@@ -75,19 +73,25 @@ def openapi_document() -> dict[str, Any]:
     error = ref(ErrorEnvelope, "serialization")
     message = ref(Message, "serialization")
 
-    def responses(success: int, description: str, schema: dict[str, Any], *errors: int) -> dict[str, Any]:
-        result = {str(success): {"description": description, **json_content(schema)}}
-        for status in sorted({*errors, *_ANY_OPERATION}):
-            result[str(status)] = {"$ref": f"#/components/responses/{_ERROR_RESPONSES[status][0]}"}
-        return result
-
-    def error_response(status: int, description: str) -> dict[str, Any]:
-        response: dict[str, Any] = {"description": description}
-        if headers := _ERROR_HEADERS.get(status):
+    def error_response(error_class: type[ApiError]) -> dict[str, Any]:
+        response: dict[str, Any] = {"description": error_class.summary}
+        if headers := _ERROR_HEADERS.get(error_class):
             response["headers"] = {
                 name: {"$ref": f"#/components/headers/{component}"} for name, component in headers.items()
             }
         return {**response, **json_content(error)}
+
+    # One response per error code, named by it, described by its summary (errors[0]).
+    error_responses: dict[str, Any] = {}
+
+    def responses(
+        success: int, description: str, schema: dict[str, Any], *errors: type[ApiError]
+    ) -> dict[str, Any]:
+        result = {str(success): {"description": description, **json_content(schema)}}
+        for error_class in sorted({*errors, *_ANY_OPERATION}, key=lambda e: e.status_code):
+            error_responses[error_class.code] = error_response(error_class)
+            result[str(error_class.status_code)] = {"$ref": f"#/components/responses/{error_class.code}"}
+        return result
 
     stream_id = {
         "name": "streamId",
@@ -114,7 +118,10 @@ def openapi_document() -> dict[str, Any]:
             "summary": "Send a chat message",
             "requestBody": {"required": True, **json_content(ref(SendMessageRequest, "validation"))},
             "responses": responses(
-                201, "The message (on a retry, the original)", message, 400, 401, 404, 409, 429
+                201,
+                "The message (on a retry, the original)",
+                message,
+                *(BadUserInput, Unauthenticated, Forbidden, NotFound, Conflict, RateLimited),
             ),
         },
         "get": {
@@ -124,7 +131,9 @@ def openapi_document() -> dict[str, Any]:
             "(never both): the `limit` messages before or after that cursor. To follow the chat "
             "without a websocket, ask again with `after` = `pollCursor` after `pollingIntervalMillis`.",
             "parameters": query_parameters,
-            "responses": responses(200, "The page", ref(MessagePage, "serialization"), 400, 401, 404),
+            "responses": responses(
+                200, "The page", ref(MessagePage, "serialization"), BadUserInput, Unauthenticated, NotFound
+            ),
         },
     }
     superlike_path = {
@@ -132,7 +141,7 @@ def openapi_document() -> dict[str, Any]:
         "post": {
             "operationId": "sendSuperlike",
             "summary": "Superlike a stream: once per user per stream",
-            "responses": responses(201, "The SUPERLIKE message", message, 401, 404, 409),
+            "responses": responses(201, "The SUPERLIKE message", message, Unauthenticated, Forbidden, NotFound, Conflict),
         },
     }
     return {
@@ -151,9 +160,7 @@ def openapi_document() -> dict[str, Any]:
         },
         "components": {
             "schemas": dict(sorted(components.items())),
-            "responses": {
-                name: error_response(status, description) for status, (name, description) in _ERROR_RESPONSES.items()
-            },
+            "responses": dict(sorted(error_responses.items())),
             "headers": _HEADERS,
             "securitySchemes": {
                 "jwt": {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
 
 from pydantic import BaseModel
 from starlette.requests import Request
@@ -16,12 +15,11 @@ from gql_api.auth import token_from_header
 from gql_api.errors import BadUserInput
 from gql_api.metrics import Metrics
 from gql_api.pagination import PageRequest, decode_cursor, encode_cursor
-from gql_api.rest.edge import RestEdge, error_response, validate
+from gql_api.rest.edge import MAX_BODY_BYTES, RestEdge, validate
 from gql_api.rest.models import HistoryQuery, Message, MessagePage, SendMessageRequest
 from gql_api.rest.openapi import API_PREFIX, openapi_document
 from gql_api.state import services_of
 
-MAX_SEQ = 2**63 - 1  # the largest integer MongoDB stores
 # How long a client at the live edge should wait before polling again: GraphQL's `messageAdded`
 # is the way to be told at once, so polling is for clients that cannot hold a websocket.
 POLLING_INTERVAL_MILLIS = 2000
@@ -47,7 +45,8 @@ class RestApi:
         query = validate(HistoryQuery, "query", data=dict(request.query_params))
         if query.before is not None and query.after is not None:
             raise BadUserInput(details=["query: pass either `before` or `after`, not both"])
-        before, after = _cursor(query.before, "before"), _cursor(query.after, "after")
+        before = decode_cursor(query.before, argument="before") if query.before is not None else None
+        after = decode_cursor(query.after, argument="after") if query.after is not None else None
         forward = after is not None
         page = await services_of(request).chat.list_messages(
             request.path_params["streamId"],
@@ -85,38 +84,12 @@ def _newest_seen(items: list[documents.ChatMessage], after: int | None, before: 
     return after or 0
 
 
-def _cursor(value: str | None, argument: str) -> int | None:
-    """The sequence number a cursor names. Past int64 it is refused here, as MongoDB cannot
-    compare with it (a 500 otherwise); this belongs in ``decode_cursor``, which GraphQL shares."""
-    if value is None:
-        return None
-    seq = decode_cursor(value, argument=argument)
-    if seq > MAX_SEQ:
-        raise BadUserInput(f"Validation failed: `{argument}` is not a valid cursor")
-    return seq
-
-
 def _json(model: BaseModel, status_code: int) -> JSONResponse:
     return JSONResponse(model.model_dump(mode="json"), status_code=status_code)
 
 
-Endpoint = Callable[[Request], Awaitable[Response]]
-
-
-def _enveloped(endpoint: Endpoint, metrics: Metrics) -> Endpoint:
-    """Any failure of the endpoint as the error envelope, whatever exception handlers the app has."""
-
-    async def enveloped(request: Request) -> Response:
-        try:
-            return await endpoint(request)
-        except Exception as exc:  # noqa: BLE001 - error_response logs and masks the unexpected
-            return error_response(exc, f"{request.method} {request.url.path}", metrics)
-
-    return enveloped
-
-
-def rest_app(metrics: Metrics) -> ASGIApp:
-    """The routes under /api/v1, inside the edge that envelopes every failure."""
+def rest_app(metrics: Metrics, *, max_body_bytes: int = MAX_BODY_BYTES) -> ASGIApp:
+    """The routes under /api/v1, inside the edge that caps bodies and envelopes every failure."""
     api = RestApi()
     document = openapi_document()
 
@@ -128,13 +101,13 @@ def rest_app(metrics: Metrics) -> ASGIApp:
 
     router = Router(
         routes=[
-            Route("/live-stream/{streamId}/chat/messages", _enveloped(messages, metrics), methods=["GET", "POST"]),
-            Route("/live-stream/{streamId}/chat/superlike", _enveloped(api.send_superlike, metrics), methods=["POST"]),
+            Route("/live-stream/{streamId}/chat/messages", messages, methods=["GET", "POST"]),
+            Route("/live-stream/{streamId}/chat/superlike", api.send_superlike, methods=["POST"]),
             Route("/openapi.json", openapi, methods=["GET"]),
         ],
         redirect_slashes=False,
     )
-    return RestEdge(router, metrics)
+    return RestEdge(router, metrics, max_body_bytes=max_body_bytes)
 
 
 class _PrefixMount(Mount):
@@ -146,6 +119,6 @@ class _PrefixMount(Mount):
         self.path_regex = re.compile(self.path_regex.pattern, re.DOTALL)
 
 
-def rest_routes(metrics: Metrics) -> list[BaseRoute]:
+def rest_routes(metrics: Metrics, *, max_body_bytes: int = MAX_BODY_BYTES) -> list[BaseRoute]:
     """What ``create_app`` adds to its routes."""
-    return [_PrefixMount(API_PREFIX, rest_app(metrics))]
+    return [_PrefixMount(API_PREFIX, rest_app(metrics, max_body_bytes=max_body_bytes))]

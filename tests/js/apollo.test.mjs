@@ -1,7 +1,7 @@
 // Apollo Client 4, as chat frontends use it, in Node: queries over HTTP, subscriptions over
 // GraphQLWsLink (graphql-ws, wrapped by resume.js), an InMemoryCache with relayStylePagination
 // on chatMessages. GQL_API_RENAMED (from tests/test_frontend.py) names a user renamed after
-// sending a message: {"token", "streamId", "userId", "oldName", "newName"}.
+// creating a stream and sending a message in it: {"token", "streamId", "userId", "oldName", "newName"}.
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 
@@ -247,6 +247,39 @@ test("selecting the deprecated sender.id brings the merge back: why the schema s
     const names = data.chatMessages.edges.map((edge) => edge.node.sender.name);
     assert.equal(names[0], names[1]);
     assert.ok(`UserSnapshot:${renamed.userId}` in client.cache.extract());
+  } finally {
+    await close();
+    restoreConsole();
+  }
+  assert.deepEqual(warnings, []);
+});
+
+test("a stream's owner is a snapshot too: it never overwrites the caller's `me` in the cache", async () => {
+  recordConsole();
+  const renamed = JSON.parse(process.env.GQL_API_RENAMED ?? "null");
+  const { client, close } = apollo(renamed.token);
+  const ME = gql`query Me { me { id name } }`;
+  try {
+    // The renamed user owns the stream: its owner snapshot still has the name from its creation.
+    const me = await client.query({ query: ME });
+    assert.equal(me.data.me.name, renamed.newName);
+    const { data } = await client.query({
+      query: gql`query Stream($s: ID!) { liveStream(id: $s) { id owner { userId name } } }`,
+      variables: { s: renamed.streamId },
+    });
+    assert.deepEqual(
+      { userId: data.liveStream.owner.userId, name: data.liveStream.owner.name },
+      { userId: renamed.userId, name: renamed.oldName },
+    );
+    // Even a document that selects the deprecated `owner { id }` cannot reach `User:<id>`:
+    // the snapshot's type is not `User`, so `me` keeps the current name.
+    const old = await client.query({
+      query: gql`query OldStream($s: ID!) { liveStream(id: $s) { id owner { id name } } }`,
+      variables: { s: renamed.streamId },
+    });
+    assert.equal(old.data.liveStream.owner.name, renamed.oldName);
+    assert.equal(client.readQuery({ query: ME }).me.name, renamed.newName);
+    assert.equal(client.cache.extract()[`User:${renamed.userId}`].name, renamed.newName);
   } finally {
     await close();
     restoreConsole();

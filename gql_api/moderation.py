@@ -1,0 +1,254 @@
+"""Who may do what in a stream's chat: its owner, the moderators the owner appoints, and bans.
+
+A stream's owner appoints and dismisses moderators. The owner and the moderators ban users
+from the chat, for good or for a while (a timeout, which lifts itself), and lift bans; a
+moderator cannot act on the owner or on another moderator. A banned user can still read, but
+their messages and superlikes are refused (FORBIDDEN).
+
+The state lives in MongoDB (``ChatStore``'s moderation queries), and a send reads it there, so a change made
+through one replica holds on every replica from its next send. Every change is recorded in the
+moderation log: who did what to whom, when and why.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+
+from gql_api.documents import (
+    Appointment,
+    ChatBanRecord,
+    ChatMessage,
+    ChatRole,
+    LiveStream,
+    ModerationAction,
+    ModerationActionKind,
+    PublicProfile,
+    StreamMember,
+    User,
+    utcnow,
+)
+from gql_api.errors import BadUserInput, Forbidden, NotFound
+from gql_api.store import ChatStore, TargetIsModerator, member_key
+
+MIN_BAN_SECONDS = 1
+MAX_BAN_SECONDS = 14 * 24 * 60 * 60  # a timeout lasts at most 14 days; longer is a ban
+MAX_REASON_LENGTH = 500
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+Clock = Callable[[], datetime]
+StreamLookup = Callable[[str], Awaitable[LiveStream]]
+
+
+def role_of_message(message: ChatMessage, owner_id: str) -> ChatRole:
+    """The sender's role when the message was sent: as stored, or, for a message stored before
+    roles were, OWNER when the sender owns the stream and VIEWER otherwise."""
+    if message.sender_role is not None:
+        return message.sender_role
+    return ChatRole.OWNER if message.sender.id == owner_id else ChatRole.VIEWER
+
+
+def _reason(value: str | None) -> str | None:
+    """A reason trimmed, or None when there is none; BadUserInput when it is not plain text."""
+    if value is None:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadUserInput(
+            "Validation failed: `reason` must be valid Unicode text", details=["reason: invalid Unicode"]
+        ) from exc
+    if _CONTROL.search(value) or len(value := value.strip()) > MAX_REASON_LENGTH:
+        problem = f"must be at most {MAX_REASON_LENGTH} characters, without control characters"
+        raise BadUserInput(f"Validation failed: `reason` {problem}", details=[f"reason: {problem}"])
+    return value or None
+
+
+def _duration(seconds: int | None) -> timedelta | None:
+    if seconds is None:
+        return None
+    if not MIN_BAN_SECONDS <= seconds <= MAX_BAN_SECONDS:
+        problem = f"must be {MIN_BAN_SECONDS} to {MAX_BAN_SECONDS} seconds (14 days), or omitted for a permanent ban"
+        raise BadUserInput(f"Validation failed: `durationSeconds` {problem}", details=[f"durationSeconds: {problem}"])
+    return timedelta(seconds=seconds)
+
+
+class Moderation:
+    """The rules of roles and bans, over the store's moderation queries.
+
+    ``streams`` finds a stream by the id a client gave (NotFound when there is none);
+    ``clock`` tells the time, for bans' start and end (tests pass their own).
+    """
+
+    def __init__(self, store: ChatStore, streams: StreamLookup, clock: Clock = utcnow) -> None:
+        self.store = store
+        self._streams = streams
+        self._clock = clock
+
+    def is_active(self, ban: ChatBanRecord | None) -> bool:
+        """Whether a stored ban holds now: an expired timeout is no ban at all."""
+        return ban is not None and (ban.expires_at is None or ban.expires_at > self._clock())
+
+    async def admit_sender(self, sender: User, stream: LiveStream) -> ChatRole:
+        """The sender's role in the stream; Forbidden while they are banned from its chat.
+
+        One read of the sender's member document by id (none for the owner).
+        """
+        if stream.owner.id == str(sender.id):
+            return ChatRole.OWNER
+        member = await self.store.member(str(stream.id), str(sender.id))
+        if member is None:
+            return ChatRole.VIEWER
+        if self.is_active(member.ban):
+            raise Forbidden("Insufficient permissions: you are banned from this stream's chat")
+        return ChatRole.MODERATOR if member.moderator else ChatRole.VIEWER
+
+    async def role(self, user: User, stream: LiveStream) -> ChatRole:
+        """The user's role in the stream, banned or not."""
+        if stream.owner.id == str(user.id):
+            return ChatRole.OWNER
+        member = await self.store.member(str(stream.id), str(user.id))
+        return ChatRole.MODERATOR if member is not None and member.moderator else ChatRole.VIEWER
+
+    # -- moderators ------------------------------------------------------------------------
+
+    async def add_moderator(self, actor: User, stream_id: str, user_id: str) -> LiveStream:
+        """Appoint a moderator (the owner only); appointing one again changes nothing.
+
+        An appointed user's ban, if any, is lifted (and recorded as lifted).
+        """
+        stream = await self._owned(actor, stream_id, "appoint moderators")
+        target = await self._user(user_id)
+        if target.id == stream.owner.id:
+            raise BadUserInput("Validation failed: the stream's owner moderates it already")
+        now = self._clock()
+        appointment = Appointment(appointed_by=actor.public_profile(), created_at=now)
+        try:
+            before = await self.store.appoint_moderator(str(stream.id), target, appointment)
+        except TargetIsModerator:  # a moderator already: their appointment stands as it was
+            return stream
+        if before is not None and self.is_active(before.ban):
+            await self._record(stream, ModerationActionKind.USER_UNBANNED, actor, target, now)
+        await self._record(stream, ModerationActionKind.MODERATOR_ADDED, actor, target, now)
+        return stream
+
+    async def remove_moderator(self, actor: User, stream_id: str, user_id: str) -> LiveStream:
+        """Dismiss a moderator (the owner only); dismissing a non-moderator changes nothing."""
+        stream = await self._owned(actor, stream_id, "remove moderators")
+        target = await self._user(user_id)
+        if await self.store.dismiss_moderator(str(stream.id), target.id) is not None:
+            await self._record(stream, ModerationActionKind.MODERATOR_REMOVED, actor, target, self._clock())
+        return stream
+
+    async def moderators(self, stream_id: str) -> list[User]:
+        """The stream's moderators as they are now, in the order they were appointed."""
+        members = await self.store.moderators(stream_id)
+        return await self.store.users_by_ids([member.user_id for member in members])
+
+    # -- bans ------------------------------------------------------------------------------
+
+    async def ban(
+        self,
+        actor: User,
+        stream_id: str,
+        user_id: str,
+        duration_seconds: int | None = None,
+        reason: str | None = None,
+    ) -> StreamMember:
+        """Ban a user from the stream's chat: for good, or for ``duration_seconds`` (a timeout).
+
+        Banning a banned user replaces their ban. The owner banning a moderator dismisses them;
+        a moderator cannot ban the owner or another moderator (Forbidden), a viewer no one.
+        """
+        duration, reason = _duration(duration_seconds), _reason(reason)
+        stream = await self._streams(stream_id)
+        actor_role = await self._moderating(actor, stream, "ban users")
+        target = await self._user(user_id)
+        if target.id == str(actor.id):
+            raise BadUserInput("Validation failed: you cannot ban yourself")
+        if target.id == stream.owner.id:
+            raise Forbidden("Insufficient permissions: the stream's owner cannot be banned from it")
+        now = self._clock()
+        record = ChatBanRecord(
+            banned_by=actor.public_profile(),
+            reason=reason,
+            created_at=now,
+            expires_at=now + duration if duration is not None else None,
+        )
+        try:
+            before = await self.store.store_ban(
+                str(stream.id), target, record, unless_moderator=actor_role is ChatRole.MODERATOR
+            )
+        except TargetIsModerator as exc:
+            raise Forbidden("Insufficient permissions: a moderator cannot ban another moderator") from exc
+        if before is not None and before.moderator:
+            await self._record(stream, ModerationActionKind.MODERATOR_REMOVED, actor, target, now, reason)
+        await self._record(stream, ModerationActionKind.USER_BANNED, actor, target, now, reason, record.expires_at)
+        key = str(stream.id)
+        return StreamMember(id=member_key(key, target.id), stream_id=key, user_id=target.id, user=target, ban=record)
+
+    async def unban(self, actor: User, stream_id: str, user_id: str) -> bool:
+        """Lift a user's ban (the owner and moderators): True when one held, False when none did."""
+        stream = await self._streams(stream_id)
+        await self._moderating(actor, stream, "unban users")
+        target = await self._user(user_id)
+        before = await self.store.lift_ban(str(stream.id), target.id)
+        if before is None or not self.is_active(before.ban):
+            return False
+        await self._record(stream, ModerationActionKind.USER_UNBANNED, actor, target, self._clock())
+        return True
+
+    async def bans(self, actor: User, stream_id: str) -> list[StreamMember]:
+        """The bans holding in the stream now, oldest first (the owner and moderators only)."""
+        stream = await self._streams(stream_id)
+        await self._moderating(actor, stream, "see bans")
+        now = self._clock()
+        members = [m for m in await self.store.banned_members(str(stream.id)) if self.is_active(m.ban)]
+        return sorted(members, key=lambda m: m.ban.created_at if m.ban else now)
+
+    async def actions(self, stream_id: str) -> list[ModerationAction]:
+        """The stream's moderation log, oldest first."""
+        return await self.store.moderation_actions(str((await self._streams(stream_id)).id))
+
+    # -- internals -------------------------------------------------------------------------
+
+    async def _owned(self, actor: User, stream_id: str, what: str) -> LiveStream:
+        stream = await self._streams(stream_id)
+        if stream.owner.id != str(actor.id):
+            raise Forbidden(f"Insufficient permissions: only the stream's owner can {what}")
+        return stream
+
+    async def _moderating(self, actor: User, stream: LiveStream, what: str) -> ChatRole:
+        role = await self.role(actor, stream)
+        if role is ChatRole.VIEWER:
+            raise Forbidden(f"Insufficient permissions: only the stream's owner and moderators can {what}")
+        return role
+
+    async def _user(self, user_id: str) -> PublicProfile:
+        user = await self.store.user_by_id(user_id)
+        if user is None:
+            raise NotFound("Resource not found: no user has this id")
+        return user.public_profile()
+
+    async def _record(
+        self,
+        stream: LiveStream,
+        kind: ModerationActionKind,
+        actor: User,
+        target: PublicProfile,
+        at: datetime,
+        reason: str | None = None,
+        expires_at: datetime | None = None,
+    ) -> None:
+        await self.store.record_moderation(
+            ModerationAction(
+                stream_id=str(stream.id),
+                kind=kind,
+                actor=actor.public_profile(),
+                target=target,
+                reason=reason,
+                expires_at=expires_at,
+                created_at=at,
+            )
+        )

@@ -1,0 +1,396 @@
+"""Roles and bans over real HTTP (GraphQL and REST) on the real database: moderators, the role
+each message carries, bans and timeouts, and the record of every action."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+
+import httpx
+import pytest
+
+from gql_api.app import create_app
+from gql_api.compat import eq
+from gql_api.documents import ChatMessage, ChatRole, ModerationActionKind, utcnow
+from gql_api.errors import BadUserInput, Forbidden
+from gql_api.moderation import MAX_BAN_SECONDS, Moderation
+from gql_api.store import ChatStore
+from tests.conftest import GraphQLClient, serve
+
+ADD = "mutation($s: ID!, $u: ID!) { addModerator(streamId: $s, userId: $u) { id moderators { id username } } }"
+REMOVE = "mutation($s: ID!, $u: ID!) { removeModerator(streamId: $s, userId: $u) { id moderators { id } } }"
+MODERATORS = "query($s: ID!) { liveStream(id: $s) { moderators { id username } } }"
+BAN = """
+mutation($s: ID!, $u: ID!, $d: Int, $r: String) {
+  banUser(streamId: $s, userId: $u, durationSeconds: $d, reason: $r) {
+    id streamId reason createdAt expiresAt user { userId username } bannedBy { userId username }
+  }
+}
+"""
+UNBAN = "mutation($s: ID!, $u: ID!) { unbanUser(streamId: $s, userId: $u) }"
+BANS = "query($s: ID!) { chatBans(streamId: $s) { user { userId } bannedBy { userId } reason expiresAt } }"
+SEND = "mutation($s: ID!, $c: String!) { sendChatMessage(streamId: $s, content: $c) { id content senderRole } }"
+SUPERLIKE = "mutation($s: ID!) { sendSuperlike(streamId: $s) { id senderRole } }"
+HISTORY = "query($s: ID!) { chatMessages(streamId: $s) { edges { node { content senderRole sender { userId } } } } }"
+UNKNOWN_ID = "64d15f9e2e6c8f4d5a123000"
+
+
+def ids(users) -> list[str]:
+    return [str(user.id) for user in users]
+
+
+@pytest.fixture
+async def room(make_user, make_stream, client_for):
+    """A stream with its owner, a moderator and two viewers, and a client for each."""
+    owner, moderator, viewer, other = [await make_user() for _ in range(4)]
+    stream = await make_stream(owner)
+    await client_for(owner).data(ADD, {"s": str(stream.id), "u": str(moderator.id)})
+
+    class Room:
+        pass
+
+    room = Room()
+    room.stream, room.s = stream, str(stream.id)
+    room.owner, room.moderator, room.viewer, room.other = owner, moderator, viewer, other
+    room.as_owner, room.as_moderator = client_for(owner), client_for(moderator)
+    room.as_viewer, room.as_other = client_for(viewer), client_for(other)
+    return room
+
+
+def code(error: dict) -> str:
+    return error["extensions"]["code"]
+
+
+# -- moderators ----------------------------------------------------------------------------------
+
+
+async def test_the_owner_appoints_and_dismisses_moderators_idempotently(make_user, make_stream, client_for):
+    owner, first, second = await make_user(), await make_user(), await make_user()
+    stream = await make_stream(owner)
+    client = client_for(owner)
+    variables = {"s": str(stream.id)}
+
+    for _ in range(2):
+        added = (await client.data(ADD, {**variables, "u": str(first.id)}))["addModerator"]
+        assert [m["id"] for m in added["moderators"]] == [str(first.id)]
+    await client.data(ADD, {**variables, "u": str(second.id).upper()})  # any spelling of the id
+    shown = (await client_for(second).data(MODERATORS, variables))["liveStream"]["moderators"]
+    assert shown == [
+        {"id": str(first.id), "username": first.username},
+        {"id": str(second.id), "username": second.username},
+    ]
+
+    for _ in range(2):
+        removed = (await client.data(REMOVE, {**variables, "u": str(first.id)}))["removeModerator"]
+        assert removed["moderators"] == [{"id": str(second.id)}]
+    actions = await ChatStore().moderation_actions(str(stream.id))
+    assert [a.kind for a in actions] == [
+        ModerationActionKind.MODERATOR_ADDED,
+        ModerationActionKind.MODERATOR_ADDED,
+        ModerationActionKind.MODERATOR_REMOVED,
+    ]  # the repeats changed nothing, so recorded nothing
+    assert {a.actor.id for a in actions} == {str(owner.id)}
+
+
+async def test_only_the_owner_appoints_or_dismisses(room):
+    for client in (room.as_moderator, room.as_viewer):
+        for mutation in (ADD, REMOVE):
+            error = await client.error(mutation, {"s": room.s, "u": str(room.other.id)})
+            assert error["extensions"] == {"code": "FORBIDDEN", "statusCode": 403}
+            assert error["message"].startswith("Insufficient permissions")
+    shown = (await room.as_owner.data(MODERATORS, {"s": room.s}))["liveStream"]["moderators"]
+    assert [m["id"] for m in shown] == [str(room.moderator.id)]
+
+
+@pytest.mark.parametrize("mutation", [ADD, REMOVE])
+async def test_moderator_changes_name_a_stream_and_a_user_that_exist(room, mutation):
+    for stream_id, user_id in [(UNKNOWN_ID, str(room.viewer.id)), (room.s, UNKNOWN_ID), (room.s, "nope")]:
+        error = await room.as_owner.error(mutation, {"s": stream_id, "u": user_id})
+        assert code(error) == "NOT_FOUND", (stream_id, user_id)
+
+
+async def test_the_owner_cannot_be_their_own_moderator(room):
+    error = await room.as_owner.error(ADD, {"s": room.s, "u": str(room.owner.id)})
+    assert code(error) == "BAD_USER_INPUT"
+
+
+# -- roles on messages ---------------------------------------------------------------------------
+
+
+async def test_every_message_carries_its_senders_role_as_it_was_when_sent(room):
+    sent = [
+        (await room.as_owner.data(SEND, {"s": room.s, "c": "owner"}))["sendChatMessage"]["senderRole"],
+        (await room.as_moderator.data(SEND, {"s": room.s, "c": "mod"}))["sendChatMessage"]["senderRole"],
+        (await room.as_viewer.data(SEND, {"s": room.s, "c": "viewer"}))["sendChatMessage"]["senderRole"],
+        (await room.as_moderator.data(SUPERLIKE, {"s": room.s}))["sendSuperlike"]["senderRole"],
+    ]
+    assert sent == ["OWNER", "MODERATOR", "VIEWER", "MODERATOR"]
+
+    await room.as_owner.data(REMOVE, {"s": room.s, "u": str(room.moderator.id)})
+    await room.as_owner.data(ADD, {"s": room.s, "u": str(room.viewer.id)})
+    await room.as_moderator.data(SEND, {"s": room.s, "c": "ex-mod"})
+    await room.as_viewer.data(SEND, {"s": room.s, "c": "new mod"})
+
+    history = (await room.as_other.data(HISTORY, {"s": room.s}))["chatMessages"]["edges"]
+    roles = [(e["node"]["content"], e["node"]["senderRole"]) for e in history]
+    assert roles == [
+        ("owner", "OWNER"),
+        ("mod", "MODERATOR"),
+        ("viewer", "VIEWER"),
+        ("", "MODERATOR"),
+        ("ex-mod", "VIEWER"),
+        ("new mod", "MODERATOR"),
+    ]
+
+
+async def test_a_message_stored_before_roles_existed_reads_as_owner_or_viewer(room):
+    await room.as_owner.data(SEND, {"s": room.s, "c": "old owner"})
+    await room.as_moderator.data(SEND, {"s": room.s, "c": "old mod"})
+    collection = ChatMessage.get_pymongo_collection()
+    await collection.update_many({"stream_id": eq(room.s)}, {"$unset": {"sender_role": ""}})
+
+    history = (await room.as_viewer.data(HISTORY, {"s": room.s}))["chatMessages"]["edges"]
+
+    # A moderator's old message cannot say they moderated then: VIEWER, never more.
+    assert [(e["node"]["content"], e["node"]["senderRole"]) for e in history] == [
+        ("old owner", "OWNER"),
+        ("old mod", "VIEWER"),
+    ]
+
+
+# -- bans ----------------------------------------------------------------------------------------
+
+
+async def test_a_banned_user_cannot_send_or_superlike_but_can_read(room, server, http):
+    await room.as_viewer.data(SEND, {"s": room.s, "c": "before the ban"})
+    banned = (await room.as_moderator.data(BAN, {"s": room.s, "u": str(room.viewer.id), "r": "spam"}))["banUser"]
+    assert banned["user"] == {"userId": str(room.viewer.id), "username": room.viewer.username}
+    assert banned["bannedBy"]["userId"] == str(room.moderator.id)
+    assert (banned["reason"], banned["expiresAt"], banned["streamId"]) == ("spam", None, room.s)
+
+    for mutation, variables in [(SEND, {"s": room.s, "c": "after"}), (SUPERLIKE, {"s": room.s})]:
+        error = await room.as_viewer.error(mutation, variables)
+        assert error["extensions"] == {"code": "FORBIDDEN", "statusCode": 403}
+        assert error["message"] == "Insufficient permissions: you are banned from this stream's chat"
+    headers = {"Authorization": server.token(room.viewer)}
+    for path, body in [("messages", {"content": "after"}), ("superlike", None)]:
+        response = await http.post(f"/api/v1/live-stream/{room.s}/chat/{path}", json=body, headers=headers)
+        assert response.status_code == 403, response.text
+        assert response.json()["errors"] == ["Insufficient permissions", "you are banned from this stream's chat"]
+
+    history = (await room.as_viewer.data(HISTORY, {"s": room.s}))["chatMessages"]["edges"]
+    assert [e["node"]["content"] for e in history] == ["before the ban"]
+    rest = await http.get(f"/api/v1/live-stream/{room.s}/chat/messages", headers=headers)
+    assert rest.status_code == 200 and [m["content"] for m in rest.json()["messages"]] == ["before the ban"]
+    # Others still send.
+    assert (await room.as_other.data(SEND, {"s": room.s, "c": "fine"}))["sendChatMessage"]["content"] == "fine"
+
+
+async def test_unbanning_lets_the_user_send_again_and_says_whether_a_ban_held(room):
+    variables = {"s": room.s, "u": str(room.viewer.id)}
+    await room.as_owner.data(BAN, variables)
+    assert code(await room.as_viewer.error(SEND, {"s": room.s, "c": "x"})) == "FORBIDDEN"
+
+    assert (await room.as_moderator.data(UNBAN, variables))["unbanUser"] is True
+    assert (await room.as_owner.data(UNBAN, variables))["unbanUser"] is False
+    assert (await room.as_owner.data(UNBAN, {"s": room.s, "u": str(room.other.id)}))["unbanUser"] is False
+
+    assert (await room.as_viewer.data(SEND, {"s": room.s, "c": "back"}))["sendChatMessage"]["senderRole"] == "VIEWER"
+
+
+async def test_a_moderator_cannot_ban_the_owner_or_another_moderator(room, make_user, client_for):
+    second = await make_user()
+    await room.as_owner.data(ADD, {"s": room.s, "u": str(second.id)})
+
+    for target in (room.owner, second):
+        error = await room.as_moderator.error(BAN, {"s": room.s, "u": str(target.id)})
+        assert error["extensions"] == {"code": "FORBIDDEN", "statusCode": 403}
+    assert (await room.as_owner.data(BANS, {"s": room.s}))["chatBans"] == []
+    for target in (room.owner, second):
+        sent = await client_for(target).data(SEND, {"s": room.s, "c": "still here"})
+        assert sent["sendChatMessage"]["senderRole"] in {"OWNER", "MODERATOR"}
+    # Still a moderator, with nothing recorded against them.
+    assert str(second.id) in [
+        m["id"] for m in (await room.as_owner.data(MODERATORS, {"s": room.s}))["liveStream"]["moderators"]
+    ]
+
+
+async def test_viewers_cannot_ban_unban_or_see_bans(room):
+    await room.as_owner.data(BAN, {"s": room.s, "u": str(room.other.id)})
+    for operation, variables in [
+        (BAN, {"s": room.s, "u": str(room.other.id)}),
+        (UNBAN, {"s": room.s, "u": str(room.other.id)}),
+        (BANS, {"s": room.s}),
+    ]:
+        error = await room.as_viewer.error(operation, variables)
+        assert error["extensions"] == {"code": "FORBIDDEN", "statusCode": 403}, operation
+    assert code(await room.as_other.error(SEND, {"s": room.s, "c": "still banned"})) == "FORBIDDEN"
+
+
+async def test_no_one_bans_the_owner_or_themselves(room):
+    assert code(await room.as_owner.error(BAN, {"s": room.s, "u": str(room.owner.id)})) == "BAD_USER_INPUT"
+    assert code(await room.as_moderator.error(BAN, {"s": room.s, "u": str(room.moderator.id)})) == "BAD_USER_INPUT"
+    assert code(await room.as_moderator.error(BAN, {"s": room.s, "u": str(room.owner.id)})) == "FORBIDDEN"
+
+
+@pytest.mark.parametrize(("stream_id", "user_id"), [(UNKNOWN_ID, None), (None, UNKNOWN_ID), (None, "nope")])
+async def test_bans_name_a_stream_and_a_user_that_exist(room, stream_id, user_id):
+    variables = {"s": stream_id or room.s, "u": user_id or str(room.viewer.id)}
+    assert code(await room.as_owner.error(BAN, variables)) == "NOT_FOUND"
+    assert code(await room.as_owner.error(UNBAN, variables)) == "NOT_FOUND"
+
+
+@pytest.mark.parametrize("duration", [0, -1, MAX_BAN_SECONDS + 1])
+async def test_a_timeout_is_1_second_to_14_days(room, duration):
+    error = await room.as_owner.error(BAN, {"s": room.s, "u": str(room.viewer.id), "d": duration})
+    assert code(error) == "BAD_USER_INPUT" and "durationSeconds" in error["message"]
+    assert (await room.as_owner.data(BANS, {"s": room.s}))["chatBans"] == []
+
+
+async def test_a_reason_is_at_most_500_characters_of_text(room):
+    variables = {"s": room.s, "u": str(room.viewer.id)}
+    assert code(await room.as_owner.error(BAN, {**variables, "r": "x" * 501})) == "BAD_USER_INPUT"
+    assert code(await room.as_owner.error(BAN, {**variables, "r": "bad\x00"})) == "BAD_USER_INPUT"
+    banned = (await room.as_owner.data(BAN, {**variables, "r": "  " + "y" * 500 + " "}))["banUser"]
+    assert banned["reason"] == "y" * 500
+
+
+async def test_chat_bans_lists_the_bans_holding_with_who_when_and_why(room):
+    before = utcnow()
+    await room.as_owner.data(BAN, {"s": room.s, "u": str(room.viewer.id), "r": "abuse"})
+    timed = (await room.as_moderator.data(BAN, {"s": room.s, "u": str(room.other.id), "d": 600}))["banUser"]
+    created = datetime.fromisoformat(timed["createdAt"])
+    assert created >= before
+    assert datetime.fromisoformat(timed["expiresAt"]) - created == timedelta(seconds=600)
+
+    for client in (room.as_owner, room.as_moderator):
+        bans = (await client.data(BANS, {"s": room.s}))["chatBans"]
+        assert bans == [
+            {
+                "user": {"userId": str(room.viewer.id)},
+                "bannedBy": {"userId": str(room.owner.id)},
+                "reason": "abuse",
+                "expiresAt": None,
+            },
+            {
+                "user": {"userId": str(room.other.id)},
+                "bannedBy": {"userId": str(room.moderator.id)},
+                "reason": None,
+                "expiresAt": timed["expiresAt"],
+            },
+        ]
+
+    await room.as_owner.data(UNBAN, {"s": room.s, "u": str(room.viewer.id)})
+    assert [b["user"]["userId"] for b in (await room.as_owner.data(BANS, {"s": room.s}))["chatBans"]] == [
+        str(room.other.id)
+    ]
+
+
+async def test_a_one_second_timeout_lifts_itself(room):
+    await room.as_moderator.data(BAN, {"s": room.s, "u": str(room.viewer.id), "d": 1})
+    assert code(await room.as_viewer.error(SEND, {"s": room.s, "c": "too soon"})) == "FORBIDDEN"
+
+    # Bounded poll on the clock (the injected-clock test below covers the rule itself).
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        body = await room.as_viewer.execute(SEND, {"s": room.s, "c": "free"})
+        if "errors" not in body:
+            break
+        assert code(body["errors"][0]) == "FORBIDDEN"
+        assert asyncio.get_running_loop().time() < deadline, "the timeout never lifted"
+        await asyncio.sleep(0.2)
+    assert (await room.as_owner.data(BANS, {"s": room.s}))["chatBans"] == []
+    assert (await room.as_owner.data(UNBAN, {"s": room.s, "u": str(room.viewer.id)}))["unbanUser"] is False
+
+
+async def test_the_owner_banning_a_moderator_dismisses_them(room):
+    await room.as_owner.data(BAN, {"s": room.s, "u": str(room.moderator.id), "r": "rogue"})
+
+    assert (await room.as_owner.data(MODERATORS, {"s": room.s}))["liveStream"]["moderators"] == []
+    assert code(await room.as_moderator.error(SEND, {"s": room.s, "c": "x"})) == "FORBIDDEN"
+    assert code(await room.as_moderator.error(BAN, {"s": room.s, "u": str(room.viewer.id)})) == "FORBIDDEN"
+    kinds = [a.kind for a in await ChatStore().moderation_actions(room.s)]
+    assert kinds[-2:] == [ModerationActionKind.MODERATOR_REMOVED, ModerationActionKind.USER_BANNED]
+
+
+async def test_appointing_a_banned_user_lifts_their_ban(room):
+    await room.as_owner.data(BAN, {"s": room.s, "u": str(room.viewer.id)})
+    await room.as_owner.data(ADD, {"s": room.s, "u": str(room.viewer.id)})
+
+    assert (await room.as_owner.data(BANS, {"s": room.s}))["chatBans"] == []
+    assert (await room.as_viewer.data(SEND, {"s": room.s, "c": "hi"}))["sendChatMessage"]["senderRole"] == "MODERATOR"
+
+
+async def test_every_change_is_recorded_with_who_when_and_why(room):
+    start = utcnow()
+    await room.as_moderator.data(BAN, {"s": room.s, "u": str(room.viewer.id), "d": 60, "r": "caps"})
+    await room.as_owner.data(UNBAN, {"s": room.s, "u": str(room.viewer.id)})
+
+    actions = await ChatStore().moderation_actions(room.s)
+    assert [(a.kind, a.actor.id, a.target.id, a.reason) for a in actions] == [
+        (ModerationActionKind.MODERATOR_ADDED, str(room.owner.id), str(room.moderator.id), None),
+        (ModerationActionKind.USER_BANNED, str(room.moderator.id), str(room.viewer.id), "caps"),
+        (ModerationActionKind.USER_UNBANNED, str(room.owner.id), str(room.viewer.id), None),
+    ]
+    banned = actions[1]
+    assert banned.created_at >= start and banned.expires_at == banned.created_at + timedelta(seconds=60)
+
+
+async def test_a_ban_made_through_one_replica_holds_on_another_at_once(room, server, make_settings):
+    async with (
+        serve(create_app(make_settings(), database=server.services.database)) as other,
+        httpx.AsyncClient(base_url=other.url, timeout=10) as http,
+    ):
+        viewer_there = GraphQLClient(http, other.token(room.viewer))
+        assert (await viewer_there.data(SEND, {"s": room.s, "c": "hi"}))["sendChatMessage"]
+        await room.as_moderator.data(BAN, {"s": room.s, "u": str(room.viewer.id)})
+        assert code(await viewer_there.error(SEND, {"s": room.s, "c": "x"})) == "FORBIDDEN"
+        await room.as_owner.data(UNBAN, {"s": room.s, "u": str(room.viewer.id)})
+        assert (await viewer_there.data(SEND, {"s": room.s, "c": "back"}))["sendChatMessage"]
+
+
+# -- the rules on an injected clock --------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = utcnow()
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+async def test_a_timeout_holds_until_its_end_and_not_after(server, make_user, make_stream):
+    clock = FakeClock()
+    moderation = Moderation(ChatStore(), server.chat.get_stream, clock)
+    owner, viewer = await make_user(), await make_user()
+    stream = await make_stream(owner)
+    s = str(stream.id)
+
+    ban = await moderation.ban(owner, s, str(viewer.id), 60, "cool off")
+    assert ban.ban.expires_at == clock.now + timedelta(seconds=60)
+
+    clock.now += timedelta(seconds=59, milliseconds=999)
+    with pytest.raises(Forbidden):
+        await moderation.admit_sender(viewer, stream)
+    assert [b.user_id for b in await moderation.bans(owner, s)] == [str(viewer.id)]
+
+    clock.now += timedelta(milliseconds=1)
+    assert await moderation.admit_sender(viewer, stream) is ChatRole.VIEWER
+    assert await moderation.bans(owner, s) == []
+    assert await moderation.unban(owner, s, str(viewer.id)) is False  # an expired ban is no ban
+
+
+async def test_a_permanent_ban_never_lifts_itself(server, make_user, make_stream):
+    clock = FakeClock()
+    moderation = Moderation(ChatStore(), server.chat.get_stream, clock)
+    owner, viewer = await make_user(), await make_user()
+    stream = await make_stream(owner)
+
+    await moderation.ban(owner, str(stream.id), str(viewer.id))
+    clock.now += timedelta(days=365 * 10)
+
+    with pytest.raises(Forbidden):
+        await moderation.admit_sender(viewer, stream)
+    with pytest.raises(BadUserInput):
+        await moderation.ban(owner, str(stream.id), str(viewer.id), MAX_BAN_SECONDS + 1)
