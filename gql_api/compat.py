@@ -27,6 +27,7 @@ Everything here is also correct, and means the same, on a real MongoDB:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,7 +35,6 @@ from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
-
 
 EMPTY_BATCH_PAUSE_SECONDS = 0.01
 
@@ -83,14 +83,15 @@ async def count_matching(collection: AsyncCollection[dict[str, Any]], condition:
     return len([1 async for _ in collection.find(condition, {"_id": 1})])
 
 
-def is_duplicate_of(exc: DuplicateKeyError, field: str) -> bool:
+def is_duplicate_of(exc: DuplicateKeyError | Mapping[str, Any], field: str) -> bool:
     """Whether a duplicate-key error is about an index over ``field``.
 
+    ``exc`` is the error of a single write, or one of the ``writeErrors`` of a bulk write.
     MongoDB names the index and its key pattern (its message also quotes the duplicate
     values, so it is not searched); nx-27017 names only its own index name, which contains
     the field names.
     """
-    details = exc.details or {}
+    details = (exc.details or {}) if isinstance(exc, DuplicateKeyError) else exc
     if pattern := details.get("keyPattern"):
         return field in pattern
     return field in str(details.get("errmsg", exc))

@@ -34,9 +34,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from beanie import PydanticObjectId
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from gql_api.compat import (
     EMPTY_BATCH_PAUSE_SECONDS,
@@ -69,6 +70,7 @@ __all__ = [
     "ChatStore",
     "DedupKeyTaken",
     "DuplicateKey",
+    "InsertStopped",
     "RateWindow",
     "SeqTaken",
     "TargetIsModerator",
@@ -99,6 +101,23 @@ class DedupKeyTaken(DuplicateKey):
 
 class UsernameTaken(DuplicateKey):
     """Another user has this username."""
+
+
+class InsertStopped(Exception):
+    """An ordered insert of several entries stopped at a duplicate key.
+
+    ``stored`` entries before it are stored, in order; the one at that index (which
+    ``cause`` names: ``SeqTaken`` or ``DedupKeyTaken``) and every one after it are not.
+    """
+
+    def __init__(self, stored: int, cause: DuplicateKey) -> None:
+        super().__init__(f"stopped after {stored} entries: {type(cause).__name__}")
+        self.stored = stored
+        self.cause = cause
+
+
+# Duplicate-key errors, the one code a unique index raises.
+_DUPLICATE_KEY = 11000
 
 
 class TargetIsModerator(Exception):
@@ -201,6 +220,31 @@ class ChatStore:
             if is_duplicate_of(exc, "dedup_key"):
                 raise DedupKeyTaken() from exc
             raise
+
+    async def insert_entries(self, entries: list[ChatMessage]) -> None:
+        """Store consecutive entries of one stream's log in one ordered insert (a group commit).
+
+        Each entry is given its id first. An insert that stops at a duplicate key raises
+        ``InsertStopped``: an ordered insert stores every entry before the failing one and
+        none after it, on MongoDB and nx-27017 alike.
+        """
+        for entry in entries:
+            if entry.id is None:
+                entry.id = PydanticObjectId()
+        try:
+            await detached(ChatMessage.insert_many(entries, ordered=True))
+        except BulkWriteError as exc:
+            [error, *_] = exc.details.get("writeErrors") or [{}]
+            if error.get("code") != _DUPLICATE_KEY:
+                raise
+            cause: DuplicateKey
+            if is_duplicate_of(error, "seq"):
+                cause = SeqTaken()
+            elif is_duplicate_of(error, "dedup_key"):
+                cause = DedupKeyTaken()
+            else:
+                raise
+            raise InsertStopped(error["index"], cause) from exc
 
     async def newest(self, stream_id: str) -> ChatMessage | None:
         """The newest entry of the stream's log (its end entry once it has ended); None when empty."""
