@@ -285,3 +285,28 @@ async def test_a_cursor_ahead_of_the_live_feed_skips_what_it_already_covers(serv
         await asyncio.wait_for(task, 10)
 
     assert received == [m.seq for m in messages[2:]]
+
+
+async def test_deletions_are_kept_only_for_what_a_queue_can_still_hold(log):
+    hub = MessageHub(log, queue_size=3)
+    hub.message_deleted(STREAM, 1)  # no subscriber here: nothing to hold back, nothing kept
+    async with hub.subscribe(STREAM) as subscriber:
+
+        async def deliver(count: int) -> None:
+            for message in log.append(count):
+                await hub.deliver(message)
+                await anext(subscriber)  # sent: the queue stays short
+
+        assert not hub.is_deleted(STREAM, 1)
+        await deliver(5)
+        hub.message_deleted(STREAM, 3)
+        hub.message_deleted(STREAM, 7)  # not delivered yet: held back when it comes
+        assert hub.is_deleted(STREAM, 3) and hub.is_deleted(STREAM, 7)
+        hub.message_deleted(STREAM, 2)  # older than any queue holds: already sent or dropped
+        assert not hub.is_deleted(STREAM, 2)
+        await deliver(5)
+        # 10 delivered: a queue holds 8 to 10 at most, so pruning drops 3 and 7.
+        hub.message_deleted(STREAM, 9)
+        assert not hub.is_deleted(STREAM, 3) and not hub.is_deleted(STREAM, 7)
+        assert hub.is_deleted(STREAM, 9)
+    assert not hub.is_deleted(STREAM, 9)  # gone with the group
