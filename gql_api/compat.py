@@ -22,7 +22,8 @@ Everything here is also correct, and means the same, on a real MongoDB:
   type. Times that are updated live in subdocuments (see ``store``: moderation).
 - A change event's document id is read from ``documentKey._id``: nx-27017 sends
   ``fullDocument._id`` as a dict, and the rest of the document as extended JSON. Its
-  duplicate-key errors name the index but not its key pattern.
+  duplicate-key errors name the index but not its key pattern. Its update events have no
+  ``updateDescription``, but carry the whole updated document (``change_event_updated_fields``).
 """
 
 from __future__ import annotations
@@ -57,6 +58,17 @@ def change_event_document(event: dict[str, Any]) -> dict[str, Any]:
     document: dict[str, Any] = _from_extended_json(event["fullDocument"])
     document["_id"] = event["documentKey"]["_id"]
     return document
+
+
+def change_event_updated_fields(event: dict[str, Any]) -> dict[str, Any]:
+    """The fields an update event says were set, with BSON types: MongoDB's
+    ``updateDescription.updatedFields``, or, from nx-27017 (which sends no description), the
+    whole updated document, which holds them too."""
+    fields = (event.get("updateDescription") or {}).get("updatedFields")
+    if fields is None:
+        fields = event.get("fullDocument") or {}
+    result: dict[str, Any] = _from_extended_json(fields)
+    return result
 
 
 def _from_extended_json(value: Any) -> Any:

@@ -1,4 +1,5 @@
-"""How new entries of the streams' logs (messages, and stream ends) reach this process's hub.
+"""How new entries of the streams' logs (messages, and stream ends), and deletions of
+messages, reach this process's hub.
 
 With change streams (a replica set, or the embedded server) every API process watches the
 messages collection once and feeds its own hub, so a message sent through any replica reaches
@@ -20,7 +21,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 from gql_api.database import Database
 from gql_api.documents import ChatMessage, User
 from gql_api.hub import MessageHub
-from gql_api.store import EMPTY_BATCH_PAUSE_SECONDS, message_from_change_event
+from gql_api.store import EMPTY_BATCH_PAUSE_SECONDS, deletion_from_change_event, message_from_change_event
 from gql_api.users import UserCache
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,10 @@ class Delivery:
             await self.hub.deliver(message)
         except Exception:  # the message is stored; a subscriber catches up on the next one
             logger.exception("Could not deliver message %s live", message.id)
+
+    async def message_deleted(self, message: ChatMessage) -> None:
+        """Called once a message is deleted: subscribers that have not been sent it never are."""
+        self.hub.message_deleted(message.stream_id, message.seq)
 
 
 class ChangeStreamDelivery(Delivery):
@@ -106,6 +111,8 @@ class ChangeStreamDelivery(Delivery):
             message = message_from_change_event(event)
             self.hub.metrics.change_event(message.created_at)
             await self.hub.deliver(message)
+        elif event.get("operationType") == "update" and (deletion := deletion_from_change_event(event)):
+            self.hub.message_deleted(deletion.stream_id, deletion.seq)
 
     async def _on_messages_open(self, reopened: bool) -> None:
         if reopened:

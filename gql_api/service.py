@@ -306,6 +306,26 @@ class ChatService:
                 "Resource already exists: your superlike of this stream is stored already (one per user)"
             ) from exc
 
+    async def delete_message(
+        self, actor: User, stream_id: str, message_id: str, reason: str | None = None
+    ) -> ChatMessage:
+        """Delete a message (see ``Moderation.delete_message``): its tombstone, which keeps the
+        message's place in the log with its content emptied. Idempotent.
+
+        Live subscribers that have the message queued but not yet sent are never sent it: this
+        process holds it back at once, others as soon as their change stream brings the update.
+        """
+        return await self._delete(actor, _stream_key(stream_id), message_id, reason)
+
+    async def delete_message_by_id(self, actor: User, message_id: str, reason: str | None = None) -> ChatMessage:
+        """``delete_message`` for a message named by its id alone (GraphQL's ``deleteChatMessage``)."""
+        return await self._delete(actor, None, message_id, reason)
+
+    async def _delete(self, actor: User, stream_id: str | None, message_id: str, reason: str | None) -> ChatMessage:
+        tombstone, _ = await self.moderation.delete_message(actor, stream_id, message_id, reason)
+        await self.delivery.message_deleted(tombstone)  # again on a repeat: cheap, and covers a crash in between
+        return tombstone
+
     async def list_messages(self, stream_id: str, request: PageRequest) -> Page[ChatMessage]:
         """One page of a stream's history, oldest first."""
         key = str((await self.get_stream(stream_id)).id)
@@ -331,7 +351,8 @@ class ChatService:
         """Every message after the cursor ``after`` (or from now), in order, each once.
 
         Ends when the stream ends, after its last message. Stored messages are replayed first,
-        then live ones, with nothing missed or repeated at the switch-over.
+        then live ones, with nothing missed or repeated at the switch-over. Deleted messages are
+        left out, from replay and from the live queue alike (see ``delete_message``).
         """
         after_seq = decode_cursor(after, argument="after") if after is not None else None
         key = _stream_key(stream_id)
@@ -342,14 +363,21 @@ class ChatService:
             if after_seq is not None:
                 through = None if ended else subscriber.start_seq
                 async for message in self.store.replay(key, after=after_seq, through=through):
-                    yield message
+                    if message.deletion is None:
+                        yield message
             if ended:
                 return
             # A cursor ahead of what this process has delivered (a message stored, not yet seen
             # on the change stream): the live messages up to it were asked to be skipped.
             skip_through = after_seq if after_seq is not None else 0
             async for message in subscriber:
-                if message.seq > skip_through:
+                # A message deleted while it waited in the queue (or stored as a tombstone, when
+                # the hub read it back from history) is never sent.
+                if (
+                    message.seq > skip_through
+                    and message.deletion is None
+                    and not self.hub.is_deleted(key, message.seq)
+                ):
                     yield message
 
     # -- internals -------------------------------------------------------------------------

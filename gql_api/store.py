@@ -42,6 +42,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from gql_api.compat import (
     EMPTY_BATCH_PAUSE_SECONDS,
     change_event_document,
+    change_event_updated_fields,
     count_matching,
     eq,
     is_duplicate_of,
@@ -54,6 +55,7 @@ from gql_api.documents import (
     ChatMessage,
     ChatRateWindow,
     LiveStream,
+    MessageDeletion,
     MessageKind,
     ModerationAction,
     PublicProfile,
@@ -160,6 +162,12 @@ def member_key(stream_id: str, user_id: str) -> str:
 def message_from_change_event(event: dict[str, Any]) -> ChatMessage:
     """The entry an insert event on the messages collection carries."""
     return ChatMessage.model_validate(change_event_document(event))
+
+
+def deletion_from_change_event(event: dict[str, Any]) -> MessageDeletion | None:
+    """The deletion an update event on the messages collection carries, if it is one."""
+    deletion = change_event_updated_fields(event).get("deletion")
+    return MessageDeletion.model_validate(deletion) if isinstance(deletion, dict) else None
 
 
 def _window(after: int | None, before: int | None) -> dict[str, int]:
@@ -297,6 +305,31 @@ class ChatStore:
         """The stream's entry with this dedup key, if it has one."""
         condition = {"stream_id": eq(stream_id), "dedup_key": eq(dedup_key)}
         return await detached(ChatMessage.find_one(condition))
+
+    async def message(self, stream_id: str | None, message_id: str) -> ChatMessage | None:
+        """The message (not an end entry) with this id, of the stream ``stream_id`` unless it is
+        None; None when there is none (also when ``message_id`` cannot be an id)."""
+        object_id = parse_object_id(message_id)
+        if object_id is None:
+            return None
+        condition: dict[str, Any] = {"_id": object_id}
+        if stream_id is not None:
+            condition["stream_id"] = eq(stream_id)
+        raw = await detached(ChatMessage.get_pymongo_collection().find_one(condition))
+        message = ChatMessage.model_validate(raw) if raw is not None else None
+        return message if message is not None and message.kind in VISIBLE_KINDS else None
+
+    async def delete_message(self, message: ChatMessage, deletion: MessageDeletion) -> ChatMessage | None:
+        """Turn a message into its tombstone (content emptied, ``deletion`` set), in one
+        conditional write by ``_id``: the tombstone, or None when it was deleted already."""
+        raw = await detached(
+            ChatMessage.get_pymongo_collection().find_one_and_update(
+                {"_id": message.id, "deletion": eq(None)},
+                {"$set": {"content": "", "deletion": deletion.model_dump()}},
+                return_document=ReturnDocument.AFTER,
+            )
+        )
+        return ChatMessage.model_validate(raw) if raw is not None else None
 
     async def superlike_count(self, stream_id: str) -> int:
         """How many superlikes the stream has stored."""
