@@ -78,6 +78,13 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     parser.add_argument(
         "--no-compression", dest="compression", action="store_const", const="off", help="the same as --compression off"
     )
+    parser.add_argument(
+        "--only",
+        choices=["all", "writes"],
+        default="all",
+        help="run every phase (all, the default), or only the write phases of the project: "
+        "sendChatMessage in one stream and in many, and raw insert_one (writes)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the raw results as JSON")
     parser.add_argument(
         "--profile",
@@ -116,6 +123,8 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     if len(values["messages"]) != len(values["sizes"]) or (args.sizes and not args.messages):
         values["messages"] = [max(8, min(100, 30_000 // size)) for size in values["sizes"]]
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    if args.only == "writes":  # the write phases are the project's, and need no seeded history
+        targets, values["history"] = ["project"], []
     unknown = set(targets) - set(STARTERS)
     if unknown:
         parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
@@ -126,6 +135,7 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
         profile_dir=args.profile,
         profile_format=args.profile_format,
         profile_native=args.profile_native,
+        writes_only=args.only == "writes",
     )
     if config.profile_dir is not None:
         if py_spy() is None:

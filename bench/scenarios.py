@@ -374,27 +374,28 @@ async def bench_target(name: str, config: Config, workdir: Path) -> dict[str, An
                 await load.ensure(0)  # a broken phase must not leave load behind for the next
                 raise
 
-        await phase(results, "warmup", lambda: with_reset(warm_up))
-        await phase(results, "memory", lambda: with_reset(lambda: memory(load)))
-        rate_done = config.rate_subscribers <= 0 or config.rate <= 0
-        for size, n_messages in sorted(zip(config.sizes, config.messages, strict=True), reverse=True):
+        if not config.writes_only:
+            await phase(results, "warmup", lambda: with_reset(warm_up))
+            await phase(results, "memory", lambda: with_reset(lambda: memory(load)))
+            rate_done = config.rate_subscribers <= 0 or config.rate <= 0
+            for size, n_messages in sorted(zip(config.sizes, config.messages, strict=True), reverse=True):
 
-            async def run_fanout(size: int = size, n_messages: int = n_messages) -> dict[str, Any]:
-                await load.ensure(size)
-                return await fanout(load, n_messages)
+                async def run_fanout(size: int = size, n_messages: int = n_messages) -> dict[str, Any]:
+                    await load.ensure(size)
+                    return await fanout(load, n_messages)
 
-            await phase(results, f"fanout_{size}", lambda: with_reset(run_fanout))
-            if not rate_done and size == config.rate_subscribers:
-                await phase(results, "fixed_rate", lambda: with_reset(lambda: fixed_rate(load)))
-                await load.ensure(0)  # drop whatever an overloaded server still has queued
-                rate_done = True
-        if not rate_done:
+                await phase(results, f"fanout_{size}", lambda: with_reset(run_fanout))
+                if not rate_done and size == config.rate_subscribers:
+                    await phase(results, "fixed_rate", lambda: with_reset(lambda: fixed_rate(load)))
+                    await load.ensure(0)  # drop whatever an overloaded server still has queued
+                    rate_done = True
+            if not rate_done:
 
-            async def run_rate() -> dict[str, Any]:
-                await load.ensure(config.rate_subscribers)
-                return await fixed_rate(load)
+                async def run_rate() -> dict[str, Any]:
+                    await load.ensure(config.rate_subscribers)
+                    return await fixed_rate(load)
 
-            await phase(results, "fixed_rate", lambda: with_reset(run_rate))
+                await phase(results, "fixed_rate", lambda: with_reset(run_rate))
         await load.close()
         if name == "project" and config.writes_and_history:
 
@@ -410,7 +411,7 @@ async def bench_target(name: str, config: Config, workdir: Path) -> dict[str, An
             await phase(results, "send_one_stream", lambda: send_throughput(target, config, [target.stream_id]))
             await phase(results, "send_many_streams", many_streams)
             await phase(results, "raw_insert", lambda: raw_inserts(target, config))
-            if target.history_streams:
+            if target.history_streams and not config.writes_only:
                 await phase(results, "history", lambda: history_latency(target, config))
         results["rss_end_kib"] = rss_kib(target.server.pid)
         results["reopened_subscriptions"] = load.reopened

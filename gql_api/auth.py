@@ -12,6 +12,7 @@ from gql_api.documents import User
 from gql_api.errors import Unauthenticated
 from gql_api.settings import Settings
 from gql_api.store import ChatStore
+from gql_api.users import UserCache
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +58,11 @@ class TokenClaims:
 class Authenticator:
     """Verifies tokens against the configured key, algorithm, issuer and audience."""
 
-    def __init__(self, settings: Settings, store: ChatStore | None = None) -> None:
-        # Issuing needs no database; only ``authenticate`` looks the user up.
+    def __init__(self, settings: Settings, store: ChatStore | None = None, users: UserCache | None = None) -> None:
+        # Issuing needs no database; only ``authenticate`` looks the user up (in ``users``
+        # first, when a change stream keeps it fresh).
         self.store = store or ChatStore()
+        self.users = users or UserCache()
         self._algorithm = settings.jwt_algorithm
         self._verify_key = settings.verification_key()
         self._sign_key = None if self._algorithm.startswith("RS") else settings.signing_key()
@@ -110,7 +113,12 @@ class Authenticator:
     async def authenticate_claims(self, token: str | None) -> tuple[User, TokenClaims]:
         """The existing user a valid token names, and the token's claims (for its expiry)."""
         claims = self.verify(token)
-        user = await self.store.user_by_id(claims.user_id)
+        user = self.users.get(claims.user_id)
+        if user is None:
+            generation = self.users.generation
+            user = await self.store.user_by_id(claims.user_id)
+            if user is not None:
+                self.users.put(user, generation)
         if user is None:
             raise Unauthenticated("Authentication required: the token's user does not exist")
         return user, claims

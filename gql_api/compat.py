@@ -22,11 +22,13 @@ Everything here is also correct, and means the same, on a real MongoDB:
   type. Times that are updated live in subdocuments (see ``store``: moderation).
 - A change event's document id is read from ``documentKey._id``: nx-27017 sends
   ``fullDocument._id`` as a dict, and the rest of the document as extended JSON. Its
-  duplicate-key errors name the index but not its key pattern.
+  duplicate-key errors name the index but not its key pattern. Its update events have no
+  ``updateDescription``, but carry the whole updated document (``change_event_updated_fields``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,7 +36,6 @@ from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
-
 
 EMPTY_BATCH_PAUSE_SECONDS = 0.01
 
@@ -57,6 +58,17 @@ def change_event_document(event: dict[str, Any]) -> dict[str, Any]:
     document: dict[str, Any] = _from_extended_json(event["fullDocument"])
     document["_id"] = event["documentKey"]["_id"]
     return document
+
+
+def change_event_updated_fields(event: dict[str, Any]) -> dict[str, Any]:
+    """The fields an update event says were set, with BSON types: MongoDB's
+    ``updateDescription.updatedFields``, or, from nx-27017 (which sends no description), the
+    whole updated document, which holds them too."""
+    fields = (event.get("updateDescription") or {}).get("updatedFields")
+    if fields is None:
+        fields = event.get("fullDocument") or {}
+    result: dict[str, Any] = _from_extended_json(fields)
+    return result
 
 
 def _from_extended_json(value: Any) -> Any:
@@ -83,14 +95,15 @@ async def count_matching(collection: AsyncCollection[dict[str, Any]], condition:
     return len([1 async for _ in collection.find(condition, {"_id": 1})])
 
 
-def is_duplicate_of(exc: DuplicateKeyError, field: str) -> bool:
+def is_duplicate_of(exc: DuplicateKeyError | Mapping[str, Any], field: str) -> bool:
     """Whether a duplicate-key error is about an index over ``field``.
 
+    ``exc`` is the error of a single write, or one of the ``writeErrors`` of a bulk write.
     MongoDB names the index and its key pattern (its message also quotes the duplicate
     values, so it is not searched); nx-27017 names only its own index name, which contains
     the field names.
     """
-    details = exc.details or {}
+    details = (exc.details or {}) if isinstance(exc, DuplicateKeyError) else exc
     if pattern := details.get("keyPattern"):
         return field in pattern
     return field in str(details.get("errmsg", exc))

@@ -1,4 +1,5 @@
-"""How new entries of the streams' logs (messages, and stream ends) reach this process's hub.
+"""How new entries of the streams' logs (messages, and stream ends), and deletions of
+messages, reach this process's hub.
 
 With change streams (a replica set, or the embedded server) every API process watches the
 messages collection once and feeds its own hub, so a message sent through any replica reaches
@@ -12,14 +13,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pymongo.errors import OperationFailure, PyMongoError
 
 from gql_api.database import Database
-from gql_api.documents import ChatMessage
+from gql_api.documents import ChatMessage, User
 from gql_api.hub import MessageHub
-from gql_api.store import EMPTY_BATCH_PAUSE_SECONDS, message_from_change_event
+from gql_api.store import EMPTY_BATCH_PAUSE_SECONDS, deletion_from_change_event, message_from_change_event
+from gql_api.users import UserCache
 
 logger = logging.getLogger(__name__)
 
@@ -52,34 +55,53 @@ class Delivery:
         except Exception:  # the message is stored; a subscriber catches up on the next one
             logger.exception("Could not deliver message %s live", message.id)
 
+    async def message_deleted(self, message: ChatMessage) -> None:
+        """Called once a message is deleted: subscribers that have not been sent it never are."""
+        self.hub.message_deleted(message.stream_id, message.seq)
+
 
 class ChangeStreamDelivery(Delivery):
-    """One change stream per process on the messages collection, feeding the hub."""
+    """One change stream per process on the messages collection, feeding the hub; and, with
+    a ``UserCache``, one on the users collection, keeping the cache fresh."""
 
     cross_process = True
 
-    def __init__(self, hub: MessageHub[ChatMessage], database: Database) -> None:
+    def __init__(self, hub: MessageHub[ChatMessage], database: Database, users: UserCache | None = None) -> None:
         super().__init__(hub)
         self._database = database
-        self._task: asyncio.Task[None] | None = None
+        self._users = users
+        self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self.connected = asyncio.Event()
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._follow(ChatMessage.Settings.name), name="feed:messages")
+        self._tasks.append(
+            asyncio.create_task(
+                self._follow(ChatMessage.Settings.name, self._on_message, self._on_messages_open),
+                name="feed:messages",
+            )
+        )
+        if self._users is not None:
+            users = self._users
+            self._tasks.append(
+                asyncio.create_task(
+                    self._follow(User.Settings.name, self._on_user, self._on_users_open, users.closed),
+                    name="feed:users",
+                )
+            )
 
     async def stop(self) -> None:
         # Ask the followers to finish their current read rather than cancel them in the middle
         # of it: pymongo's async driver can hang a task cancelled mid-operation (see
         # ``store.detached``). Cancel only what has not stopped in time.
         self._stopping.set()
-        if self._task is None:
+        if not self._tasks:
             return
-        _, late = await asyncio.wait({self._task}, timeout=STOP_TIMEOUT_SECONDS)
+        _, late = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT_SECONDS)
         for task in late:
             task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-        self._task = None
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
 
     async def message_stored(self, message: ChatMessage) -> None:
         """Nothing to do: the change stream brings it to every process, this one included."""
@@ -89,9 +111,36 @@ class ChangeStreamDelivery(Delivery):
             message = message_from_change_event(event)
             self.hub.metrics.change_event(message.created_at)
             await self.hub.deliver(message)
+        elif event.get("operationType") == "update" and (deletion := deletion_from_change_event(event)):
+            self.hub.message_deleted(deletion.stream_id, deletion.seq)
 
-    async def _follow(self, collection: str) -> None:
-        """Watch one collection for ever: resume from the last token after any failure."""
+    async def _on_messages_open(self, reopened: bool) -> None:
+        if reopened:
+            # What was stored while no stream was open, after a failure or a clean close
+            # alike: a stream's end is its last entry, and no later event would pull it in.
+            await self.hub.resync()
+        self.connected.set()
+
+    async def _on_users_open(self, reopened: bool) -> None:
+        assert self._users is not None
+        self._users.opened()
+
+    async def _on_user(self, event: dict[str, Any]) -> None:
+        assert self._users is not None
+        self._users.changed(str(event["documentKey"]["_id"]))
+
+    async def _follow(
+        self,
+        collection: str,
+        on_event: Callable[[dict[str, Any]], Awaitable[None]],
+        on_open: Callable[[bool], Awaitable[None]],
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        """Watch one collection for ever: resume from the last token after any failure.
+
+        ``on_open`` runs each time the stream opens (told, for the messages, whether it is
+        reopened), ``on_close`` each time it breaks or stops.
+        """
         token: Any = None
         failures = 0
         opened = False
@@ -101,21 +150,20 @@ class ChangeStreamDelivery(Delivery):
                 async with await watch(resume_after=token, max_await_time_ms=AWAIT_MS) as stream:
                     if failures:
                         logger.info("Change stream on %s resumed", collection)
-                    if opened or failures:
-                        # What was stored while no stream was open, after a failure or a clean
-                        # close alike: a stream's end is its last entry, and no later event
-                        # would ever pull it in.
-                        await self.hub.resync()
+                    await on_open(opened or failures > 0)
                     opened = True
                     failures = 0
-                    self.connected.set()
-                    while stream.alive and not self._stopping.is_set():
-                        event = await stream.try_next()
-                        if event is None:
-                            await self._pause(EMPTY_BATCH_PAUSE_SECONDS)
-                            continue
-                        await self._on_message(event)
-                        token = event["_id"]
+                    try:
+                        while stream.alive and not self._stopping.is_set():
+                            event = await stream.try_next()
+                            if event is None:
+                                await self._pause(EMPTY_BATCH_PAUSE_SECONDS)
+                                continue
+                            await on_event(event)
+                            token = event["_id"]
+                    finally:
+                        if on_close is not None:
+                            on_close()
             except asyncio.CancelledError:
                 raise
             except OperationFailure as exc:
@@ -149,8 +197,11 @@ def retry_pause(failures: int) -> float:
     return RETRY_SECONDS[min(failures, len(RETRY_SECONDS)) - 1]
 
 
-async def open_delivery(hub: MessageHub[ChatMessage], database: Database) -> Delivery:
-    """Change-stream delivery when the deployment supports it, else in-process with a warning."""
+async def open_delivery(hub: MessageHub[ChatMessage], database: Database, users: UserCache | None = None) -> Delivery:
+    """Change-stream delivery when the deployment supports it, else in-process with a warning.
+
+    With change streams ``users`` is kept fresh from them; without, it serves nothing.
+    """
     try:
         probe = await database[ChatMessage.Settings.name].watch()
         await probe.close()
@@ -164,6 +215,6 @@ async def open_delivery(hub: MessageHub[ChatMessage], database: Database) -> Del
         )
         delivery: Delivery = Delivery(hub)
     else:
-        delivery = ChangeStreamDelivery(hub, database)
+        delivery = ChangeStreamDelivery(hub, database, users)
     await delivery.start()
     return delivery

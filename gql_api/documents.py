@@ -51,6 +51,7 @@ class ModerationActionKind(StrEnum):
     MODERATOR_REMOVED = "MODERATOR_REMOVED"
     USER_BANNED = "USER_BANNED"
     USER_UNBANNED = "USER_UNBANNED"
+    MESSAGE_DELETED = "MESSAGE_DELETED"
 
 
 # The kinds clients see in history, on subscriptions and over REST.
@@ -116,6 +117,19 @@ class LiveStream(Document):
         name = "live_streams"
 
 
+class MessageDeletion(BaseModel):
+    """Who took a message down, when and why. The message keeps its place in the log (its
+    sequence number, so cursors stay valid) with its content emptied: a tombstone."""
+
+    deleted_by: PublicProfile
+    reason: str | None = None
+    deleted_at: datetime
+    # The entry's stream and number again, so the change event of the deletion (which carries
+    # only the fields it set) names the entry without reading it back.
+    stream_id: str
+    seq: int
+
+
 class ChatMessage(Document):
     stream_id: str
     # Per-stream total order: cursors, history pages and resume all key on (stream_id, seq).
@@ -133,6 +147,9 @@ class ChatMessage(Document):
     dedup_key: str
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+    # Set once when the message is deleted (its content is then ""); a subdocument, as
+    # nx-27017 stores a top-level datetime written by ``$set`` as text (see ``compat``).
+    deletion: MessageDeletion | None = None
 
     class Settings:
         name = "chat_messages"
@@ -212,6 +229,8 @@ class ModerationAction(Document):
     target: PublicProfile
     reason: str | None = None
     expires_at: datetime | None = None
+    # The message a MESSAGE_DELETED action took down (its target is the message's sender).
+    message_id: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
 
     class Settings:

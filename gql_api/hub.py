@@ -127,6 +127,8 @@ class _Group(Generic[EntryT]):
         self.subscribers: set[Subscriber[EntryT]] = set()
         self.last_seq = 0
         self.ended = False
+        # Messages deleted after they were handed over: still in a queue, but not to be sent.
+        self.deleted: set[int] = set()
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.lock = asyncio.Lock()  # one delivery (with its catch-up reads) at a time
 
@@ -210,6 +212,27 @@ class MessageHub(Generic[EntryT]):
             if not group.ended:
                 dropped += group.fan_out(message)
         self._settle(group, dropped)
+
+    def message_deleted(self, stream_id: str, seq: int) -> None:
+        """Note that a stream's message was deleted, so ``is_deleted`` holds it back from the
+        subscribers that have it queued but not yet sent.
+
+        Kept only while the stream has subscribers here, and only for the numbers a queue can
+        still hold (the newest ``queue_size`` delivered, or not yet delivered): anything older
+        has been sent or its subscriber dropped.
+        """
+        group = self._groups.get(stream_id)
+        if group is None:
+            return
+        oldest_queued = group.last_seq - self._queue_size
+        if seq > oldest_queued:
+            group.deleted = {s for s in group.deleted if s > oldest_queued}
+            group.deleted.add(seq)
+
+    def is_deleted(self, stream_id: str, seq: int) -> bool:
+        """Whether the stream's message was reported deleted (``message_deleted``) here."""
+        group = self._groups.get(stream_id)
+        return group is not None and seq in group.deleted
 
     async def resync(self) -> None:
         """Deliver whatever was stored while the feed was down (ends included), to every group."""

@@ -22,6 +22,8 @@ from gql_api.documents import (
     ChatMessage,
     ChatRole,
     LiveStream,
+    MessageDeletion,
+    MessageKind,
     ModerationAction,
     ModerationActionKind,
     PublicProfile,
@@ -106,9 +108,12 @@ class Moderation:
 
     async def role(self, user: User, stream: LiveStream) -> ChatRole:
         """The user's role in the stream, banned or not."""
-        if stream.owner.id == str(user.id):
+        return await self._role_of(str(user.id), stream)
+
+    async def _role_of(self, user_id: str, stream: LiveStream) -> ChatRole:
+        if stream.owner.id == user_id:
             return ChatRole.OWNER
-        member = await self.store.member(str(stream.id), str(user.id))
+        member = await self.store.member(str(stream.id), user_id)
         return ChatRole.MODERATOR if member is not None and member.moderator else ChatRole.VIEWER
 
     # -- moderators ------------------------------------------------------------------------
@@ -210,6 +215,59 @@ class Moderation:
     async def actions(self, stream_id: str) -> list[ModerationAction]:
         """The stream's moderation log, oldest first."""
         return await self.store.moderation_actions(str((await self._streams(stream_id)).id))
+
+    # -- messages --------------------------------------------------------------------------
+
+    async def delete_message(
+        self, actor: User, stream_id: str | None, message_id: str, reason: str | None = None
+    ) -> tuple[ChatMessage, bool]:
+        """Delete a message (of the stream ``stream_id``, or of any when it is None): its
+        sender, the owner, or a moderator (not of the owner's or a moderator's message, by
+        their role now). The tombstone, and whether this call deleted it (False when it was
+        deleted already: deleting again changes nothing)."""
+        reason = _reason(reason)
+        if stream_id is not None:
+            await self._streams(stream_id)  # NotFound for the stream before the message
+        message = await self.store.message(stream_id, message_id)
+        if message is None:
+            raise NotFound("Resource not found: no chat message has this id")
+        stream = await self._streams(message.stream_id)
+        key = str(stream.id)
+        if message.sender.id != str(actor.id):
+            await self._moderating(actor, stream, "delete others' messages")
+            if message.sender.id == stream.owner.id:
+                raise Forbidden("Insufficient permissions: only the owner can delete the owner's messages")
+            if (
+                stream.owner.id != str(actor.id)
+                and await self._role_of(message.sender.id, stream) is ChatRole.MODERATOR
+            ):
+                raise Forbidden("Insufficient permissions: a moderator cannot delete another moderator's message")
+        if message.kind is not MessageKind.TEXT:
+            raise BadUserInput("Validation failed: only text messages can be deleted")
+        if message.deletion is not None:
+            return message, False
+        now = self._clock()
+        deletion = MessageDeletion(
+            deleted_by=actor.public_profile(), reason=reason, deleted_at=now, stream_id=key, seq=message.seq
+        )
+        tombstone = await self.store.delete_message(message, deletion)
+        if tombstone is None:  # a concurrent call deleted it first
+            again = await self.store.message(key, message_id)
+            if again is None:  # pragma: no cover - messages are never removed
+                raise NotFound("Resource not found: no chat message has this id")
+            return again, False
+        await self.store.record_moderation(
+            ModerationAction(
+                stream_id=key,
+                kind=ModerationActionKind.MESSAGE_DELETED,
+                actor=actor.public_profile(),
+                target=message.sender,
+                reason=reason,
+                message_id=str(message.id),
+                created_at=now,
+            )
+        )
+        return tombstone, True
 
     # -- internals -------------------------------------------------------------------------
 

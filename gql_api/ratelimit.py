@@ -15,6 +15,13 @@ Motor (this app uses pymongo's own async client) and updates with aggregation pi
 compare-and-swap on a version number, which both servers do atomically (the store's
 ``rate_window``, ``create_rate_window`` and ``swap_rate_window``). Times come from each
 replica's clock: replicas need synchronised clocks (NTP), as any shared window does.
+
+Each process remembers the last window it read or wrote under each key and swaps against
+it directly, so a send admitted by the replica that admitted the user's previous one takes
+one round trip. A remembered window is never trusted beyond the swap: one that another
+replica changed since fails its swap, and the window is read again. A refusal from a
+remembered window is right as it is: a stored window only ever holds newer entries than
+the ones remembered, so it is at least as full.
 """
 
 from __future__ import annotations
@@ -22,12 +29,13 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 from pymongo.errors import PyMongoError
 
 from gql_api.errors import RateLimited
-from gql_api.store import ChatStore
+from gql_api.store import ChatStore, RateWindow
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +44,21 @@ class MessageRateLimiter:
     """At most ``limit`` messages per ``window_seconds`` per user per stream; ``limit=0`` is off."""
 
     def __init__(
-        self, limit: int, window_seconds: int, *, store: ChatStore, clock: Callable[[], float] = time.time
+        self,
+        limit: int,
+        window_seconds: int,
+        *,
+        store: ChatStore,
+        clock: Callable[[], float] = time.time,
+        remembered: int = 10_000,
     ) -> None:
         self.store = store
         self.limit = limit
         self.window_seconds = window_seconds
         self._clock = clock
+        self._capacity = remembered
+        # The last window this process read or wrote under each key, most recent last.
+        self._windows: OrderedDict[str, RateWindow] = OrderedDict()
 
     @property
     def enabled(self) -> bool:
@@ -59,9 +76,13 @@ class MessageRateLimiter:
         window_ms = self.window_seconds * 1000
         # Each lost swap means another message of this same user took a slot (or a retry of
         # this one did), so within `limit` rounds the log is full or holds this message.
-        for _ in range(self.limit + 1):
+        window = self._windows.get(key)
+        remembered = window is not None
+        for _ in range(self.limit + 2):  # one more round when the remembered window was stale
             now_ms = int(self._clock() * 1000)
-            window = await self.store.rate_window(key)
+            if not remembered:
+                window = await self.store.rate_window(key)
+            remembered = False
             entries = window.entries if window is not None else []
             if any(k == dedup_key for _, k in entries):
                 return  # a retry of an admitted message: it has its slot
@@ -71,14 +92,25 @@ class MessageRateLimiter:
             log = [(now_ms, dedup_key), *recent]
             if window is None:
                 if await self.store.create_rate_window(key, stream_id, log):
+                    self._remember(key, RateWindow(log, 1))
                     return
                 continue  # the user's concurrent message created it first
             if await self.store.swap_rate_window(key, window.version, log):
+                self._remember(key, RateWindow(log, window.version + 1))
                 return
         raise self._refusal(1000)  # pragma: no cover - only a flood of parallel sends gets here
 
+    def _remember(self, key: str, window: RateWindow) -> None:
+        self._windows[key] = window
+        self._windows.move_to_end(key)
+        if len(self._windows) > self._capacity:
+            self._windows.popitem(last=False)
+
     async def forget(self, stream_id: str) -> None:
         """Drop a stream's counters (it has ended, so no one can send to it any more)."""
+        prefix = f"{stream_id}:"
+        for key in [key for key in self._windows if key.startswith(prefix)]:
+            del self._windows[key]
         try:
             await self.store.drop_rate_windows(stream_id)
         except PyMongoError as exc:  # leftovers are harmless: the stream takes no more messages
@@ -91,4 +123,3 @@ class MessageRateLimiter:
             f"in a stream; try again in {retry_after} s",
             retry_after=retry_after,
         )
-

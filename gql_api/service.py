@@ -6,9 +6,10 @@ import asyncio
 import logging
 import re
 import unicodedata
-import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
 
 from bson import ObjectId
 
@@ -20,7 +21,7 @@ from gql_api.metrics import timed_send
 from gql_api.moderation import Clock, Moderation
 from gql_api.pagination import Page, PageRequest, decode_cursor
 from gql_api.ratelimit import MessageRateLimiter
-from gql_api.store import ChatStore, DedupKeyTaken, SeqTaken, canonical_id
+from gql_api.store import ChatStore, DedupKeyTaken, InsertStopped, SeqTaken, canonical_id
 
 logger = logging.getLogger(__name__)
 
@@ -84,20 +85,41 @@ class _StreamEnded(Conflict):
         self.entry = entry
 
 
+# The most entries one group commit stores: a batch stays a small fraction of a wire message.
+MAX_BATCH = 256
+
+
+@dataclass(eq=False)
+class _Pending:
+    """An entry waiting for its sequence number: built at commit time, from the number."""
+
+    build: Callable[[int], ChatMessage]
+    done: asyncio.Future[ChatMessage]
+
+    def settle(self, entry: ChatMessage | None = None, error: BaseException | None = None) -> None:
+        if self.done.done():  # settled before a later step of its commit failed
+            return
+        if error is not None:
+            self.done.set_exception(error)
+        else:
+            self.done.set_result(entry)  # type: ignore[arg-type]
+
+
 class _StreamWriters:
-    """Per-stream write locks and, for hot streams, the last sequence number this process
-    stored or read, with the end entry once it knows the stream ended."""
+    """Per-stream group commit, and what this process knows of each stream's log.
+
+    For each stream with writes in this process: the entries waiting for a number, and
+    whether a commit is running (one at a time per stream). For hot streams: the last
+    sequence number this process stored or read, with the end entry once it knows the stream
+    ended. Streams' owners, which never change, so a send need not read its stream.
+    """
 
     def __init__(self, capacity: int = 10_000) -> None:
         self._capacity = capacity
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self.queues: dict[str, deque[_Pending]] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
         self._last: OrderedDict[str, tuple[int, ChatMessage | None]] = OrderedDict()
-
-    def lock(self, stream_id: str) -> asyncio.Lock:
-        lock = self._locks.get(stream_id)
-        if lock is None:
-            lock = self._locks[stream_id] = asyncio.Lock()
-        return lock
+        self._streams: OrderedDict[str, LiveStream] = OrderedDict()
 
     def last(self, stream_id: str) -> tuple[int, ChatMessage | None] | None:
         """The newest sequence number this process knows of, and the end entry if it is one."""
@@ -105,10 +127,24 @@ class _StreamWriters:
 
     def remember(self, entry: ChatMessage) -> None:
         ended = entry if entry.kind is MessageKind.STREAM_ENDED else None
-        self._last[entry.stream_id] = (entry.seq, ended)
-        self._last.move_to_end(entry.stream_id)
-        if len(self._last) > self._capacity:
-            self._last.popitem(last=False)
+        self._remember(self._last, entry.stream_id, (entry.seq, ended))
+
+    def forget(self, stream_id: str) -> None:
+        """Drop what this process knows of the stream's log (a write's outcome is unknown)."""
+        self._last.pop(stream_id, None)
+
+    def stream(self, stream_id: str) -> LiveStream | None:
+        """The stream as this process first read it (its status may have changed since)."""
+        return self._streams.get(stream_id)
+
+    def remember_stream(self, stream: LiveStream) -> None:
+        self._remember(self._streams, str(stream.id), stream)
+
+    def _remember(self, cache: OrderedDict[str, Any], key: str, value: Any) -> None:
+        cache[key] = value
+        cache.move_to_end(key)
+        if len(cache) > self._capacity:
+            cache.popitem(last=False)
 
 
 class ChatService:
@@ -270,6 +306,26 @@ class ChatService:
                 "Resource already exists: your superlike of this stream is stored already (one per user)"
             ) from exc
 
+    async def delete_message(
+        self, actor: User, stream_id: str, message_id: str, reason: str | None = None
+    ) -> ChatMessage:
+        """Delete a message (see ``Moderation.delete_message``): its tombstone, which keeps the
+        message's place in the log with its content emptied. Idempotent.
+
+        Live subscribers that have the message queued but not yet sent are never sent it: this
+        process holds it back at once, others as soon as their change stream brings the update.
+        """
+        return await self._delete(actor, _stream_key(stream_id), message_id, reason)
+
+    async def delete_message_by_id(self, actor: User, message_id: str, reason: str | None = None) -> ChatMessage:
+        """``delete_message`` for a message named by its id alone (GraphQL's ``deleteChatMessage``)."""
+        return await self._delete(actor, None, message_id, reason)
+
+    async def _delete(self, actor: User, stream_id: str | None, message_id: str, reason: str | None) -> ChatMessage:
+        tombstone, _ = await self.moderation.delete_message(actor, stream_id, message_id, reason)
+        await self.delivery.message_deleted(tombstone)  # again on a repeat: cheap, and covers a crash in between
+        return tombstone
+
     async def list_messages(self, stream_id: str, request: PageRequest) -> Page[ChatMessage]:
         """One page of a stream's history, oldest first."""
         key = str((await self.get_stream(stream_id)).id)
@@ -295,7 +351,8 @@ class ChatService:
         """Every message after the cursor ``after`` (or from now), in order, each once.
 
         Ends when the stream ends, after its last message. Stored messages are replayed first,
-        then live ones, with nothing missed or repeated at the switch-over.
+        then live ones, with nothing missed or repeated at the switch-over. Deleted messages are
+        left out, from replay and from the live queue alike (see ``delete_message``).
         """
         after_seq = decode_cursor(after, argument="after") if after is not None else None
         key = _stream_key(stream_id)
@@ -306,14 +363,21 @@ class ChatService:
             if after_seq is not None:
                 through = None if ended else subscriber.start_seq
                 async for message in self.store.replay(key, after=after_seq, through=through):
-                    yield message
+                    if message.deletion is None:
+                        yield message
             if ended:
                 return
             # A cursor ahead of what this process has delivered (a message stored, not yet seen
             # on the change stream): the live messages up to it were asked to be skipped.
             skip_through = after_seq if after_seq is not None else 0
             async for message in subscriber:
-                if message.seq > skip_through:
+                # A message deleted while it waited in the queue (or stored as a tombstone, when
+                # the hub read it back from history) is never sent.
+                if (
+                    message.seq > skip_through
+                    and message.deletion is None
+                    and not self.hub.is_deleted(key, message.seq)
+                ):
                     yield message
 
     # -- internals -------------------------------------------------------------------------
@@ -329,8 +393,19 @@ class ChatService:
         return await self.store.message_by_dedup_key(stream_id, dedup_key)
 
     async def _live_stream(self, stream_id: str) -> LiveStream:
-        stream = await self.get_stream(stream_id)
-        if stream.status is not StreamStatus.LIVE:
+        """The stream a message is sent to, refused when it is known to have ended.
+
+        Read once per process: its id and owner never change, and its status need not be
+        re-read for every send, as the claim is what refuses a message after the end (the
+        end entry holds the number a later message would take). This only spares a send
+        that would be refused anyway its admission.
+        """
+        stream = self._writers.stream(stream_id)
+        if stream is None:
+            stream = await self.get_stream(stream_id)
+            self._writers.remember_stream(stream)
+        last = self._writers.last(stream_id)
+        if stream.status is not StreamStatus.LIVE or (last is not None and last[1] is not None):
             raise Conflict("Resource cannot be changed in its current state: the stream has ended")
         return stream
 
@@ -387,26 +462,80 @@ class ChatService:
 
         The sequence number is the newest stored one plus one, claimed by the unique
         (stream_id, seq) index: a writer can only take N+1 once N is stored, so numbers have no
-        holes and are stored in order, which is what lets subscribers resume without gaps. A
-        lock per stream keeps this process's writers from colliding; another replica's writes
-        show up as ``SeqTaken``, and the writer re-reads the newest entry and tries again.
+        holes and are stored in order, which is what lets subscribers resume without gaps.
         When the newest is the stream's end, nothing more is stored: ``_StreamEnded``.
+
+        Writes to one stream are group-committed: one commit at a time per stream and
+        process, and the entries that arrive while it runs wait and are then stored
+        together, numbered consecutively, by one ordered insert (``_commit``). Another
+        replica's writes show up as a taken number, and the rest are renumbered.
         """
-        async with self._writers.lock(stream_id):
-            last = self._writers.last(stream_id)
-            if last is None:
-                last = await self._newest(stream_id)
-            while True:
-                seq, end = last
-                if end is not None:
-                    self._writers.remember(end)  # later writers here need not ask the database
-                    raise _StreamEnded(end)
-                entry = build(seq + 1)
+        pending = _Pending(build, asyncio.get_running_loop().create_future())
+        queue = self._writers.queues.get(stream_id)
+        if queue is None:
+            queue = self._writers.queues[stream_id] = deque()
+            task = asyncio.create_task(self._commits(stream_id, queue), name=f"commit:{stream_id}")
+            self._writers.tasks.add(task)
+            task.add_done_callback(self._writers.tasks.discard)
+        queue.append(pending)
+        # The commit goes on when the caller goes away (as ``store.detached`` operations do):
+        # the entry is stored, and a retry with its clientMessageId finds it.
+        return await asyncio.shield(pending.done)
+
+    async def _commits(self, stream_id: str, queue: deque[_Pending]) -> None:
+        """Commit the stream's waiting entries, a batch at a time, until none is left."""
+        try:
+            while queue:
+                batch = [queue.popleft() for _ in range(min(len(queue), MAX_BATCH))]
                 try:
-                    await self.store.insert_entry(entry)
-                    break
-                except SeqTaken:
-                    last = await self._newest(stream_id)
-            self._writers.remember(entry)
-        await self.delivery.message_stored(entry)
-        return entry
+                    await self._commit(stream_id, batch)
+                except BaseException as exc:  # the outcome is unknown: re-read the log next time
+                    self._writers.forget(stream_id)
+                    for pending in batch:
+                        pending.settle(error=exc)
+                    if not isinstance(exc, Exception):
+                        raise
+        finally:
+            del self._writers.queues[stream_id]
+            for pending in queue:  # only when cancelled (at shutdown)
+                pending.done.cancel()
+
+    async def _commit(self, stream_id: str, batch: list[_Pending]) -> None:
+        """Store a batch in order, settling each entry's future as it is stored or refused.
+
+        An ordered insert that stops at a duplicate key stored the entries before it. A taken
+        number (another replica's write) sends the rest back with fresh numbers; a taken
+        dedup key refuses that one entry, and the rest take the numbers from it on.
+        """
+        last = self._writers.last(stream_id)
+        if last is None:
+            last = await self._newest(stream_id)
+        while batch:
+            seq, end = last
+            if end is not None:
+                self._writers.remember(end)  # later writers here need not ask the database
+                for pending in batch:
+                    pending.settle(error=_StreamEnded(end))
+                return
+            entries: list[ChatMessage] = []
+            for pending in batch:
+                entries.append(pending.build(seq + 1 + len(entries)))
+                if entries[-1].kind is MessageKind.STREAM_ENDED:
+                    break  # nothing is numbered after the end
+            try:
+                await self.store.insert_entries(entries)
+                stored, refused = len(entries), None
+            except InsertStopped as exc:
+                stored, refused = exc.stored, exc.cause
+            if stored:
+                tail = entries[stored - 1]
+                self._writers.remember(tail)
+                last = (tail.seq, tail if tail.kind is MessageKind.STREAM_ENDED else None)
+                for pending, entry in zip(batch, entries[:stored], strict=False):
+                    await self.delivery.message_stored(entry)
+                    pending.settle(entry)
+            batch = batch[stored:]
+            if isinstance(refused, SeqTaken):
+                last = await self._newest(stream_id)
+            elif refused is not None:  # this entry is in the log already; the number is free
+                batch.pop(0).settle(error=refused)

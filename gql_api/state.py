@@ -27,6 +27,7 @@ from gql_api.ratelimit import MessageRateLimiter
 from gql_api.service import ChatService
 from gql_api.settings import Settings
 from gql_api.store import ChatStore
+from gql_api.users import UserCache
 from gql_api.viewers import ReplicaPresence, ViewerCounts
 
 
@@ -65,7 +66,8 @@ async def open_services(
             database = await stack.enter_async_context(open_database(settings))
         store = ChatStore()  # every query, on the database just opened (Beanie's binding)
         hub = MessageHub(store, settings.subscriber_queue_size, metrics)
-        delivery = await open_delivery(hub, database)
+        users = UserCache()  # served only while a change stream on the users keeps it fresh
+        delivery = await open_delivery(hub, database, users)
         stack.push_async_callback(delivery.stop)
         rate_limiter = MessageRateLimiter(
             settings.rate_limit_messages, settings.rate_limit_window_seconds, store=store
@@ -83,7 +85,7 @@ async def open_services(
             delivery=delivery,
             rate_limiter=rate_limiter,
             chat=ChatService(hub, delivery, rate_limiter, store=store),
-            authenticator=Authenticator(settings, store),
+            authenticator=Authenticator(settings, store, users),
             viewers=viewers,
             presence=presence,
         )

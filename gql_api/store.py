@@ -34,13 +34,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from beanie import PydanticObjectId
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from gql_api.compat import (
     EMPTY_BATCH_PAUSE_SECONDS,
     change_event_document,
+    change_event_updated_fields,
     count_matching,
     eq,
     is_duplicate_of,
@@ -53,6 +55,7 @@ from gql_api.documents import (
     ChatMessage,
     ChatRateWindow,
     LiveStream,
+    MessageDeletion,
     MessageKind,
     ModerationAction,
     PublicProfile,
@@ -69,6 +72,7 @@ __all__ = [
     "ChatStore",
     "DedupKeyTaken",
     "DuplicateKey",
+    "InsertStopped",
     "RateWindow",
     "SeqTaken",
     "TargetIsModerator",
@@ -99,6 +103,23 @@ class DedupKeyTaken(DuplicateKey):
 
 class UsernameTaken(DuplicateKey):
     """Another user has this username."""
+
+
+class InsertStopped(Exception):
+    """An ordered insert of several entries stopped at a duplicate key.
+
+    ``stored`` entries before it are stored, in order; the one at that index (which
+    ``cause`` names: ``SeqTaken`` or ``DedupKeyTaken``) and every one after it are not.
+    """
+
+    def __init__(self, stored: int, cause: DuplicateKey) -> None:
+        super().__init__(f"stopped after {stored} entries: {type(cause).__name__}")
+        self.stored = stored
+        self.cause = cause
+
+
+# Duplicate-key errors, the one code a unique index raises.
+_DUPLICATE_KEY = 11000
 
 
 class TargetIsModerator(Exception):
@@ -141,6 +162,12 @@ def member_key(stream_id: str, user_id: str) -> str:
 def message_from_change_event(event: dict[str, Any]) -> ChatMessage:
     """The entry an insert event on the messages collection carries."""
     return ChatMessage.model_validate(change_event_document(event))
+
+
+def deletion_from_change_event(event: dict[str, Any]) -> MessageDeletion | None:
+    """The deletion an update event on the messages collection carries, if it is one."""
+    deletion = change_event_updated_fields(event).get("deletion")
+    return MessageDeletion.model_validate(deletion) if isinstance(deletion, dict) else None
 
 
 def _window(after: int | None, before: int | None) -> dict[str, int]:
@@ -202,6 +229,31 @@ class ChatStore:
                 raise DedupKeyTaken() from exc
             raise
 
+    async def insert_entries(self, entries: list[ChatMessage]) -> None:
+        """Store consecutive entries of one stream's log in one ordered insert (a group commit).
+
+        Each entry is given its id first. An insert that stops at a duplicate key raises
+        ``InsertStopped``: an ordered insert stores every entry before the failing one and
+        none after it, on MongoDB and nx-27017 alike.
+        """
+        for entry in entries:
+            if entry.id is None:
+                entry.id = PydanticObjectId()
+        try:
+            await detached(ChatMessage.insert_many(entries, ordered=True))
+        except BulkWriteError as exc:
+            [error, *_] = exc.details.get("writeErrors") or [{}]
+            if error.get("code") != _DUPLICATE_KEY:
+                raise
+            cause: DuplicateKey
+            if is_duplicate_of(error, "seq"):
+                cause = SeqTaken()
+            elif is_duplicate_of(error, "dedup_key"):
+                cause = DedupKeyTaken()
+            else:
+                raise
+            raise InsertStopped(error["index"], cause) from exc
+
     async def newest(self, stream_id: str) -> ChatMessage | None:
         """The newest entry of the stream's log (its end entry once it has ended); None when empty."""
         [entry] = await self._read(stream_id, {}, limit=1, newest_first=True) or [None]
@@ -253,6 +305,31 @@ class ChatStore:
         """The stream's entry with this dedup key, if it has one."""
         condition = {"stream_id": eq(stream_id), "dedup_key": eq(dedup_key)}
         return await detached(ChatMessage.find_one(condition))
+
+    async def message(self, stream_id: str | None, message_id: str) -> ChatMessage | None:
+        """The message (not an end entry) with this id, of the stream ``stream_id`` unless it is
+        None; None when there is none (also when ``message_id`` cannot be an id)."""
+        object_id = parse_object_id(message_id)
+        if object_id is None:
+            return None
+        condition: dict[str, Any] = {"_id": object_id}
+        if stream_id is not None:
+            condition["stream_id"] = eq(stream_id)
+        raw = await detached(ChatMessage.get_pymongo_collection().find_one(condition))
+        message = ChatMessage.model_validate(raw) if raw is not None else None
+        return message if message is not None and message.kind in VISIBLE_KINDS else None
+
+    async def delete_message(self, message: ChatMessage, deletion: MessageDeletion) -> ChatMessage | None:
+        """Turn a message into its tombstone (content emptied, ``deletion`` set), in one
+        conditional write by ``_id``: the tombstone, or None when it was deleted already."""
+        raw = await detached(
+            ChatMessage.get_pymongo_collection().find_one_and_update(
+                {"_id": message.id, "deletion": eq(None)},
+                {"$set": {"content": "", "deletion": deletion.model_dump()}},
+                return_document=ReturnDocument.AFTER,
+            )
+        )
+        return ChatMessage.model_validate(raw) if raw is not None else None
 
     async def superlike_count(self, stream_id: str) -> int:
         """How many superlikes the stream has stored."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections import OrderedDict
 
 from bson import ObjectId
 
@@ -51,3 +53,57 @@ async def get_user(store: ChatStore, username: str) -> User:
     if user is None:
         raise NotFound(f"Resource not found: no user is called {username!r}")
     return user
+
+
+class UserCache:
+    """Users by id, as the token of each request names one, kept fresh by a change stream.
+
+    Serves only while a change stream on the users collection is open (``live``): every
+    change to a user, made by any replica or by the platform's user service, drops that user
+    here, and a stream that (re)opens starts from nothing, as it may have missed changes.
+    A read that a change overtook is not kept (``generation``): the change may be newer.
+    """
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self._capacity = capacity
+        self._users: OrderedDict[str, User] = OrderedDict()
+        self._live = False
+        # Set while the cache serves (for tests and tooling to wait on).
+        self.serving = asyncio.Event()
+        # Bumped by every change: a read begun before one is not cached.
+        self.generation = 0
+
+    def get(self, user_id: str) -> User | None:
+        """The cached user, or None (also while no change stream is open)."""
+        return self._users.get(user_id) if self._live else None
+
+    def put(self, user: User, generation: int) -> None:
+        """Cache a user read when ``generation`` was current, unless a change came since."""
+        if not self._live or generation != self.generation:
+            return
+        key = str(user.id)
+        self._users[key] = user
+        self._users.move_to_end(key)
+        if len(self._users) > self._capacity:
+            self._users.popitem(last=False)
+
+    def changed(self, user_id: str) -> None:
+        """A user was changed, replaced or deleted."""
+        self.generation += 1
+        self._users.pop(user_id, None)
+
+    def opened(self) -> None:
+        """The change stream is open: from now on every change arrives."""
+        self._reset()
+        self._live = True
+        self.serving.set()
+
+    def closed(self) -> None:
+        """The change stream broke or stopped: changes may be missed, so serve nothing."""
+        self._reset()
+        self._live = False
+        self.serving.clear()
+
+    def _reset(self) -> None:
+        self.generation += 1
+        self._users.clear()

@@ -242,6 +242,10 @@ async def test_a_slow_subscriber_is_closed_with_subscriber_too_slow_while_a_fast
             await live.chat.send_message(owner, str(stream.id), f"{sent:05d}" + "x" * 490)
             sent += 1
             assert sent < 20_000, "the slow subscriber was never dropped"
+            # Paced by the fast one: a send takes one round trip now, and a burst of them
+            # arrives in one change-stream batch that a 5-message queue cannot hold.
+            async with progress:
+                await asyncio.wait_for(progress.wait_for(lambda n=sent: len(received) >= n or reader.done()), 60)
         for _ in range(3):  # the fast one goes on receiving after the slow one is gone
             await live.chat.send_message(owner, str(stream.id), f"{sent:05d}" + "x" * 490)
             sent += 1

@@ -295,3 +295,28 @@ async def test_subscriber_counts_list_each_stream_with_subscribers(log):
         await hub.deliver(log.end("s2"))  # an ended stream has no subscribers left
         assert hub.subscriber_counts() == {STREAM: 2}
     assert hub.subscriber_counts() == {}
+
+
+async def test_deletions_are_kept_only_for_what_a_queue_can_still_hold(log):
+    hub = MessageHub(log, queue_size=3)
+    hub.message_deleted(STREAM, 1)  # no subscriber here: nothing to hold back, nothing kept
+    async with hub.subscribe(STREAM) as subscriber:
+
+        async def deliver(count: int) -> None:
+            for message in log.append(count):
+                await hub.deliver(message)
+                await anext(subscriber)  # sent: the queue stays short
+
+        assert not hub.is_deleted(STREAM, 1)
+        await deliver(5)
+        hub.message_deleted(STREAM, 3)
+        hub.message_deleted(STREAM, 7)  # not delivered yet: held back when it comes
+        assert hub.is_deleted(STREAM, 3) and hub.is_deleted(STREAM, 7)
+        hub.message_deleted(STREAM, 2)  # older than any queue holds: already sent or dropped
+        assert not hub.is_deleted(STREAM, 2)
+        await deliver(5)
+        # 10 delivered: a queue holds 8 to 10 at most, so pruning drops 3 and 7.
+        hub.message_deleted(STREAM, 9)
+        assert not hub.is_deleted(STREAM, 3) and not hub.is_deleted(STREAM, 7)
+        assert hub.is_deleted(STREAM, 9)
+    assert not hub.is_deleted(STREAM, 9)  # gone with the group

@@ -394,3 +394,178 @@ async def test_a_permanent_ban_never_lifts_itself(server, make_user, make_stream
         await moderation.admit_sender(viewer, stream)
     with pytest.raises(BadUserInput):
         await moderation.ban(owner, str(stream.id), str(viewer.id), MAX_BAN_SECONDS + 1)
+
+
+# -- deleting messages ---------------------------------------------------------------------------
+
+DELETE = """
+mutation($id: ID!, $r: String) {
+  deleteChatMessage(id: $id, reason: $r) { id content deletedAt cursor sender { userId } }
+}
+"""
+SEND_ID = "mutation($s: ID!, $c: String!) { sendChatMessage(streamId: $s, content: $c) { id cursor } }"
+PAGE = "query($s: ID!) { chatMessages(streamId: $s) { edges { node { id content deletedAt } } } }"
+
+
+async def _send(client: GraphQLClient, stream_id: str, content: str) -> dict:
+    return (await client.data(SEND_ID, {"s": stream_id, "c": content}))["sendChatMessage"]
+
+
+async def test_a_deleted_message_is_a_tombstone_in_history_rest_and_replay(room, server, http):
+    first = await _send(room.as_viewer, room.s, "hello")
+    gone = await _send(room.as_viewer, room.s, "abusive text")
+    await _send(room.as_other, room.s, "still here")
+
+    deleted = (await room.as_moderator.data(DELETE, {"id": gone["id"], "r": "abuse"}))["deleteChatMessage"]
+    assert (deleted["id"], deleted["content"], deleted["cursor"]) == (gone["id"], "", gone["cursor"])
+    assert deleted["deletedAt"] is not None
+
+    nodes = [e["node"] for e in (await room.as_other.data(PAGE, {"s": room.s}))["chatMessages"]["edges"]]
+    assert [(n["content"], n["deletedAt"] is None) for n in nodes] == [
+        ("hello", True),
+        ("", False),
+        ("still here", True),
+    ]
+    headers = {"Authorization": server.token(room.other)}
+    rest = (await http.get(f"/api/v1/live-stream/{room.s}/chat/messages", headers=headers)).json()["messages"]
+    assert [m["content"] for m in rest] == ["hello", "", "still here"]
+    assert rest[1]["deletedAt"] is not None and "deletedAt" not in rest[0]
+    assert "abusive" not in str(rest) and "abusive" not in str(nodes)
+
+    # A replay with `after` leaves it out, and the live part follows.
+    replayed = [m.content async for m in _take(server.chat.subscribe(room.s, after=first["cursor"]), 1)]
+    assert replayed == ["still here"]
+
+    actions = await ChatStore().moderation_actions(room.s)
+    assert actions[-1].kind is ModerationActionKind.MESSAGE_DELETED
+    assert (actions[-1].actor.id, actions[-1].target.id) == (str(room.moderator.id), str(room.viewer.id))
+    assert (actions[-1].reason, actions[-1].message_id) == ("abuse", gone["id"])
+
+
+async def _take(messages, count: int):
+    """The first ``count`` items of an async generator, which is then closed."""
+    try:
+        for _ in range(count):
+            yield await anext(messages)
+    finally:
+        await messages.aclose()
+
+
+async def test_deleting_twice_is_idempotent_and_recorded_once(room):
+    message = await _send(room.as_viewer, room.s, "oops")
+    first = (await room.as_viewer.data(DELETE, {"id": message["id"]}))["deleteChatMessage"]
+    again = (await room.as_owner.data(DELETE, {"id": message["id"], "r": "later"}))["deleteChatMessage"]
+    assert again == first and first["content"] == ""
+    kinds = [a.kind for a in await ChatStore().moderation_actions(room.s)]
+    assert kinds.count(ModerationActionKind.MESSAGE_DELETED) == 1
+
+
+async def test_who_may_delete_whose_message(room, make_user, client_for):
+    second_moderator = await make_user()
+    await room.as_owner.data(ADD, {"s": room.s, "u": str(second_moderator.id)})
+    as_second = client_for(second_moderator)
+    by_owner = await _send(room.as_owner, room.s, "owner")
+    by_moderator = await _send(room.as_moderator, room.s, "moderator")
+    by_viewer = await _send(room.as_viewer, room.s, "viewer")
+
+    refused = [
+        (room.as_moderator, by_owner, "only the owner can delete the owner's messages"),
+        (as_second, by_moderator, "a moderator cannot delete another moderator's message"),
+        (room.as_other, by_viewer, "only the stream's owner and moderators can delete others' messages"),
+        (room.as_viewer, by_owner, "only the stream's owner and moderators can delete others' messages"),
+    ]
+    for client, message, why in refused:
+        error = await client.error(DELETE, {"id": message["id"]})
+        assert error["extensions"] == {"code": "FORBIDDEN", "statusCode": 403}
+        assert error["message"] == f"Insufficient permissions: {why}"
+    contents = [e["node"]["content"] for e in (await room.as_viewer.data(PAGE, {"s": room.s}))["chatMessages"]["edges"]]
+    assert contents == ["owner", "moderator", "viewer"]
+
+    # The owner deletes anyone's, a moderator a viewer's, and every sender their own.
+    assert (await room.as_owner.data(DELETE, {"id": by_moderator["id"]}))["deleteChatMessage"]["content"] == ""
+    assert (await as_second.data(DELETE, {"id": by_viewer["id"]}))["deleteChatMessage"]["content"] == ""
+    assert (await room.as_owner.data(DELETE, {"id": by_owner["id"]}))["deleteChatMessage"]["content"] == ""
+    own = await _send(room.as_moderator, room.s, "mine")
+    assert (await room.as_moderator.data(DELETE, {"id": own["id"]}))["deleteChatMessage"]["content"] == ""
+
+
+async def test_deleting_names_a_text_message_that_exists(room):
+    for message_id in [UNKNOWN_ID, "not-an-id"]:
+        error = await room.as_owner.error(DELETE, {"id": message_id})
+        assert error["extensions"]["code"] == "NOT_FOUND"
+    superlike = (await room.as_viewer.data(SUPERLIKE, {"s": room.s}))["sendSuperlike"]
+    assert code(await room.as_owner.error(DELETE, {"id": superlike["id"]})) == "BAD_USER_INPUT"
+    message = await _send(room.as_viewer, room.s, "x")
+    assert code(await room.as_owner.error(DELETE, {"id": message["id"], "r": "x" * 501})) == "BAD_USER_INPUT"
+
+
+async def test_rest_deletes_with_the_seeds_envelope(room, server, http):
+    message = await _send(room.as_viewer, room.s, "rest text")
+    url = f"/api/v1/live-stream/{room.s}/chat/messages/{message['id']}"
+
+    assert (await http.delete(url)).status_code == 401
+    refused = await http.delete(url, headers={"Authorization": server.token(room.other)})
+    assert refused.status_code == 403
+    assert refused.json()["errors"] == [
+        "Insufficient permissions",
+        "only the stream's owner and moderators can delete others' messages",
+    ]
+    for path in [
+        f"/api/v1/live-stream/{room.s}/chat/messages/{UNKNOWN_ID}",
+        f"/api/v1/live-stream/{UNKNOWN_ID}/chat/messages/{message['id']}",
+    ]:
+        missing = await http.delete(path, headers={"Authorization": server.token(room.owner)})
+        assert missing.status_code == 404, missing.text
+        assert missing.json()["errors"][0] == "Resource not found"
+
+    headers = {"Authorization": server.token(room.moderator)}
+    for _ in range(2):
+        response = await http.delete(url, params={"reason": "spam"}, headers=headers)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert (body["_id"], body["content"]) == (message["id"], "")
+        assert body["deletedAt"] is not None
+    history = (await http.get(f"/api/v1/live-stream/{room.s}/chat/messages", headers=headers)).json()
+    assert [m["content"] for m in history["messages"]] == [""]
+    action = (await ChatStore().moderation_actions(room.s))[-1]
+    assert (action.kind, action.reason) == (ModerationActionKind.MESSAGE_DELETED, "spam")
+
+
+async def test_a_queued_message_deleted_before_it_is_sent_is_never_sent(room, server):
+    """A subscriber that has not been sent a message yet is never sent it once it is deleted,
+    whether it was already queued or still to arrive."""
+    messages = server.chat.subscribe(room.s)
+    first = asyncio.ensure_future(anext(messages))
+    await server.chat.hub.wait_for_subscribers(room.s, 1)
+    await _send(room.as_viewer, room.s, "one")
+    doomed = await _send(room.as_viewer, room.s, "doomed")
+    await _send(room.as_viewer, room.s, "three")
+    try:
+        assert (await first).content == "one"  # the subscriber holds the rest, unsent
+        await room.as_owner.data(DELETE, {"id": doomed["id"]})
+        assert (await anext(messages)).content == "three"
+    finally:
+        await messages.aclose()
+
+
+async def test_a_deletion_through_one_replica_holds_back_the_message_on_another(room, server, make_settings):
+    """The other replica learns of the deletion from its change stream, in order: once it has
+    delivered a message stored after the deletion, the deleted one is never sent there."""
+    async with serve(create_app(make_settings(), database=server.services.database)) as other:
+        held, watcher = other.chat.subscribe(room.s), other.chat.subscribe(room.s)
+        first, watched = asyncio.ensure_future(anext(held)), asyncio.ensure_future(anext(watcher))
+        await other.chat.hub.wait_for_subscribers(room.s, 2)
+        await _send(room.as_viewer, room.s, "one")
+        doomed = await _send(room.as_viewer, room.s, "doomed")
+        try:
+            assert (await first).content == "one"
+            await room.as_owner.data(DELETE, {"id": doomed["id"]})
+            await _send(room.as_viewer, room.s, "after")
+            # The watcher reaching "after" means the other replica has handled the deletion.
+            seen = [(await watched).content]
+            while seen[-1] != "after":
+                seen.append((await anext(watcher)).content)
+            assert (await anext(held)).content == "after"
+        finally:
+            await held.aclose()
+            await watcher.aclose()

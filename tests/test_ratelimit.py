@@ -223,3 +223,34 @@ async def test_a_send_that_fails_validation_takes_no_slot(make_user, make_stream
         assert error["extensions"] == {"code": "BAD_USER_INPUT", "statusCode": 400}
     await _send_ok(client, stream_id, 20)
     _assert_rate_limited(await client.error(SEND, {"s": stream_id, "c": "21st"}))
+
+
+async def test_a_users_next_send_through_the_same_replica_is_admitted_in_one_round_trip(server, make_user, make_stream):
+    """The window this process wrote last is swapped against directly; a stale one (another
+    replica wrote since) fails its swap and is read again, so the limit still holds."""
+    from gql_api.store import ChatStore
+
+    class CountingStore(ChatStore):
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        async def rate_window(self, key: str):
+            self.calls.append("read")
+            return await super().rate_window(key)
+
+        async def swap_rate_window(self, key: str, version: int, entries: list[tuple[int, str]]) -> bool:
+            self.calls.append("swap")
+            return await super().swap_rate_window(key, version, entries)
+
+    store = CountingStore()
+    here, elsewhere = MessageRateLimiter(3, 30, store=store), MessageRateLimiter(3, 30, store=store)
+    stream, user = str((await make_stream()).id), str((await make_user()).id)
+    await here.acquire(stream, user, "k1")
+    store.calls.clear()
+    await here.acquire(stream, user, "k2")
+    assert store.calls == ["swap"]
+    await elsewhere.acquire(stream, user, "k3")  # another replica: the window is full now
+    store.calls.clear()
+    with pytest.raises(RateLimited):
+        await here.acquire(stream, user, "k4")
+    assert store.calls == ["swap", "read"]

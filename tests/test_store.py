@@ -12,6 +12,7 @@ from gql_api.documents import ChatMessage, ChatRateWindow, MessageKind, User
 from gql_api.store import (
     ChatStore,
     DedupKeyTaken,
+    InsertStopped,
     SeqTaken,
     UsernameTaken,
     canonical_id,
@@ -38,6 +39,26 @@ async def test_an_insert_that_collides_says_which_key_it_collided_on(store, make
     with pytest.raises(DedupKeyTaken):
         await store.insert_entry(_copy(first, seq=first.seq + 1))
     assert [m.seq async for m in store.replay(str(stream.id), after=0)] == [first.seq]
+
+
+async def test_an_ordered_insert_of_entries_stores_those_before_a_collision_and_says_which(
+    store, make_user, make_stream, server
+):
+    stream = await make_stream()
+    first = await server.chat.send_message(await make_user(), str(stream.id), "first", "c-1")
+    n = first.seq
+
+    def entry(seq: int, key: str) -> ChatMessage:
+        return _copy(first, seq=seq, dedup_key=key, content=key)
+
+    with pytest.raises(InsertStopped) as stopped:  # the third takes the first's number
+        await store.insert_entries([entry(n + 1, "a"), entry(n + 2, "b"), entry(n, "c"), entry(n + 3, "d")])
+    assert stopped.value.stored == 2 and isinstance(stopped.value.cause, SeqTaken)
+    with pytest.raises(InsertStopped) as stopped:  # the second has the first's dedup key
+        await store.insert_entries([entry(n + 3, "e"), entry(n + 4, "a"), entry(n + 5, "f")])
+    assert stopped.value.stored == 1 and isinstance(stopped.value.cause, DedupKeyTaken)
+    stored = [m async for m in store.replay(str(stream.id), after=0)]
+    assert [(m.seq, m.content) for m in stored] == [(n, "first"), (n + 1, "a"), (n + 2, "b"), (n + 3, "e")]
 
 
 async def test_a_taken_username_is_username_taken(store, make_user):

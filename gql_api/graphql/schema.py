@@ -151,6 +151,18 @@ class Mutation:
     async def unban_user(self, info: ChatInfo, stream_id: strawberry.ID, user_id: strawberry.ID) -> bool:
         return await info.context.chat.moderation.unban(info.context.user, str(stream_id), str(user_id))
 
+    @strawberry.mutation(
+        description=(
+            "Delete a chat message: its sender, the stream's owner, or a moderator (a moderator "
+            "cannot delete the owner's or another moderator's message). The message stays in "
+            "history as a tombstone (empty `content`, `deletedAt` set) so cursors stay valid, and "
+            "`messageAdded` never sends it again. `reason`: up to 500 characters. Idempotent."
+        )
+    )
+    async def delete_chat_message(self, info: ChatInfo, id: strawberry.ID, reason: str | None = None) -> ChatMessage:
+        message = await info.context.chat.delete_message_by_id(info.context.user, str(id), reason)
+        return ChatMessage.from_document(message)
+
 
 @strawberry.type
 class Subscription:

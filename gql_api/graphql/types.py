@@ -204,6 +204,9 @@ class ChatMessage:
         resolver=_sender_role,
         description="The sender's role in the stream when the message was sent, for badges.",
     )
+    deleted_at: datetime | None = strawberry.field(
+        description="When the message was deleted (its `content` is then empty); null while it stands."
+    )
     stored: strawberry.Private[documents.ChatMessage]
 
     @classmethod
@@ -218,6 +221,7 @@ class ChatMessage:
             updated_at=message.updated_at,
             client_message_id=message.client_message_id,
             cursor=encode_cursor(message.seq),
+            deleted_at=message.deletion.deleted_at if message.deletion is not None else None,
             stored=message,
         )
 

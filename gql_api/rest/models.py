@@ -70,6 +70,15 @@ class HistoryQuery(_Input):
     after: str | None = Field(None, description="A `nextCursor` or `pollCursor`: the messages after it.")
 
 
+class DeleteMessageQuery(_Input):
+    """Query parameters of a message's deletion. Unknown parameters are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+    reason: str | None = Field(
+        None, description="Why the message is taken down (up to 500 characters), for the moderation log."
+    )
+
+
 class ProfilePhoto(_Output):
     id: str = Field(alias="_id")
     url: str
@@ -118,11 +127,17 @@ class Message(_Output):
 
     id: str = Field(alias="_id")
     stream_id: str
-    content: str = Field(description="Empty for a SUPERLIKE.")
+    content: str = Field(description="Empty for a SUPERLIKE, and for a deleted message.")
     kind: Literal["TEXT", "SUPERLIKE"]
     sender: Sender
     created_at: Timestamp
     updated_at: Timestamp
+    # Only on a deleted message, so every other message keeps the seed's exact shape.
+    deleted_at: Timestamp | None = Field(
+        None,
+        exclude_if=lambda value: value is None,
+        description="When the message was deleted (its `content` is then empty); absent while it stands.",
+    )
 
     @classmethod
     def from_document(cls, message: documents.ChatMessage) -> Message:
@@ -135,6 +150,7 @@ class Message(_Output):
             sender=Sender.from_profile(message.sender),
             created_at=message.created_at,
             updated_at=message.updated_at,
+            deleted_at=message.deletion.deleted_at if message.deletion is not None else None,
         )
 
 

@@ -18,7 +18,14 @@ from gql_api.errors import (
     ServiceUnavailable,
     Unauthenticated,
 )
-from gql_api.rest.models import ErrorEnvelope, HistoryQuery, Message, MessagePage, SendMessageRequest
+from gql_api.rest.models import (
+    DeleteMessageQuery,
+    ErrorEnvelope,
+    HistoryQuery,
+    Message,
+    MessagePage,
+    SendMessageRequest,
+)
 
 API_PREFIX = "/api/v1"
 REF_TEMPLATE = "#/components/schemas/{model}"
@@ -100,17 +107,21 @@ def openapi_document() -> dict[str, Any]:
         "description": "The live stream's id.",
         "schema": {"type": "string"},
     }
-    query_schema = HistoryQuery.model_json_schema(mode="validation")
-    query_parameters = [
-        {
-            "name": name,
-            "in": "query",
-            "required": name in query_schema.get("required", []),
-            "description": schema.get("description", ""),
-            "schema": _without_null(schema),
-        }
-        for name, schema in query_schema["properties"].items()
-    ]
+
+    def query_parameters_of(model: type[BaseModel]) -> list[dict[str, Any]]:
+        query_schema = model.model_json_schema(mode="validation")
+        return [
+            {
+                "name": name,
+                "in": "query",
+                "required": name in query_schema.get("required", []),
+                "description": schema.get("description", ""),
+                "schema": _without_null(schema),
+            }
+            for name, schema in query_schema["properties"].items()
+        ]
+
+    query_parameters = query_parameters_of(HistoryQuery)
     messages_path = {
         "parameters": [stream_id],
         "post": {
@@ -136,6 +147,29 @@ def openapi_document() -> dict[str, Any]:
             ),
         },
     }
+    message_path = {
+        "parameters": [
+            stream_id,
+            {
+                "name": "messageId",
+                "in": "path",
+                "required": True,
+                "description": "The message's id (`_id`).",
+                "schema": {"type": "string"},
+            },
+        ],
+        "delete": {
+            "operationId": "deleteChatMessage",
+            "summary": "Delete a chat message: its sender, the stream's owner, or a moderator",
+            "description": "A moderator cannot delete the owner's or another moderator's message (403). "
+            "The message stays in history as a tombstone: empty `content`, `deletedAt` set. Deleting "
+            "a deleted message returns its tombstone again.",
+            "parameters": query_parameters_of(DeleteMessageQuery),
+            "responses": responses(
+                200, "The deleted message (its tombstone)", message, BadUserInput, Unauthenticated, Forbidden, NotFound
+            ),
+        },
+    }
     superlike_path = {
         "parameters": [stream_id],
         "post": {
@@ -156,6 +190,7 @@ def openapi_document() -> dict[str, Any]:
         "security": [{"jwt": []}],
         "paths": {
             "/live-stream/{streamId}/chat/messages": messages_path,
+            "/live-stream/{streamId}/chat/messages/{messageId}": message_path,
             "/live-stream/{streamId}/chat/superlike": superlike_path,
         },
         "components": {

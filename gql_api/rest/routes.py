@@ -1,4 +1,4 @@
-"""The three operations and the routes under /api/v1."""
+"""The operations and the routes under /api/v1."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from gql_api.errors import BadUserInput
 from gql_api.metrics import Metrics
 from gql_api.pagination import PageRequest, decode_cursor, encode_cursor
 from gql_api.rest.edge import MAX_BODY_BYTES, RestEdge, validate
-from gql_api.rest.models import HistoryQuery, Message, MessagePage, SendMessageRequest
+from gql_api.rest.models import DeleteMessageQuery, HistoryQuery, Message, MessagePage, SendMessageRequest
 from gql_api.rest.openapi import API_PREFIX, openapi_document
 from gql_api.state import services_of
 
@@ -73,6 +73,14 @@ class RestApi:
         message = await services_of(request).chat.send_superlike(user, request.path_params["streamId"])
         return _json(Message.from_document(message), 201)
 
+    async def delete_message(self, request: Request) -> Response:
+        user = await self._user(request)
+        query = validate(DeleteMessageQuery, "query", data=dict(request.query_params))
+        message = await services_of(request).chat.delete_message(
+            user, request.path_params["streamId"], request.path_params["messageId"], query.reason
+        )
+        return _json(Message.from_document(message), 200)
+
 
 def _newest_seen(items: list[documents.ChatMessage], after: int | None, before: int | None) -> int:
     """The sequence number a forward poll continues after: the page's newest message, else the
@@ -102,6 +110,7 @@ def rest_app(metrics: Metrics, *, max_body_bytes: int = MAX_BODY_BYTES) -> ASGIA
     router = Router(
         routes=[
             Route("/live-stream/{streamId}/chat/messages", messages, methods=["GET", "POST"]),
+            Route("/live-stream/{streamId}/chat/messages/{messageId}", api.delete_message, methods=["DELETE"]),
             Route("/live-stream/{streamId}/chat/superlike", api.send_superlike, methods=["POST"]),
             Route("/openapi.json", openapi, methods=["GET"]),
         ],
