@@ -136,6 +136,7 @@ async def _subscribe_bound(
 
     async def send_text(text: str) -> None:
         frames.append(text)
+        await asyncio.sleep(0)  # a real socket write may suspend: let the other subscriber run
 
     async def run() -> None:
         bind_sink(
@@ -155,8 +156,10 @@ async def _subscribe_bound(
 
 async def test_a_second_subscription_field_renders_once_per_operation_through_the_same_path() -> None:
     renderer = EventRenderer(TICK_SCHEMA)
-    first = await _subscribe_bound(renderer, "a", TICKS, {"c": "red"})
-    second = await _subscribe_bound(renderer, "b", TICKS, {"c": "red"})
+    # Two live subscribers of one operation at once, as in a stream with many viewers.
+    first, second = await asyncio.gather(
+        _subscribe_bound(renderer, "a", TICKS, {"c": "red"}), _subscribe_bound(renderer, "b", TICKS, {"c": "red"})
+    )
 
     assert [json.loads(frame) for frame in first] == [
         {"id": "a", "type": "next", "payload": {"data": {"ticks": {"n": n, "double": 2 * n}}}} for n in range(3)

@@ -169,19 +169,39 @@ async def test_each_message_is_executed_once_per_distinct_operation_whatever_the
 
 
 async def test_rendering_many_messages_keeps_nothing_per_message(server, make_user, make_stream):
-    """The soak found every rendered event kept alive by graphql-core's per-executor memo."""
+    """The soak found every rendered event kept alive by graphql-core's per-executor memo; and
+    once its last subscriber leaves, the renderer forgets the operation (its document, held by
+    the executor, included), so a client that leaves leaves nothing behind."""
     stream = await make_stream()
     sender = await make_user()
     renderer = server.app.graphql.renderer
+    query = MESSAGE_ADDED
+    received: list[dict[str, Any]] = []
+    all_in, leave = asyncio.Event(), asyncio.Event()
+
+    async def collect(session) -> None:
+        async for result in session.subscribe(GraphQLRequest(query, variable_values={"s": str(stream.id)})):
+            received.append(result["messageAdded"])
+            if len(received) == 15:
+                all_in.set()
+                await leave.wait()
+                return
+
     async with Client(transport=_transport(server, server.token(sender), "graphql-transport-ws")) as session:
-        task = asyncio.create_task(_collect(session, str(stream.id), 15))
+        task = asyncio.create_task(collect(session))
         await server.services.hub.wait_for_subscribers(str(stream.id), 1)
         for n in range(15):
             await server.chat.send_message(sender, str(stream.id), f"m{n}")
-        assert len(await asyncio.wait_for(task, 10)) == 15
+        await asyncio.wait_for(all_in.wait(), 10)
+        ours = [key for key in renderer._executors if json.loads(key[2]) == {"s": str(stream.id)}]
+        memos = [len(renderer._executors[key]._relevant_sub_fields) for key in ours]
+        leave.set()
+        await asyncio.wait_for(task, 10)
+    await server.services.hub.wait_for_subscribers(str(stream.id), 0)
 
-    memos = [len(executor._relevant_sub_fields) for executor in renderer._executors.values()]
-    assert memos and max(memos) == 0, memos
+    assert memos == [0], memos
+    assert [m["content"] for m in received] == [f"m{n}" for n in range(15)]
+    assert not set(ours) & (set(renderer._executors) | set(renderer._rendered))
 
 
 HISTORY = "query($s: ID!) { chatMessages(streamId: $s, last: 100) { edges { node { id createdAt } } pageInfo { hasNextPage } } }"

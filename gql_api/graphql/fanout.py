@@ -121,12 +121,35 @@ class Source:
 class EventRenderer:
     """Renders an event as a subscription payload, once per operation and event."""
 
-    def __init__(self, schema: Any, capacity: int = 4096) -> None:
+    def __init__(self, schema: Any, events_per_operation: int = 64) -> None:
         self._schema = schema
-        self._capacity = capacity
-        self._executors: OrderedDict[RenderKey, Executor] = OrderedDict()
-        self._rendered: OrderedDict[tuple[RenderKey, Hashable], str] = OrderedDict()
+        self._events_per_operation = events_per_operation
+        # Per operation with live subscribers (see ``acquire``): its executor, and its latest
+        # rendered events (subscribers of one operation render the same event at about the
+        # same time, so a short window is enough to share it).
+        self._executors: dict[RenderKey, Executor] = {}
+        self._rendered: dict[RenderKey, OrderedDict[Hashable, str]] = {}
+        self._subscribers: dict[RenderKey, int] = {}
         self.executions = 0  # how many times an event was actually executed and encoded
+
+    def acquire(self, key: RenderKey) -> None:
+        """A subscription of the operation ``key`` starts sending through this renderer."""
+        self._subscribers[key] = self._subscribers.get(key, 0) + 1
+
+    def release(self, key: RenderKey) -> None:
+        """A subscription of ``key`` ended: with it the operation's last, forget the operation.
+
+        So what the renderer holds (each operation's document, through its executor, and its
+        rendered events) is bounded by the live subscriptions, and a client that leaves leaves
+        nothing behind, however large or many its documents were.
+        """
+        left = self._subscribers.get(key, 0) - 1
+        if left > 0:
+            self._subscribers[key] = left
+            return
+        self._subscribers.pop(key, None)
+        self._executors.pop(key, None)
+        self._rendered.pop(key, None)
 
     def render(self, key: RenderKey, source: Source, identity: Hashable, root: Callable[[], object]) -> str:
         """The JSON payload (``{"data": ...}``) of the event ``identity`` for the operation ``key``.
@@ -135,11 +158,12 @@ class EventRenderer:
         :meth:`Source.of`); ``root`` builds the event as the subscription field's GraphQL type.
         Both are used only when this operation has not rendered this event yet.
         """
-        cache_key = (key, identity)
-        payload = self._rendered.get(cache_key)
+        rendered = self._rendered.setdefault(key, OrderedDict())
+        payload = rendered.get(identity)
         if payload is None:
-            payload = self._execute(key, source, root())
-            self._remember(self._rendered, cache_key, payload)
+            payload = rendered[identity] = self._execute(key, source, root())
+            if len(rendered) > self._events_per_operation:
+                rendered.popitem(last=False)
         return payload
 
     def _execute(self, key: RenderKey, source: Source, root: object) -> str:
@@ -170,13 +194,8 @@ class EventRenderer:
         )
         if isinstance(executor, list):  # pragma: no cover - validated by Strawberry already
             raise executor[0]
-        self._remember(self._executors, key, executor)
+        self._executors[key] = executor
         return executor
-
-    def _remember(self, cache: OrderedDict[Any, Any], key: Any, value: Any) -> None:
-        cache[key] = value
-        if len(cache) > self._capacity:
-            cache.popitem(last=False)
 
 
 async def fan_out(
@@ -215,6 +234,7 @@ async def _deliver(
     identity: Callable[[Event], Hashable],
 ) -> None:
     """Send every event to the sink, rendered once per operation and event, until they end."""
+    renderer.acquire(sink.key)
     try:
         async for event in events:
             key = (source.field_name, identity(event))
@@ -222,6 +242,7 @@ async def _deliver(
     except WebSocketDisconnected:
         return  # the client went away mid-send: nothing to report to anyone
     finally:
+        renderer.release(sink.key)
         # Leave the hub now, not when the collector finds the suspended generator.
         close = getattr(events, "aclose", None)
         if close is not None:
