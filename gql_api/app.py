@@ -127,7 +127,7 @@ def create_app(
                 allow_methods=["GET", "POST"],
                 allow_headers=CORS_ALLOWED_HEADERS,
                 max_age=CORS_MAX_AGE_SECONDS,
-            )
+            ),
         ],
         lifespan=lifespan,
     )

@@ -46,6 +46,7 @@ T = TypeVar("T")
 SCHEMA_FILE = Path("schema.graphql")
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
+
 def schema_sdl() -> str:
     """The schema as SDL, exactly as ``schema.graphql`` holds it."""
     return print_schema(build_schema()) + "\n"
@@ -205,8 +206,7 @@ def _demo(settings: Settings, args: argparse.Namespace) -> None:
 def _user_create(settings: Settings, args: argparse.Namespace) -> None:
     async def work(chat: ChatService) -> None:
         user = await create_user(
-            chat.store,
-            args.username, name=args.name or "", surname=args.surname or "", photo_url=args.photo_url
+            chat.store, args.username, name=args.name or "", surname=args.surname or "", photo_url=args.photo_url
         )
         print(json.dumps({"id": str(user.id), "username": user.username}))
 
@@ -241,7 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument(
-        "--workers", type=_positive, default=1, metavar="N",
+        "--workers",
+        type=_positive,
+        default=1,
+        metavar="N",
         help="worker processes (about one per core); each is a replica with its own subscribers",
     )
     serve.set_defaults(handler=_serve)

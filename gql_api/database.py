@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 # The database as this app opens it: documents are plain dicts until Beanie reads them.
 Database = AsyncDatabase[dict[str, Any]]
 
+
 @asynccontextmanager
 async def open_database(settings: Settings) -> AsyncIterator[Database]:
     """Connect (starting the embedded server when no URI is set), create indexes, yield the db."""

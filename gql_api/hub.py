@@ -151,9 +151,7 @@ class _Group(Generic[EntryT]):
     async def catch_up(self, through: int | None = None) -> list[Subscriber[EntryT]]:
         """Deliver stored entries after ``last_seq`` (up to ``through``) that the feed skipped."""
         dropped: list[Subscriber[EntryT]] = []
-        async for message in self.history.replay(
-            self.stream_id, after=self.last_seq, through=through, with_end=True
-        ):
+        async for message in self.history.replay(self.stream_id, after=self.last_seq, through=through, with_end=True):
             if self.ended:
                 break
             dropped += self.fan_out(message)
@@ -167,9 +165,7 @@ class MessageHub(Generic[EntryT]):
     a feed skipped.
     """
 
-    def __init__(
-        self, history: HistoryReader[EntryT], queue_size: int = 1000, metrics: Metrics | None = None
-    ) -> None:
+    def __init__(self, history: HistoryReader[EntryT], queue_size: int = 1000, metrics: Metrics | None = None) -> None:
         self._history = history
         self._queue_size = queue_size
         self.metrics = metrics or Metrics()

@@ -281,9 +281,7 @@ class ChatService:
             existing = await self._find_by_dedup_key(key, dedup_key)
             if existing is not None:
                 if existing.content != content:
-                    raise Conflict(
-                        "Resource already exists: this clientMessageId was used for other content"
-                    )
+                    raise Conflict("Resource already exists: this clientMessageId was used for other content")
                 return existing
             stream = await self._live_stream(key)
             role = await self.moderation.admit_sender(sender, stream)

@@ -336,9 +336,7 @@ class ChatStore:
         condition = {"stream_id": eq(stream_id), "kind": eq(MessageKind.SUPERLIKE.value)}
         return await detached(count_matching(ChatMessage.get_pymongo_collection(), condition))
 
-    async def _read(
-        self, stream_id: str, seq: dict[str, int], *, limit: int, newest_first: bool
-    ) -> list[ChatMessage]:
+    async def _read(self, stream_id: str, seq: dict[str, int], *, limit: int, newest_first: bool) -> list[ChatMessage]:
         condition: dict[str, Any] = {"stream_id": eq(stream_id)}
         if seq:
             condition["seq"] = seq
@@ -559,6 +557,7 @@ class ChatStore:
     async def drop_expired_presences(self, now_ms: int) -> None:
         """Delete the presence of every replica that let it expire by ``now_ms`` (it died)."""
         await detached(ViewerPresence.get_pymongo_collection().delete_many({"expires_at_ms": {"$lte": now_ms}}))
+
 
 def _member_identity(stream_id: str, user: PublicProfile) -> dict[str, Any]:
     return {"stream_id": stream_id, "user_id": user.id, "user": user.model_dump()}

@@ -21,14 +21,10 @@ async def create_user(
     """A new user; Conflict when the username is taken."""
     username = username.strip().lower()
     if not USERNAME_PATTERN.match(username):
-        raise BadUserInput(
-            "Validation failed: a username is 3 to 32 characters of a-z, 0-9, '_' and '.'"
-        )
+        raise BadUserInput("Validation failed: a username is 3 to 32 characters of a-z, 0-9, '_' and '.'")
     photo = None
     if photo_url:
-        photo = ProfilePhoto(
-            id=str(ObjectId()), url=photo_url, variants={"40": photo_url, "76": photo_url}
-        )
+        photo = ProfilePhoto(id=str(ObjectId()), url=photo_url, variants={"40": photo_url, "76": photo_url})
     user = User(
         username=username,
         name=name or username.capitalize(),

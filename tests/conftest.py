@@ -10,8 +10,8 @@ import itertools
 import logging
 import os
 import signal
-import sys
 import socket
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -228,7 +228,9 @@ class GraphQLClient:
     async def execute(self, query: str, variables: dict[str, Any] | None = None, **headers: str) -> dict[str, Any]:
         if self.token is not None:
             headers.setdefault("Authorization", self.token)
-        response = await self.http.post("/graphql", json={"query": query, "variables": variables or {}}, headers=headers)
+        response = await self.http.post(
+            "/graphql", json={"query": query, "variables": variables or {}}, headers=headers
+        )
         assert response.status_code == 200, response.text
         return response.json()
 
@@ -280,9 +282,17 @@ async def api_process(data_dir: Path, *, workers: int = 1, **env: str | None) ->
     environment["GQL_API_DATA_DIR"] = str(data_dir)
     environment.update(env)
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gql_api", "serve", "--port", str(port), *extra,
+        sys.executable,
+        "-m",
+        "gql_api",
+        "serve",
+        "--port",
+        str(port),
+        *extra,
         env={name: value for name, value in environment.items() if value is not None},
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     output: list[str] = []
     serving = asyncio.Event()

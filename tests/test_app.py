@@ -57,7 +57,9 @@ async def test_production_refuses_every_introspection_field_and_has_no_ide(produ
     async with httpx.AsyncClient(base_url=production.url) as client:
         page = await client.get("/graphql", headers={"Accept": "text/html"})
         type_query = (await client.post("/graphql", json={"query": '{ __type(name: "Query") { name } }'})).json()
-        nested = (await client.post("/graphql", json={"query": "{ me { __typename } __schema { types { name } } }"})).json()
+        nested = (
+            await client.post("/graphql", json={"query": "{ me { __typename } __schema { types { name } } }"})
+        ).json()
 
     assert page.status_code == 404
     assert page.json()["errors"][0]["extensions"] == {"code": "NOT_FOUND", "statusCode": 404}

@@ -100,7 +100,10 @@ def test_serve_on_the_embedded_database_from_scratch(tmp_path):
     env = _env(tmp_path / "fresh", None)
     process = subprocess.Popen(
         [sys.executable, "-m", "gql_api", "serve", "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         banner = {}
@@ -114,7 +117,9 @@ def test_serve_on_the_embedded_database_from_scratch(tmp_path):
         send = 'mutation($s: ID!) { sendChatMessage(streamId: $s, content: "hello") { content } }'
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
             page = client.get("/graphql", headers={"Accept": "text/html"})
-            sent = client.post("/graphql", json={"query": send, "variables": {"s": stream_id}}, headers={"Authorization": token})
+            sent = client.post(
+                "/graphql", json={"query": send, "variables": {"s": stream_id}}, headers={"Authorization": token}
+            )
         assert page.status_code == 200
         assert sent.json() == {"data": {"sendChatMessage": {"content": "hello"}}}
     finally:
@@ -132,7 +137,9 @@ def test_serve_caps_websocket_messages_in_uvicorn_too(make_settings):
 
 
 @pytest.mark.parametrize(("ws_compression", "negotiated"), [(False, None), (True, "permessage-deflate")])
-async def test_websocket_compression_is_negotiated_only_when_turned_on(server, make_settings, ws_compression, negotiated):
+async def test_websocket_compression_is_negotiated_only_when_turned_on(
+    server, make_settings, ws_compression, negotiated
+):
     """Browsers always offer permessage-deflate: uvicorn, as ``gql-api serve`` configures it,
     accepts it only with WS_COMPRESSION on."""
     settings = make_settings(ws_compression=ws_compression)
@@ -224,15 +231,19 @@ async def test_serve_with_workers_runs_replicas_that_deliver_to_each_other(tmp_p
                 return response.json()["data"]["sendChatMessage"]
 
             marker = await _alone(second, first, send("marker"))
-            ws = await _alone(first, second, websockets.connect(
-                api.ws_url, subprotocols=["graphql-transport-ws"], ping_interval=None
-            ))
+            ws = await _alone(
+                first, second, websockets.connect(api.ws_url, subprotocols=["graphql-transport-ws"], ping_interval=None)
+            )
             async with ws:
                 await ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": token}}))
                 assert json.loads(await asyncio.wait_for(ws.recv(), 30))["type"] == "connection_ack"
                 after = encode_cursor(decode_cursor(marker["cursor"]) - 1)
                 variables = {"s": stream, "after": after}
-                await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": {"query": MESSAGE_ADDED, "variables": variables}}))
+                await ws.send(
+                    json.dumps(
+                        {"id": "1", "type": "subscribe", "payload": {"query": MESSAGE_ADDED, "variables": variables}}
+                    )
+                )
                 # The marker is replayed from history: the subscription is live from here on.
                 replayed = json.loads(await asyncio.wait_for(ws.recv(), 30))
                 sent = await _alone(second, first, send("hello from the other worker"))

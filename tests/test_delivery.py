@@ -67,7 +67,11 @@ async def _gql(http_url: str, token: str, query: str, variables: dict[str, Any])
     import httpx
 
     async with httpx.AsyncClient(base_url=http_url, timeout=30) as client:
-        body = (await client.post("/graphql", json={"query": query, "variables": variables}, headers={"Authorization": token})).json()
+        body = (
+            await client.post(
+                "/graphql", json={"query": query, "variables": variables}, headers={"Authorization": token}
+            )
+        ).json()
     assert "errors" not in body, body
     return body["data"]
 
@@ -75,8 +79,13 @@ async def _gql(http_url: str, token: str, query: str, variables: dict[str, Any])
 async def _demo(data_dir: Path) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if k not in {"MONGODB_URI", "JWT_SECRET", "APP_ENV"}}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gql_api", "demo", "--json",
-        env={**env, "GQL_API_DATA_DIR": str(data_dir)}, stdout=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "gql_api",
+        "demo",
+        "--json",
+        env={**env, "GQL_API_DATA_DIR": str(data_dir)},
+        stdout=asyncio.subprocess.PIPE,
     )
     out, _ = await process.communicate()
     assert process.returncode == 0
@@ -95,7 +104,10 @@ async def test_two_api_processes_deliver_every_message_to_both_once_and_in_order
         stream, alice, bob = demo["streamId"], demo["users"]["alice"]["token"], demo["users"]["bob"]["token"]
         marker = (await _gql(a.url, alice, SEND, {"s": stream, "c": "marker"}))["sendChatMessage"]
         start = encode_cursor(decode_cursor(marker["cursor"]) - 1)
-        async with Subscription(a.ws_url, bob, stream, start) as on_a, Subscription(b.ws_url, alice, stream, start) as on_b:
+        async with (
+            Subscription(a.ws_url, bob, stream, start) as on_a,
+            Subscription(b.ws_url, alice, stream, start) as on_b,
+        ):
             # Receiving the marker proves both have joined; everything after it arrives live.
             assert [m["id"] for m in await on_a.take(1)] == [marker["id"]]
             assert [m["id"] for m in await on_b.take(1)] == [marker["id"]]
@@ -137,7 +149,10 @@ async def test_subscribers_see_no_gap_or_duplicate_across_a_database_restart(tmp
         restarted = EmbeddedMongo(tmp_path)
         async with Subscription(api.ws_url, token, stream, start) as live:
             await live.take(1)
-            before = [(await _gql(api.url, token, SEND, {"s": stream, "c": f"before{n}"}))["sendChatMessage"] for n in range(3)]
+            before = [
+                (await _gql(api.url, token, SEND, {"s": stream, "c": f"before{n}"}))["sendChatMessage"]
+                for n in range(3)
+            ]
             assert [m["id"] for m in await live.take(3)] == [m["id"] for m in before]
 
             port = urlsplit((tmp_path / "mongodb.uri").read_text().strip()).port
@@ -146,7 +161,10 @@ async def test_subscribers_see_no_gap_or_duplicate_across_a_database_restart(tmp
             await _died(pid)
             await asyncio.to_thread(restarted.start, port)
             try:
-                after = [(await _gql(api.url, token, SEND, {"s": stream, "c": f"after{n}"}))["sendChatMessage"] for n in range(3)]
+                after = [
+                    (await _gql(api.url, token, SEND, {"s": stream, "c": f"after{n}"}))["sendChatMessage"]
+                    for n in range(3)
+                ]
                 got = await live.take(3)
                 assert live.received.empty()
             finally:
@@ -201,10 +219,15 @@ async def test_a_slow_subscriber_is_closed_with_subscriber_too_slow_while_a_fast
         owner = await make_user()  # exempt from the rate limit: it can send a burst
         stream = await make_stream(owner)
         token = live.token(owner)
-        query = {"query": "subscription($s: ID!) { messageAdded(streamId: $s) { content } }", "variables": {"s": str(stream.id)}}
+        query = {
+            "query": "subscription($s: ID!) { messageAdded(streamId: $s) { content } }",
+            "variables": {"s": str(stream.id)},
+        }
 
         async def open_subscription(**options: Any):
-            ws = await websockets.connect(live.ws_url, subprotocols=["graphql-transport-ws"], ping_interval=None, **options)
+            ws = await websockets.connect(
+                live.ws_url, subprotocols=["graphql-transport-ws"], ping_interval=None, **options
+            )
             await ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": token}}))
             assert json.loads(await ws.recv())["type"] == "connection_ack"
             await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": query}))
@@ -305,7 +328,11 @@ async def test_across_two_replicas_senders_racing_the_end_are_delivered_before_i
         async with httpx.AsyncClient(timeout=30) as http:
 
             async def post(api, query: str, variables: dict[str, Any]) -> dict[str, Any]:
-                response = await http.post(f"{api.url}/graphql", json={"query": query, "variables": variables}, headers={"Authorization": carol})
+                response = await http.post(
+                    f"{api.url}/graphql",
+                    json={"query": query, "variables": variables},
+                    headers={"Authorization": carol},
+                )
                 return response.json()
 
             async def send(n: int) -> None:
@@ -317,7 +344,10 @@ async def test_across_two_replicas_senders_racing_the_end_are_delivered_before_i
                 if len(acknowledged) >= 3:
                     some_acknowledged.set()
 
-            async with Subscription(a.ws_url, carol, stream, marker["cursor"]) as on_a, Subscription(b.ws_url, carol, stream, marker["cursor"]) as on_b:
+            async with (
+                Subscription(a.ws_url, carol, stream, marker["cursor"]) as on_a,
+                Subscription(b.ws_url, carol, stream, marker["cursor"]) as on_b,
+            ):
                 senders = [asyncio.create_task(send(n)) for n in range(40)]
                 await some_acknowledged.wait()
                 ending = asyncio.create_task(post(a, END, {"id": stream}))

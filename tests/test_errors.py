@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 from graphql import GraphQLError
-from pymongo.errors import AutoReconnect, ExecutionTimeout, NetworkTimeout, OperationFailure, ServerSelectionTimeoutError
+from pymongo.errors import (
+    AutoReconnect,
+    ExecutionTimeout,
+    NetworkTimeout,
+    OperationFailure,
+    ServerSelectionTimeoutError,
+)
 
 from gql_api.errors import (
     ERRORS,
@@ -59,7 +65,11 @@ def test_a_database_outage_is_service_unavailable(caplog):
 
 @pytest.mark.parametrize(
     "exc",
-    [AutoReconnect("connection reset"), NetworkTimeout("timed out"), ExecutionTimeout("operation exceeded time limit", 50)],
+    [
+        AutoReconnect("connection reset"),
+        NetworkTimeout("timed out"),
+        ExecutionTimeout("operation exceeded time limit", 50),
+    ],
 )
 def test_a_lost_or_timed_out_database_call_is_service_unavailable(exc):
     assert as_api_error(exc).extensions == {"code": "SERVICE_UNAVAILABLE", "statusCode": 503}
@@ -108,7 +118,10 @@ def test_the_readme_errors_table_lists_every_code_with_its_status():
 
 def test_the_table_holds_each_class_that_declares_a_code():
     assert ERRORS["CONFLICT"] is Conflict and ERRORS["INTERNAL_SERVER_ERROR"] is ApiError
-    assert [ERRORS[code].summary for code in ("BAD_USER_INPUT", "NOT_FOUND")] == ["Validation failed", "Resource not found"]
+    assert [ERRORS[code].summary for code in ("BAD_USER_INPUT", "NOT_FOUND")] == [
+        "Validation failed",
+        "Resource not found",
+    ]
 
     class StreamEnded(Conflict):  # a special case of a row, not a row
         pass

@@ -39,7 +39,7 @@ def test_graphql_core_executor_internals_are_there() -> None:
     )
     _require(callable(getattr(Executor, "execute_operation", None)), "graphql-core Executor.execute_operation is gone")
     schema = build_schema()
-    document = graphql.parse("subscription { messageAdded(streamId: \"x\") { id } }")
+    document = graphql.parse('subscription { messageAdded(streamId: "x") { id } }')
     executor = Executor.build(schema._schema, document)
     _require(isinstance(executor, Executor), "Executor.build no longer returns an Executor for a valid document")
     memo = getattr(executor, "_relevant_sub_fields", None)
@@ -82,6 +82,7 @@ def test_strawberry_internals_are_there() -> None:
 
 
 # -- a second subscription field through the same path ---------------------------------------
+
 
 @dataclass
 class Tick:
@@ -140,7 +141,11 @@ async def _subscribe_bound(
 
     async def run() -> None:
         bind_sink(
-            send_text, operation_id=operation_id, frame_type="next", query=query, operation_name=None,
+            send_text,
+            operation_id=operation_id,
+            frame_type="next",
+            query=query,
+            operation_name=None,
             variables=variables,
         )
         results = await TICK_SCHEMA.subscribe(

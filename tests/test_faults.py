@@ -33,7 +33,11 @@ ME = "{ me { username } }"
 async def _demo(env: dict[str, str | None]) -> dict:
     """``gql-api demo --json``, reusing the running embedded server."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gql_api", "demo", "--json",
+        sys.executable,
+        "-m",
+        "gql_api",
+        "demo",
+        "--json",
         env={k: v for k, v in {**os.environ, **env}.items() if v is not None},
         stdout=asyncio.subprocess.PIPE,
     )
@@ -92,7 +96,9 @@ async def test_an_outage_is_503_within_the_timeout_and_the_same_process_recovers
                 me, timings[f"{phase}: me"] = await graphql(ME)
                 ready, timings[f"{phase}: readyz"] = await _timed(http, "GET", "/readyz")
                 health = await http.get("/healthz")
-                async with websockets.connect(api.ws_url, subprotocols=["graphql-transport-ws"], ping_interval=None) as ws:
+                async with websockets.connect(
+                    api.ws_url, subprotocols=["graphql-transport-ws"], ping_interval=None
+                ) as ws:
                     await ws.send(json.dumps({"type": "connection_init", "payload": auth}))
                     try:
                         first, close_code = json.loads(await asyncio.wait_for(ws.recv(), 30))["type"], None

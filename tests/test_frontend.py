@@ -135,7 +135,12 @@ def test_without_node_the_suite_passes_and_says_what_it_skipped_and_how_to_enabl
     js_tests = ["tests/test_frontend.py", "tests/test_graphql_http_audit.py"]
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-m", "not slow", *js_tests],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=NODE_TEST_TIMEOUT_SECONDS, check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=NODE_TEST_TIMEOUT_SECONDS,
+        check=False,
     )
 
     assert run.returncode == 0, run.stdout + run.stderr

@@ -61,7 +61,9 @@ async def test_content_outside_1_to_500_characters_is_bad_user_input(make_user, 
 
 async def test_content_of_exactly_500_characters_after_trimming_is_accepted(make_user, make_stream, client_for):
     stream = await make_stream()
-    sent = await client_for(await make_user()).data(SEND, {"streamId": str(stream.id), "content": " " + "z" * 500 + " "})
+    sent = await client_for(await make_user()).data(
+        SEND, {"streamId": str(stream.id), "content": " " + "z" * 500 + " "}
+    )
     assert len(sent["sendChatMessage"]["content"]) == 500
 
 
@@ -172,7 +174,10 @@ async def test_create_and_end_a_stream(make_user, client_for):
     assert created["title"] == "Friday night"
     assert created["status"] == "LIVE" and created["endedAt"] is None and created["superlikeCount"] == 0
     assert created["owner"] == {
-        "__typename": "UserSnapshot", "userId": str(owner.id), "id": str(owner.id), "username": owner.username
+        "__typename": "UserSnapshot",
+        "userId": str(owner.id),
+        "id": str(owner.id),
+        "username": owner.username,
     }
     assert ended["status"] == "ENDED" and ended["endedAt"].endswith("Z")
     assert (await client.data(STREAM, {"id": created["id"]}))["liveStream"]["status"] == "ENDED"
@@ -210,8 +215,12 @@ async def test_superlike_count_is_the_stored_superlikes_even_if_a_write_stopped_
     fan = await make_user()
     stream = await make_stream()
     stored = ChatMessage(
-        stream_id=str(stream.id), seq=1, kind=MessageKind.SUPERLIKE, content="",
-        sender=fan.public_profile(), dedup_key=f"s:{fan.id}",
+        stream_id=str(stream.id),
+        seq=1,
+        kind=MessageKind.SUPERLIKE,
+        content="",
+        sender=fan.public_profile(),
+        dedup_key=f"s:{fan.id}",
     )
     await stored.insert()
     client = client_for(fan)
@@ -253,8 +262,12 @@ async def test_a_lone_surrogate_is_bad_user_input(make_user, make_stream, client
     assert (await client.data(HISTORY, {"s": str(stream.id)}))["chatMessages"]["edges"] == []
 
 
-@pytest.mark.parametrize("content", ["\u200b", "\ufeff", " \u200b\u2060 \ufeff ", "\u0000", "a\u0000b", "a\rb", "\x1b[31m", "\x7f"])
-async def test_invisible_only_content_and_control_characters_are_bad_user_input(make_user, make_stream, client_for, content):
+@pytest.mark.parametrize(
+    "content", ["\u200b", "\ufeff", " \u200b\u2060 \ufeff ", "\u0000", "a\u0000b", "a\rb", "\x1b[31m", "\x7f"]
+)
+async def test_invisible_only_content_and_control_characters_are_bad_user_input(
+    make_user, make_stream, client_for, content
+):
     stream = await make_stream()
     client = client_for(await make_user())
 

@@ -121,7 +121,9 @@ async def test_history_of_an_unknown_stream_is_not_found(make_user, client_for):
 
 async def test_me_is_the_caller(make_user, client_for):
     user = await make_user(name="Ada", surname="Lovelace", photo_url="https://img.example/ada.webp")
-    me = (await client_for(user).data("{ me { id username name surname availabilityStatus profilePhoto { url type } } }"))["me"]
+    me = (
+        await client_for(user).data("{ me { id username name surname availabilityStatus profilePhoto { url type } } }")
+    )["me"]
     assert me == {
         "id": str(user.id),
         "username": user.username,
@@ -166,7 +168,10 @@ async def test_a_stream_owner_is_a_snapshot_apart_from_the_live_user(make_user, 
     assert data["me"] == {"__typename": "User", "id": str(user.id), "name": "Augusta"}
     # `id`: deprecated, still served, so documents selecting `owner { id }` keep working.
     assert data["liveStream"]["owner"] == {
-        "__typename": "UserSnapshot", "userId": str(user.id), "id": str(user.id), "name": "Ada"
+        "__typename": "UserSnapshot",
+        "userId": str(user.id),
+        "id": str(user.id),
+        "name": "Ada",
     }
 
 

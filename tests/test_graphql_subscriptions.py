@@ -138,7 +138,9 @@ async def test_the_connection_payload_key_is_case_insensitive(server, make_user,
         assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == {"type": "connection_ack"}
 
 
-async def test_each_message_is_executed_once_per_distinct_operation_whatever_the_audience(server, make_user, make_stream):
+async def test_each_message_is_executed_once_per_distinct_operation_whatever_the_audience(
+    server, make_user, make_stream
+):
     stream = await make_stream()
     sender = await make_user()
     renderer = server.app.graphql.renderer
@@ -209,7 +211,9 @@ END = "mutation($id: ID!) { endLiveStream(id: $id) { endedAt } }"
 SEND_OR_NOT = "mutation($s: ID!, $c: String!) { sendChatMessage(streamId: $s, content: $c) { id createdAt } }"
 
 
-async def test_senders_racing_the_end_are_stored_and_delivered_before_it_or_refused(server, make_user, make_stream, client_for):
+async def test_senders_racing_the_end_are_stored_and_delivered_before_it_or_refused(
+    server, make_user, make_stream, client_for
+):
     """Writers queued behind the stream's writer lock when it ends used to be stored after the
     end, acknowledged, and never delivered: now each is either before the end, and delivered
     before `complete`, or refused with CONFLICT."""

@@ -105,9 +105,7 @@ async def _post(http, token, query, variables=None, accept=BOTH):
         pytest.param("{ " + " ".join(f"a{n}: __typename" for n in range(16)) + " }", None, id="a limit"),
     ],
 )
-async def test_a_request_error_is_400_without_data_for_graphql_response_json(
-    server, http, make_user, query, variables
-):
+async def test_a_request_error_is_400_without_data_for_graphql_response_json(server, http, make_user, query, variables):
     response = await _post(http, server.token(await make_user()), query, variables)
 
     assert response.status_code == 400
@@ -157,9 +155,7 @@ async def test_a_success_is_200_in_the_media_type_asked_for(server, http, make_u
 
 
 async def test_a_request_refused_before_parsing_answers_in_the_media_type_asked_for(http):
-    garbled = await http.post(
-        "/graphql", content=b"{not json", headers={"Content-Type": JSON, "Accept": BOTH}
-    )
+    garbled = await http.post("/graphql", content=b"{not json", headers={"Content-Type": JSON, "Accept": BOTH})
 
     assert garbled.status_code == 400
     assert garbled.headers["content-type"] == GRAPHQL_RESPONSE_JSON

@@ -90,7 +90,9 @@ async def _connect(live: LiveServer, token: str | None, protocol: str = "graphql
 
 
 def _subscribe(op_id: str, stream_id: str) -> str:
-    return json.dumps({"id": op_id, "type": "subscribe", "payload": {"query": SUBSCRIBE, "variables": {"s": stream_id}}})
+    return json.dumps(
+        {"id": op_id, "type": "subscribe", "payload": {"query": SUBSCRIBE, "variables": {"s": stream_id}}}
+    )
 
 
 async def test_connection_init_must_arrive_in_time(tight):
@@ -142,7 +144,9 @@ async def test_the_server_pings_and_keeps_a_connection_that_answers(pinging, mak
             await ws.send(json.dumps({"type": "pong"}))
 
 
-async def test_a_connection_that_stops_answering_pings_is_closed_and_its_subscriptions_freed(pinging, make_user, make_stream):
+async def test_a_connection_that_stops_answering_pings_is_closed_and_its_subscriptions_freed(
+    pinging, make_user, make_stream
+):
     stream = await make_stream()
     async with await _connect(pinging, pinging.token(await make_user())) as ws:
         await ws.send(_subscribe("1", str(stream.id)))
@@ -158,8 +162,11 @@ async def test_a_token_that_expires_closes_the_connection_with_4403(server, make
     # "exp" has whole seconds: a 1 s ttl could leave ~0 s, expiring before the subscription starts.
     token = server.token(await make_user(), ttl=timedelta(seconds=3))
     async with await _connect(server, token, protocol) as ws:
-        start = {"id": "1", "type": "subscribe" if protocol == "graphql-transport-ws" else "start",
-                 "payload": {"query": SUBSCRIBE, "variables": {"s": str(stream.id)}}}
+        start = {
+            "id": "1",
+            "type": "subscribe" if protocol == "graphql-transport-ws" else "start",
+            "payload": {"query": SUBSCRIBE, "variables": {"s": str(stream.id)}},
+        }
         await ws.send(json.dumps(start))
         await server.services.hub.wait_for_subscribers(str(stream.id), 1)
         with pytest.raises(websockets.ConnectionClosed) as closed:

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
-
 from bson import ObjectId
 
 from gql_api.delivery import Delivery

@@ -36,9 +36,7 @@ def _assert_rate_limited(error: dict) -> int:
     return retry_after
 
 
-async def test_the_21st_message_in_the_window_is_refused_and_others_keep_sending(
-    make_user, make_stream, client_for
-):
+async def test_the_21st_message_in_the_window_is_refused_and_others_keep_sending(make_user, make_stream, client_for):
     spammer, other = await make_user(), await make_user()
     stream, elsewhere = await make_stream(), await make_stream()
     client = client_for(spammer)
@@ -134,12 +132,15 @@ async def test_the_limit_holds_across_replicas(server, make_user, make_stream, c
     here = client_for(user)
     await _send_ok(here, stream_id, 10, prefix="a")
 
-    async with api_process(
-        tmp_path,
-        MONGODB_URI=settings.mongodb_uri.get_secret_value(),
-        MONGODB_DB=settings.mongodb_db,
-        JWT_SECRET=TEST_SECRET,
-    ) as replica, httpx.AsyncClient(base_url=replica.url, timeout=10) as http:
+    async with (
+        api_process(
+            tmp_path,
+            MONGODB_URI=settings.mongodb_uri.get_secret_value(),
+            MONGODB_DB=settings.mongodb_db,
+            JWT_SECRET=TEST_SECRET,
+        ) as replica,
+        httpx.AsyncClient(base_url=replica.url, timeout=10) as http,
+    ):
         there = GraphQLClient(http, server.token(user))
         await _send_ok(there, stream_id, 10, prefix="b")
         refused_there = await there.error(SEND, {"s": stream_id, "c": "21st"})
@@ -177,7 +178,9 @@ async def test_concurrent_retries_of_one_client_message_id_use_one_slot(make_use
     _assert_rate_limited(refused)
 
 
-async def test_concurrent_rest_retries_of_one_client_message_id_use_one_slot(server, http, make_user, make_stream, client_for):
+async def test_concurrent_rest_retries_of_one_client_message_id_use_one_slot(
+    server, http, make_user, make_stream, client_for
+):
     user = await make_user()
     stream_id = str((await make_stream()).id)
     url = f"/api/v1/live-stream/{stream_id}/chat/messages"

@@ -83,9 +83,7 @@ def _contents(body: dict[str, Any]) -> list[str]:
 async def test_a_sent_message_is_201_with_exactly_the_documented_shape(server, http, make_user, make_stream):
     user = await make_user(name="John", surname="Doe", photo_url="https://img.example/john.webp")
     stream = await make_stream()
-    response = await http.post(
-        messages_url(stream.id), json={"content": "Herkese selam!"}, headers=auth(server, user)
-    )
+    response = await http.post(messages_url(stream.id), json={"content": "Herkese selam!"}, headers=auth(server, user))
 
     assert response.status_code == 201, response.text
     body = response.json()
@@ -228,9 +226,7 @@ async def test_after_pages_forward_until_null(server, http, make_user, make_stre
         seen += _contents(body)
         if body["nextCursor"] is None:
             break
-        assert body["nextCursor"] == encode_cursor(
-            (await ChatMessage.get(body["messages"][-1]["_id"])).seq
-        )
+        assert body["nextCursor"] == encode_cursor((await ChatMessage.get(body["messages"][-1]["_id"])).seq)
         params["after"] = body["nextCursor"]
 
     assert seen == [f"m{n}" for n in range(12)]
@@ -427,9 +423,10 @@ async def test_the_body_cap_is_the_setting_graphql_and_rest_share(server, make_s
     settings = make_settings(graphql_max_body_bytes=2048)
     stream = await make_stream()
     headers = {**auth(server, await make_user()), "Content-Type": "application/json"}
-    async with serve(create_app(settings, database=server.services.database)) as live, httpx.AsyncClient(
-        base_url=live.url, timeout=30
-    ) as client:
+    async with (
+        serve(create_app(settings, database=server.services.database)) as live,
+        httpx.AsyncClient(base_url=live.url, timeout=30) as client,
+    ):
         rest = await client.post(messages_url(stream.id), content=_body_of(2049), headers=headers)
         graphql = await client.post("/graphql", content=b" " * 2049, headers=headers)
 
@@ -501,9 +498,17 @@ SUPERLIKED = "Resource already exists: you have already superliked this stream"
 @pytest.mark.parametrize(
     ("exc", "status", "errors"),
     [
-        (BadUserInput(details=["body.content: Field required"]), 400, ["Validation failed", "body.content: Field required"]),
+        (
+            BadUserInput(details=["body.content: Field required"]),
+            400,
+            ["Validation failed", "body.content: Field required"],
+        ),
         (Unauthenticated("Authentication required: expired"), 401, ["Authentication required", "expired"]),
-        (Forbidden("Insufficient permissions: only the owner may"), 403, ["Insufficient permissions", "only the owner may"]),
+        (
+            Forbidden("Insufficient permissions: only the owner may"),
+            403,
+            ["Insufficient permissions", "only the owner may"],
+        ),
         (NotFound(), 404, ["Resource not found"]),
         (Conflict(SUPERLIKED), 409, [Conflict.summary, SUPERLIKED]),
         (HTTPException(405, headers={"Allow": "GET"}), 405, ["Method not allowed"]),
@@ -772,7 +777,9 @@ async def test_rest_senders_racing_the_end_are_stored_and_delivered_before_it_or
         if len(acknowledged) >= 3:
             some_acknowledged.set()
 
-    query = GraphQLRequest("subscription($s: ID!) { messageAdded(streamId: $s) { id } }", variable_values={"s": stream_id})
+    query = GraphQLRequest(
+        "subscription($s: ID!) { messageAdded(streamId: $s) { id } }", variable_values={"s": stream_id}
+    )
     transport = WebsocketsTransport(url=server.ws_url, init_payload={"Authorization": server.token(owner)})
     async with Client(transport=transport) as session:
 
@@ -804,7 +811,9 @@ async def test_an_ended_streams_rest_history_shows_its_messages_only(server, htt
     headers = auth(server, owner)
 
     newest = (await http.get(messages_url(stream_id), params={"limit": 2}, headers=headers)).json()
-    forward = (await http.get(messages_url(stream_id), params={"after": encode_cursor(sent[1].seq)}, headers=headers)).json()
+    forward = (
+        await http.get(messages_url(stream_id), params={"after": encode_cursor(sent[1].seq)}, headers=headers)
+    ).json()
 
     assert _contents(newest) == ["m1", "m2"] and newest["nextCursor"] is not None
     assert _contents(forward) == ["m2"] and forward["nextCursor"] is None
@@ -813,7 +822,12 @@ async def test_an_ended_streams_rest_history_shows_its_messages_only(server, htt
 async def test_a_superlike_retry_after_a_lost_answer_is_409_saying_it_is_stored(server, http, make_user, make_stream):
     user, stream = await make_user(), await make_stream()
     await ChatMessage(
-        stream_id=str(stream.id), seq=1, kind="SUPERLIKE", content="", sender=user.public_profile(), dedup_key=f"s:{user.id}"
+        stream_id=str(stream.id),
+        seq=1,
+        kind="SUPERLIKE",
+        content="",
+        sender=user.public_profile(),
+        dedup_key=f"s:{user.id}",
     ).insert()  # stored as a send whose answer was lost would leave it
 
     retry = await http.post(superlike_url(stream.id), headers=auth(server, user))

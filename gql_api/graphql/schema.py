@@ -92,9 +92,7 @@ class Mutation:
         content: str,
         client_message_id: str | None = None,
     ) -> ChatMessage:
-        message = await info.context.chat.send_message(
-            info.context.user, str(stream_id), content, client_message_id
-        )
+        message = await info.context.chat.send_message(info.context.user, str(stream_id), content, client_message_id)
         return ChatMessage.from_document(message)
 
     @strawberry.mutation(description="Superlike a stream: once per user per stream.")

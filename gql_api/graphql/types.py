@@ -197,9 +197,7 @@ class ChatMessage:
     created_at: datetime
     updated_at: datetime
     client_message_id: str | None
-    cursor: str = strawberry.field(
-        description="This message's position in its stream, for `after`/`before` arguments."
-    )
+    cursor: str = strawberry.field(description="This message's position in its stream, for `after`/`before` arguments.")
     sender_role: ChatRole = strawberry.field(
         resolver=_sender_role,
         description="The sender's role in the stream when the message was sent, for badges.",
@@ -276,10 +274,7 @@ class ChatMessageConnection:
 
     @classmethod
     def from_page(cls, page: Page[documents.ChatMessage]) -> ChatMessageConnection:
-        edges = [
-            ChatMessageEdge(cursor=encode_cursor(m.seq), node=ChatMessage.from_document(m))
-            for m in page.items
-        ]
+        edges = [ChatMessageEdge(cursor=encode_cursor(m.seq), node=ChatMessage.from_document(m)) for m in page.items]
         return cls(
             edges=edges,
             page_info=PageInfo(

@@ -174,9 +174,7 @@ class GraphQLView(GraphQL[Context, None]):
         # The app's own GraphiQL build (no CDN), under a Content-Security-Policy.
         return graphiql_page(request)
 
-    async def parse_http_body(
-        self, request: AsyncHTTPRequestAdapter
-    ) -> GraphQLRequestData | list[GraphQLRequestData]:
+    async def parse_http_body(self, request: AsyncHTTPRequestAdapter) -> GraphQLRequestData | list[GraphQLRequestData]:
         # Only operations are checked: GraphiQL's page (a plain GET) is rendered before this.
         check_preflighted(request.headers)
         return await super().parse_http_body(request)

@@ -22,15 +22,11 @@ MAX_BODY_BYTES = 64 * 1024
 
 
 def _envelope(status_code: int, errors: list[str], headers: dict[str, str] | None = None) -> JSONResponse:
-    body = ErrorEnvelope(
-        is_success=False, status_code=status_code, data=None, errors=errors, timestamp=utcnow()
-    )
+    body = ErrorEnvelope(is_success=False, status_code=status_code, data=None, errors=errors, timestamp=utcnow())
     return JSONResponse(body.model_dump(mode="json"), status_code=status_code, headers=headers)
 
 
-def error_response(
-    exc: BaseException, where: str = "a REST request", metrics: Metrics | None = None
-) -> JSONResponse:
+def error_response(exc: BaseException, where: str = "a REST request", metrics: Metrics | None = None) -> JSONResponse:
     """The envelope for any exception: ``errors[0]`` its summary, then the specifics; the
     unexpected are logged with their traceback and masked (``errors.report``). With
     ``metrics``, the error is counted by code."""

@@ -91,9 +91,7 @@ def openapi_document() -> dict[str, Any]:
     # One response per error code, named by it, described by its summary (errors[0]).
     error_responses: dict[str, Any] = {}
 
-    def responses(
-        success: int, description: str, schema: dict[str, Any], *errors: type[ApiError]
-    ) -> dict[str, Any]:
+    def responses(success: int, description: str, schema: dict[str, Any], *errors: type[ApiError]) -> dict[str, Any]:
         result = {str(success): {"description": description, **json_content(schema)}}
         for error_class in sorted({*errors, *_ANY_OPERATION}, key=lambda e: e.status_code):
             error_responses[error_class.code] = error_response(error_class)
@@ -175,7 +173,9 @@ def openapi_document() -> dict[str, Any]:
         "post": {
             "operationId": "sendSuperlike",
             "summary": "Superlike a stream: once per user per stream",
-            "responses": responses(201, "The SUPERLIKE message", message, Unauthenticated, Forbidden, NotFound, Conflict),
+            "responses": responses(
+                201, "The SUPERLIKE message", message, Unauthenticated, Forbidden, NotFound, Conflict
+            ),
         },
     }
     return {
