@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from beanie import PydanticObjectId
+from beanie import PydanticObjectId, SortDirection
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo import ReturnDocument
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from gql_api.compat import (
@@ -161,7 +161,8 @@ def member_key(stream_id: str, user_id: str) -> str:
 
 def message_from_change_event(event: dict[str, Any]) -> ChatMessage:
     """The entry an insert event on the messages collection carries."""
-    return ChatMessage.model_validate(change_event_document(event))
+    message: ChatMessage = ChatMessage.model_validate(change_event_document(event))
+    return message
 
 
 def deletion_from_change_event(event: dict[str, Any]) -> MessageDeletion | None:
@@ -256,8 +257,8 @@ class ChatStore:
 
     async def newest(self, stream_id: str) -> ChatMessage | None:
         """The newest entry of the stream's log (its end entry once it has ended); None when empty."""
-        [entry] = await self._read(stream_id, {}, limit=1, newest_first=True) or [None]
-        return entry
+        rows = await self._read(stream_id, {}, limit=1, newest_first=True)
+        return rows[0] if rows else None
 
     async def read_window(
         self,
@@ -341,7 +342,9 @@ class ChatStore:
         if seq:
             condition["seq"] = seq
         query = ChatMessage.find(condition)
-        query = query.sort([("seq", DESCENDING if newest_first else ASCENDING)]).limit(limit)
+        query = query.sort([("seq", SortDirection.DESCENDING if newest_first else SortDirection.ASCENDING)]).limit(
+            limit
+        )
         return await detached(query.to_list())
 
     async def _any_message(self, stream_id: str, seq: dict[str, int]) -> bool:

@@ -110,9 +110,7 @@ def _readme_section(title: str) -> str:
 
 def test_the_readme_errors_table_lists_every_code_with_its_status():
     rows = re.findall(r"^\| `([A-Z_]+)` \| (\d{3}) \|", _readme_section("Errors"), flags=re.MULTILINE)
-    assert dict((code, int(status)) for code, status in rows) == {
-        code: error.status_code for code, error in ERRORS.items()
-    }
+    assert {code: int(status) for code, status in rows} == {code: error.status_code for code, error in ERRORS.items()}
     assert len(rows) == len(ERRORS)
 
 

@@ -6,8 +6,9 @@ Apollo Client (pagination, GraphQLWsLink, a renamed sender), ``urql.test.mjs`` r
 default GET queries into the CSRF rule and out of it, ``assets.test.mjs`` rebuilds
 the committed static files. Each skips when Node, Chromium or ``frontend/node_modules`` is
 missing, saying what is missing and that ``.ci/install-js`` installs it (before any fixture
-starts, so that a machine without them runs the rest of the suite as fast as ever). Screenshots go to ``GQL_API_SCREENSHOTS`` when set
-(``GQL_API_SCREENSHOTS=docs`` refreshes the README's), else to a temporary directory.
+starts, so that a machine without them runs the rest of the suite as fast as ever). Screenshots
+go to ``GQL_API_SCREENSHOTS`` when set (``GQL_API_SCREENSHOTS=docs`` refreshes the README's), else
+to a temporary directory.
 """
 
 from __future__ import annotations

@@ -22,7 +22,10 @@ mutation Send($streamId: ID!, $content: String!, $clientMessageId: String) {
 SUPERLIKE = "mutation($s: ID!) { sendSuperlike(streamId: $s) { id kind content sender { username } } }"
 STREAM = "query($id: ID!) { liveStream(id: $id) { id title status superlikeCount endedAt owner { username } } }"
 HISTORY = "query($s: ID!) { chatMessages(streamId: $s, last: 100) { edges { node { id kind content } } } }"
-CREATE = "mutation($t: String!) { createLiveStream(title: $t) { id title status superlikeCount createdAt endedAt owner { __typename userId id username } } }"
+CREATE = (
+    "mutation($t: String!) { createLiveStream(title: $t) {"
+    " id title status superlikeCount createdAt endedAt owner { __typename userId id username } } }"
+)
 END = "mutation($id: ID!) { endLiveStream(id: $id) { id status endedAt } }"
 MISSING_STREAM = "64d15f9e2e6c8f4d5a123000"
 
@@ -302,7 +305,7 @@ async def test_an_upper_case_stream_id_is_the_same_stream_everywhere(make_user, 
     ended = (await client_for(owner).data(END, {"id": upper}))["endLiveStream"]
 
     assert sent["streamId"] == str(stream.id) and retry == sent
-    assert [e["node"]["id"] for e in history][0] == sent["id"] and len(history) == 2
+    assert history[0]["node"]["id"] == sent["id"] and len(history) == 2
     assert count == 1
     assert ended["id"] == str(stream.id) and ended["status"] == "ENDED"
 
@@ -313,7 +316,10 @@ async def test_an_ended_streams_history_shows_its_messages_only(make_user, make_
     client = client_for(owner)
     sent = (await client.data(SEND, {"streamId": str(stream.id), "content": "bye"}))["sendChatMessage"]
     await client.data(END, {"id": str(stream.id)})
-    page = "query($s: ID!, $a: String) { chatMessages(streamId: $s, first: 10, after: $a) { edges { node { id } } pageInfo { hasNextPage } } }"
+    page = (
+        "query($s: ID!, $a: String) { chatMessages(streamId: $s, first: 10, after: $a) {"
+        " edges { node { id } } pageInfo { hasNextPage } } }"
+    )
 
     forward = (await client.data(page, {"s": str(stream.id), "a": None}))["chatMessages"]
     after_last = (await client.data(page, {"s": str(stream.id), "a": sent["cursor"]}))["chatMessages"]

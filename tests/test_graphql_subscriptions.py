@@ -40,6 +40,18 @@ async def _collect(session, stream_id: str, count: int) -> list[dict[str, Any]]:
     return received
 
 
+async def _closed_with(ws) -> int:
+    """The code the server closed ``ws`` with, reading whatever came before."""
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await _read_until_closed(ws)
+    return closed.value.rcvd.code
+
+
+async def _read_until_closed(ws) -> None:
+    while True:
+        await asyncio.wait_for(ws.recv(), 10)
+
+
 @pytest.mark.parametrize("subprotocol", SUBPROTOCOLS)
 async def test_subscribers_receive_new_messages_in_order_and_nothing_else(
     server, make_user, make_stream, client_for, subprotocol
@@ -123,11 +135,9 @@ async def test_subscribing_to_an_unknown_stream_is_not_found(server, make_user):
 async def test_a_missing_or_bad_token_closes_the_socket_with_4403(server, subprotocol, payload):
     async with websockets.connect(server.ws_url, subprotocols=[subprotocol], ping_interval=None) as ws:
         await ws.send(json.dumps({"type": "connection_init", "payload": payload}))
-        with pytest.raises(websockets.ConnectionClosed) as closed:
-            while True:
-                await asyncio.wait_for(ws.recv(), 10)
+        code = await _closed_with(ws)
 
-    assert closed.value.rcvd.code == 4403
+    assert code == 4403
 
 
 @pytest.mark.parametrize("key", ["Authorization", "authorization", "AUTHORIZATION"])
@@ -156,7 +166,7 @@ async def test_each_message_is_executed_once_per_distinct_operation_whatever_the
         raise AssertionError("subscription ended")
 
     try:
-        tasks = [asyncio.create_task(one(s, q)) for s, (q, _) in zip(sessions, audience)]
+        tasks = [asyncio.create_task(one(s, q)) for s, (q, _) in zip(sessions, audience, strict=True)]
         await server.services.hub.wait_for_subscribers(str(stream.id), len(audience))
         before = renderer.executions
         sent = await server.chat.send_message(sender, str(stream.id), "to everyone")
@@ -206,7 +216,10 @@ async def test_rendering_many_messages_keeps_nothing_per_message(server, make_us
     assert not set(ours) & (set(renderer._executors) | set(renderer._rendered))
 
 
-HISTORY = "query($s: ID!) { chatMessages(streamId: $s, last: 100) { edges { node { id createdAt } } pageInfo { hasNextPage } } }"
+HISTORY = (
+    "query($s: ID!) { chatMessages(streamId: $s, last: 100) {"
+    " edges { node { id createdAt } } pageInfo { hasNextPage } } }"
+)
 END = "mutation($id: ID!) { endLiveStream(id: $id) { endedAt } }"
 SEND_OR_NOT = "mutation($s: ID!, $c: String!) { sendChatMessage(streamId: $s, content: $c) { id createdAt } }"
 

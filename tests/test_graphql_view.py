@@ -97,7 +97,7 @@ async def _post(http, token, query, variables=None, accept=BOTH):
 
 
 @pytest.mark.parametrize(
-    "query, variables",
+    ("query", "variables"),
     [
         pytest.param("{ me {", None, id="parse"),
         pytest.param("{ me { noSuchField } }", None, id="validation"),
@@ -116,7 +116,7 @@ async def test_a_request_error_is_400_without_data_for_graphql_response_json(ser
 
 
 @pytest.mark.parametrize(
-    "query, variables",
+    ("query", "variables"),
     [
         pytest.param("{ me {", None, id="parse"),
         pytest.param("{ me { noSuchField } }", None, id="validation"),

@@ -74,10 +74,17 @@ async def _recv_operation(ws) -> dict[str, Any]:
     return message
 
 
+async def _read_until_closed(ws, into: list[Any] | None = None) -> None:
+    """Read (keeping each message in ``into``) until the server closes ``ws``."""
+    while True:
+        message = await asyncio.wait_for(ws.recv(), 10)
+        if into is not None:
+            into.append(json.loads(message))
+
+
 async def _closed_with(ws) -> int:
     with pytest.raises(websockets.ConnectionClosed) as closed:
-        while True:
-            await asyncio.wait_for(ws.recv(), 10)
+        await _read_until_closed(ws)
     return closed.value.rcvd.code
 
 
@@ -170,8 +177,7 @@ async def test_a_token_that_expires_closes_the_connection_with_4403(server, make
         await ws.send(json.dumps(start))
         await server.services.hub.wait_for_subscribers(str(stream.id), 1)
         with pytest.raises(websockets.ConnectionClosed) as closed:
-            while True:
-                await asyncio.wait_for(ws.recv(), 10)
+            await _read_until_closed(ws)
     await server.services.hub.wait_for_subscribers(str(stream.id), 0)
     assert closed.value.rcvd.code == 4403
     # The reason a token already expired at connection_init gets: one string to match.
@@ -510,8 +516,7 @@ async def _refused(live: LiveServer, protocol: str, payload: dict[str, str], **c
     async with websockets.connect(live.ws_url, subprotocols=[protocol], ping_interval=None, **connect) as ws:
         await ws.send(json.dumps({"type": "connection_init", "payload": payload}))
         with pytest.raises(websockets.ConnectionClosed) as closed:
-            while True:
-                messages.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+            await _read_until_closed(ws, into=messages)
     return closed.value.rcvd, messages
 
 

@@ -60,9 +60,9 @@ class MemoryLog:
     ) -> AsyncIterator[Entry]:
         self.replays += 1
         for entry in self.entries.get(stream_id, []):
-            if after < entry.seq and (through is None or entry.seq <= through):
-                if with_end or entry.kind is not MessageKind.STREAM_ENDED:
-                    yield entry
+            in_range = after < entry.seq and (through is None or entry.seq <= through)
+            if in_range and (with_end or entry.kind is not MessageKind.STREAM_ENDED):
+                yield entry
 
 
 @pytest.fixture
@@ -273,8 +273,7 @@ async def test_a_cursor_ahead_of_the_live_feed_skips_what_it_already_covers(serv
         after = encode_cursor(messages[1].seq)
 
         async def consume() -> None:
-            async for message in chat.subscribe(str(stream.id), after):
-                received.append(message.seq)
+            received.extend([message.seq async for message in chat.subscribe(str(stream.id), after)])
 
         task = asyncio.create_task(consume())
         await hub.wait_for_subscribers(str(stream.id), 2)

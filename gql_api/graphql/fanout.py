@@ -41,7 +41,13 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
-from graphql import DocumentNode, FragmentDefinitionNode, GraphQLError, OperationDefinitionNode
+from graphql import (
+    DocumentNode,
+    ExecutionResult,
+    FragmentDefinitionNode,
+    GraphQLError,
+    OperationDefinitionNode,
+)
 from graphql.execution.executor import Executor
 from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.types import Info
@@ -127,7 +133,7 @@ class EventRenderer:
         # Per operation with live subscribers (see ``acquire``): its executor, and its latest
         # rendered events (subscribers of one operation render the same event at about the
         # same time, so a short window is enough to share it).
-        self._executors: dict[RenderKey, Executor] = {}
+        self._executors: dict[RenderKey, Executor[Any]] = {}
         self._rendered: dict[RenderKey, OrderedDict[Hashable, str]] = {}
         self._subscribers: dict[RenderKey, int] = {}
         self.executions = 0  # how many times an event was actually executed and encoded
@@ -176,6 +182,8 @@ class EventRenderer:
             # of each event's fresh field list, in a dict every per-event copy shares: without
             # this, every rendered event stays in memory (about 1.5 KiB each; found by the soak).
             executor._relevant_sub_fields.clear()
+        # Event fields resolve synchronously (no awaitables, no @defer/@stream in subscriptions).
+        assert isinstance(result, ExecutionResult)
         body: dict[str, Any] = {"data": result.data}
         if result.errors:
             errors: list[GraphQLError] = list(result.errors)
@@ -183,7 +191,7 @@ class EventRenderer:
             body["errors"] = [error.formatted for error in errors]
         return _dumps(body)
 
-    def _build(self, key: RenderKey, source: Source) -> Executor:
+    def _build(self, key: RenderKey, source: Source) -> Executor[Any]:
         document = DocumentNode(definitions=(source.operation, *source.fragments.values()))
         executor = Executor.build(
             self._schema._schema,

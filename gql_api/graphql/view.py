@@ -85,7 +85,7 @@ def _is_request_error(result: ExecutionResult) -> bool:
     """Whether the operation failed before execution: every error is pathless (parsing,
     validation, a request limit, variable coercion). A field's error has a path, even when it
     nulls the whole ``data``."""
-    return result.data is None and bool(result.errors) and all(e.path is None for e in result.errors)
+    return result.data is None and bool(result.errors) and all(e.path is None for e in result.errors or ())
 
 
 def _request_error_status(errors: list[Any]) -> int:
@@ -116,7 +116,7 @@ class GraphQLView(GraphQL[Context, None]):
     graphql_transport_ws_handler_class = GraphQLTransportWSHandler
     graphql_ws_handler_class = LegacyGraphQLWSHandler
     # Websocket messages get the same cap as HTTP bodies (``max_body_bytes``), then close 1009.
-    websocket_adapter_class = CappedWebSocketAdapter  # type: ignore[assignment]
+    websocket_adapter_class = CappedWebSocketAdapter
 
     def __init__(
         self,
@@ -236,4 +236,7 @@ class GraphQLView(GraphQL[Context, None]):
             raise ConnectionRejectionError({"message": exc.message, "code": exc.code}) from exc
         context.authenticated_user = user
         context.token_expires_at = claims.expires_at
-        return UNSET
+        # UNSET, not None: Strawberry's own graphql-transport-ws handler would send None as
+        # `"payload": null`; UNSET always means an ack without a payload.
+        no_payload: UnsetType = UNSET
+        return no_payload

@@ -16,6 +16,7 @@ client's (the database is down) closes with 1013; on shutdown every connection i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Mapping
 from datetime import UTC, datetime
@@ -33,7 +34,11 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
 )
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import ErrorMessage, PongMessage
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
-from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMessage, StartMessage
+from strawberry.subscriptions.protocols.graphql_ws.types import (
+    ConnectionErrorMessage,
+    ConnectionInitMessage,
+    StartMessage,
+)
 from strawberry.subscriptions.protocols.graphql_ws.types import ErrorMessage as LegacyErrorMessage
 from strawberry.types.execution import ExecutionResult
 from strawberry.types.unset import UnsetType
@@ -111,10 +116,8 @@ async def _refuse(websocket: Any, code: int, reason: str) -> None:
     """Close for the client's fault: one short log line, never a traceback."""
     reason = _short(reason)
     logger.info("Websocket closed with %d: %s", code, reason)
-    try:
+    with contextlib.suppress(RuntimeError, WebSocketDisconnect):  # already closed by the peer
         await websocket.close(code=code, reason=reason)
-    except (RuntimeError, WebSocketDisconnect):
-        pass  # already closed by the peer
 
 
 class CappedWebSocketAdapter(ASGIWebSocketAdapter):
@@ -179,15 +182,17 @@ class _Supervised:
     """What both protocol handlers share: registration with the view, message checks, token
     expiry, closing, background tasks."""
 
-    view: GraphQLView
+    #: The view, as ours: Strawberry's handlers type their own ``view`` as any async view.
+    api_view: GraphQLView
     context: Context
     websocket: Any
     max_subscriptions_per_connection: int | None
     #: The protocol's message types and what each carries.
     shapes: ClassVar[Mapping[str, Shape]]
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, view: GraphQLView, *args: Any, **kwargs: Any) -> None:
+        # A mixin: the next __init__ in the MRO is Strawberry's handler's, which takes the view.
+        super().__init__(view, *args, **kwargs)  # type: ignore[call-arg]
         # Every attribute is set here, once: one first set later (at the first ping, say) turns
         # the instance's compact attribute storage into a dict, 1.1 KiB more per connection.
         self._tasks: set[asyncio.Task[None]] = set()
@@ -196,6 +201,7 @@ class _Supervised:
         self._awaiting_pong = False
         self._init_received = False
         self._init_timer: asyncio.TimerHandle | None = None
+        self.api_view = view
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` in the background, keeping a reference so it is not collected mid-way."""
@@ -222,11 +228,11 @@ class _Supervised:
         return {"message": error.message, "extensions": error.extensions}
 
     async def supervised(self, handle: Callable[[], Awaitable[None]]) -> None:
-        self.view.connections.add(self)
+        self.api_view.connections.add(self)
         try:
             await handle()
         finally:
-            self.view.connections.discard(self)
+            self.api_view.connections.discard(self)
             if self._expiry is not None:
                 self._expiry.cancel()
 
@@ -238,14 +244,14 @@ class _Supervised:
         closes with 1013. Returns whether the connection was acknowledged.
         """
         try:
-            ack_payload = await self.view.on_ws_connect(self.context)
+            ack_payload = await self.api_view.on_ws_connect(self.context)
         except ConnectionRejectionError as exc:
             await self.rejected(exc.payload)
             reason = rejection_reason(exc.payload)
             logger.info("Websocket closed with %d: %s", AUTH_REJECTED_CLOSE_CODE, reason)
             await self.close(AUTH_REJECTED_CLOSE_CODE, reason)
             return False
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - not the client's fault: closed with 1013, reported
             await self.init_failed(exc)
             return False
         if isinstance(ack_payload, UnsetType) or ack_payload is None:
@@ -256,7 +262,7 @@ class _Supervised:
         self.watch_expiry()
         return True
 
-    async def rejected(self, payload: object) -> None:
+    async def rejected(self, payload: dict[str, object]) -> None:
         """Tell the client its connection is refused, before the 4403 close (protocol-specific)."""
 
     def watch_expiry(self) -> None:
@@ -274,10 +280,8 @@ class _Supervised:
             self._closing = asyncio.create_task(self.close(code, reason))
 
     async def close(self, code: int, reason: str) -> None:
-        try:
+        with contextlib.suppress(RuntimeError, WebSocketDisconnect):  # already closed by the peer
             await self.websocket.close(code=code, reason=reason)
-        except (RuntimeError, WebSocketDisconnect):
-            pass  # already closed by the peer
 
     def ping(self) -> None:
         """One keep-alive round; only graphql-transport-ws has pings with answers."""
@@ -344,10 +348,8 @@ class GraphQLTransportWSHandler(_Supervised, BaseGraphQLTransportWSHandler[Conte
         self.spawn(self._send_ping())
 
     async def _send_ping(self) -> None:
-        try:
+        with contextlib.suppress(WebSocketDisconnected, RuntimeError):
             await self.send_message({"type": "ping"})
-        except (WebSocketDisconnected, RuntimeError):
-            pass
 
     async def run_operation(self, operation: Operation[Context, None]) -> None:
         bind_sink(
@@ -394,7 +396,7 @@ class LegacyGraphQLWSHandler(_Supervised, BaseGraphQLWSHandler[Context, None]):
     }
 
     async def handle(self) -> None:
-        timeout = self.view.connection_init_wait_timeout.total_seconds()
+        timeout = self.api_view.connection_init_wait_timeout.total_seconds()
         self._init_timer = asyncio.get_running_loop().call_later(
             timeout, self.close_soon, INIT_TIMEOUT_CLOSE_CODE, "Connection initialisation timeout"
         )
@@ -418,8 +420,8 @@ class LegacyGraphQLWSHandler(_Supervised, BaseGraphQLWSHandler[Context, None]):
         if self.keep_alive:
             self.keep_alive_task = asyncio.create_task(self.handle_keep_alive())
 
-    async def rejected(self, payload: object) -> None:
-        await self.send_message({"type": "connection_error", "payload": payload})  # type: ignore[typeddict-item]
+    async def rejected(self, payload: dict[str, object]) -> None:
+        await self.send_message(ConnectionErrorMessage(type="connection_error", payload=payload))
 
     async def handle_start(self, message: StartMessage) -> None:
         # Strawberry replaces a running operation of the same id and its limit error has no code.

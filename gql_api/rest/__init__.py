@@ -19,7 +19,8 @@ parameters are ignored (caches and proxies add them).
 
 from __future__ import annotations
 
-from gql_api.rest.edge import MAX_BODY_BYTES, PayloadTooLarge, RestEdge, error_response
+from gql_api.errors import PayloadTooLarge
+from gql_api.rest.edge import MAX_BODY_BYTES, RestEdge, error_response
 from gql_api.rest.openapi import API_PREFIX, openapi_document
 from gql_api.rest.routes import rest_app, rest_routes
 
