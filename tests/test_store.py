@@ -117,6 +117,12 @@ def test_canonical_ids_are_lower_case_hex():
     assert canonical_id("not an id") is None
 
 
+def _tasks_running(function: Any) -> list[asyncio.Task[Any]]:
+    """The tasks running ``function``'s coroutine: the one ``detached`` made, whatever other tasks
+    of the session's app come and go meanwhile."""
+    return [task for task in asyncio.all_tasks() if getattr(task.get_coro(), "cr_code", None) is function.__code__]
+
+
 async def test_a_detached_operation_outlives_its_cancelled_caller():
     started, release = asyncio.Event(), asyncio.Event()
     finished: list[str] = []
@@ -127,10 +133,9 @@ async def test_a_detached_operation_outlives_its_cancelled_caller():
         finished.append("done")
         return "done"
 
-    before = asyncio.all_tasks()
     caller = asyncio.create_task(detached(operation()))
     await started.wait()
-    [inner] = asyncio.all_tasks() - before - {caller}
+    [inner] = _tasks_running(operation)
     caller.cancel()
     with pytest.raises(asyncio.CancelledError):
         await caller  # at once: the operation is still waiting
@@ -153,10 +158,9 @@ async def test_a_detached_failure_after_its_caller_left_is_not_reported_as_lost(
         raise RuntimeError("the write failed after its caller left")
 
     try:
-        before = asyncio.all_tasks()
         caller = asyncio.create_task(detached(operation()))
         await started.wait()
-        [inner] = asyncio.all_tasks() - before - {caller}
+        [inner] = _tasks_running(operation)
         caller.cancel()
         with pytest.raises(asyncio.CancelledError):
             await caller
