@@ -33,9 +33,17 @@ class StreamStatus(StrEnum):
 class MessageKind(StrEnum):
     TEXT = "TEXT"
     SUPERLIKE = "SUPERLIKE"
-    # The end of the stream: the last entry of its log, never shown to clients (see
-    # ``ChatService.end_stream``). Moderation events will join it in the same log.
+    # The end of the stream: the last entry of its log (see ``ChatService.end_stream``).
     STREAM_ENDED = "STREAM_ENDED"
+    # Moderation events: entries of the same log, numbered in the same sequence, so one
+    # cursor resumes messages and events alike (``chatEvents``). Their ``event`` says what
+    # happened; ``messageAdded`` and the history leave them out.
+    MESSAGE_DELETED = "MESSAGE_DELETED"
+    USER_BANNED = "USER_BANNED"
+    USER_UNBANNED = "USER_UNBANNED"
+    MODERATOR_ADDED = "MODERATOR_ADDED"
+    MODERATOR_REMOVED = "MODERATOR_REMOVED"
+    CHAT_SETTINGS_CHANGED = "CHAT_SETTINGS_CHANGED"
 
 
 class ChatRole(StrEnum):
@@ -47,6 +55,8 @@ class ChatRole(StrEnum):
 
 
 class ModerationActionKind(StrEnum):
+    """What a moderation action did; each is also the ``MessageKind`` of its event in the log."""
+
     MODERATOR_ADDED = "MODERATOR_ADDED"
     MODERATOR_REMOVED = "MODERATOR_REMOVED"
     USER_BANNED = "USER_BANNED"
@@ -54,7 +64,7 @@ class ModerationActionKind(StrEnum):
     MESSAGE_DELETED = "MESSAGE_DELETED"
 
 
-# The kinds clients see in history, on subscriptions and over REST.
+# The kinds clients see in history, on ``messageAdded`` and over REST: the messages.
 VISIBLE_KINDS = (MessageKind.TEXT, MessageKind.SUPERLIKE)
 
 
@@ -130,6 +140,23 @@ class MessageDeletion(BaseModel):
     seq: int
 
 
+class LogEvent(BaseModel):
+    """What a moderation entry of a stream's log records: who did what to whom, and why.
+
+    The entry's ``sender`` is the actor too, and its ``sender_role`` the actor's role.
+    """
+
+    actor: PublicProfile
+    # The user acted on (banned, unbanned, appointed, dismissed; the deleted message's sender).
+    target: PublicProfile | None = None
+    reason: str | None = None
+    # When a ban lifts itself (a timeout); None for a permanent ban.
+    expires_at: datetime | None = None
+    # The deleted message: its id and its number in the log.
+    message_id: str | None = None
+    message_seq: int | None = None
+
+
 class ChatMessage(Document):
     stream_id: str
     # Per-stream total order: cursors, history pages and resume all key on (stream_id, seq).
@@ -150,6 +177,8 @@ class ChatMessage(Document):
     # Set once when the message is deleted (its content is then ""); a subdocument, as
     # nx-27017 stores a top-level datetime written by ``$set`` as text (see ``compat``).
     deletion: MessageDeletion | None = None
+    # Set on moderation entries (``MessageKind.MESSAGE_DELETED`` and the others), only.
+    event: LogEvent | None = None
 
     class Settings:
         name = "chat_messages"

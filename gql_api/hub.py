@@ -55,10 +55,10 @@ class HistoryReader(Protocol[EntryT_co]):
         ...
 
     def replay(
-        self, stream_id: str, *, after: int, through: int | None = None, with_end: bool = False
+        self, stream_id: str, *, after: int, through: int | None = None, every_kind: bool = False
     ) -> AsyncIterator[EntryT_co]:
-        """Entries with ``after < seq <= through`` (or to the newest), oldest first; the end
-        entry only ``with_end``."""
+        """Entries with ``after < seq <= through`` (or to the newest), oldest first: the
+        messages, or with ``every_kind`` every entry (moderation events and the end too)."""
         ...
 
 
@@ -151,7 +151,7 @@ class _Group(Generic[EntryT]):
     async def catch_up(self, through: int | None = None) -> list[Subscriber[EntryT]]:
         """Deliver stored entries after ``last_seq`` (up to ``through``) that the feed skipped."""
         dropped: list[Subscriber[EntryT]] = []
-        async for message in self.history.replay(self.stream_id, after=self.last_seq, through=through, with_end=True):
+        async for message in self.history.replay(self.stream_id, after=self.last_seq, through=through, every_kind=True):
             if self.ended:
                 break
             dropped += self.fan_out(message)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from gql_api.documents import (
     Appointment,
@@ -22,6 +23,7 @@ from gql_api.documents import (
     ChatMessage,
     ChatRole,
     LiveStream,
+    LogEvent,
     MessageDeletion,
     MessageKind,
     ModerationAction,
@@ -41,6 +43,19 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 Clock = Callable[[], datetime]
 StreamLookup = Callable[[str], Awaitable[LiveStream]]
+
+
+class EventLog(Protocol):
+    """Where moderation events go: the stream's log (``ChatService.append_event``)."""
+
+    async def append_event(
+        self,
+        stream_id: str,
+        kind: MessageKind,
+        role: ChatRole,
+        event: LogEvent,
+        dedup_key: str | None = None,
+    ) -> ChatMessage | None: ...
 
 
 def role_of_message(message: ChatMessage, owner_id: str) -> ChatRole:
@@ -80,13 +95,18 @@ class Moderation:
     """The rules of roles and bans, over the store's moderation queries.
 
     ``streams`` finds a stream by the id a client gave (NotFound when there is none);
-    ``clock`` tells the time, for bans' start and end (tests pass their own).
+    ``clock`` tells the time, for bans' start and end (tests pass their own); ``events`` is
+    where each action is told as an event of the stream's log (for ``chatEvents``), next to
+    its record in the moderation log.
     """
 
-    def __init__(self, store: ChatStore, streams: StreamLookup, clock: Clock = utcnow) -> None:
+    def __init__(
+        self, store: ChatStore, streams: StreamLookup, clock: Clock = utcnow, events: EventLog | None = None
+    ) -> None:
         self.store = store
         self._streams = streams
         self._clock = clock
+        self._events = events
 
     def is_active(self, ban: ChatBanRecord | None) -> bool:
         """Whether a stored ban holds now: an expired timeout is no ban at all."""
@@ -134,8 +154,8 @@ class Moderation:
         except TargetIsModerator:  # a moderator already: their appointment stands as it was
             return stream
         if before is not None and self.is_active(before.ban):
-            await self._record(stream, ModerationActionKind.USER_UNBANNED, actor, target, now)
-        await self._record(stream, ModerationActionKind.MODERATOR_ADDED, actor, target, now)
+            await self._record(stream, ModerationActionKind.USER_UNBANNED, actor, ChatRole.OWNER, target, now)
+        await self._record(stream, ModerationActionKind.MODERATOR_ADDED, actor, ChatRole.OWNER, target, now)
         return stream
 
     async def remove_moderator(self, actor: User, stream_id: str, user_id: str) -> LiveStream:
@@ -143,7 +163,9 @@ class Moderation:
         stream = await self._owned(actor, stream_id, "remove moderators")
         target = await self._user(user_id)
         if await self.store.dismiss_moderator(str(stream.id), target.id) is not None:
-            await self._record(stream, ModerationActionKind.MODERATOR_REMOVED, actor, target, self._clock())
+            await self._record(
+                stream, ModerationActionKind.MODERATOR_REMOVED, actor, ChatRole.OWNER, target, self._clock()
+            )
         return stream
 
     async def moderators(self, stream_id: str) -> list[User]:
@@ -188,20 +210,22 @@ class Moderation:
         except TargetIsModerator as exc:
             raise Forbidden("Insufficient permissions: a moderator cannot ban another moderator") from exc
         if before is not None and before.moderator:
-            await self._record(stream, ModerationActionKind.MODERATOR_REMOVED, actor, target, now, reason)
-        await self._record(stream, ModerationActionKind.USER_BANNED, actor, target, now, reason, record.expires_at)
+            await self._record(stream, ModerationActionKind.MODERATOR_REMOVED, actor, actor_role, target, now, reason)
+        await self._record(
+            stream, ModerationActionKind.USER_BANNED, actor, actor_role, target, now, reason, record.expires_at
+        )
         key = str(stream.id)
         return StreamMember(id=member_key(key, target.id), stream_id=key, user_id=target.id, user=target, ban=record)
 
     async def unban(self, actor: User, stream_id: str, user_id: str) -> bool:
         """Lift a user's ban (the owner and moderators): True when one held, False when none did."""
         stream = await self._streams(stream_id)
-        await self._moderating(actor, stream, "unban users")
+        role = await self._moderating(actor, stream, "unban users")
         target = await self._user(user_id)
         before = await self.store.lift_ban(str(stream.id), target.id)
         if before is None or not self.is_active(before.ban):
             return False
-        await self._record(stream, ModerationActionKind.USER_UNBANNED, actor, target, self._clock())
+        await self._record(stream, ModerationActionKind.USER_UNBANNED, actor, role, target, self._clock())
         return True
 
     async def bans(self, actor: User, stream_id: str) -> list[StreamMember]:
@@ -234,7 +258,7 @@ class Moderation:
         stream = await self._streams(message.stream_id)
         key = str(stream.id)
         if message.sender.id != str(actor.id):
-            await self._moderating(actor, stream, "delete others' messages")
+            role = await self._moderating(actor, stream, "delete others' messages")
             if message.sender.id == stream.owner.id:
                 raise Forbidden("Insufficient permissions: only the owner can delete the owner's messages")
             if (
@@ -242,9 +266,14 @@ class Moderation:
                 and await self._role_of(message.sender.id, stream) is ChatRole.MODERATOR
             ):
                 raise Forbidden("Insufficient permissions: a moderator cannot delete another moderator's message")
+        else:
+            role = await self.role(actor, stream)
         if message.kind is not MessageKind.TEXT:
             raise BadUserInput("Validation failed: only text messages can be deleted")
         if message.deletion is not None:
+            # Told again (once only, by its key) in case the call that deleted it stopped
+            # before it told the event.
+            await self._tell_deleted(message, message.deletion, role)
             return message, False
         now = self._clock()
         deletion = MessageDeletion(
@@ -267,7 +296,23 @@ class Moderation:
                 created_at=now,
             )
         )
+        await self._tell_deleted(message, deletion, role)
         return tombstone, True
+
+    async def _tell_deleted(self, message: ChatMessage, deletion: MessageDeletion, role: ChatRole) -> None:
+        """Append the MESSAGE_DELETED event of a message, once (its key names the message)."""
+        if self._events is None:
+            return
+        event = LogEvent(
+            actor=deletion.deleted_by,
+            target=message.sender,
+            reason=deletion.reason,
+            message_id=str(message.id),
+            message_seq=message.seq,
+        )
+        await self._events.append_event(
+            message.stream_id, MessageKind.MESSAGE_DELETED, role, event, dedup_key=f"d:{message.id}"
+        )
 
     # -- internals -------------------------------------------------------------------------
 
@@ -294,19 +339,26 @@ class Moderation:
         stream: LiveStream,
         kind: ModerationActionKind,
         actor: User,
+        role: ChatRole,
         target: PublicProfile,
         at: datetime,
         reason: str | None = None,
         expires_at: datetime | None = None,
     ) -> None:
+        """Record an action in the moderation log, then tell it as an event of the stream's log."""
+        actor_profile = actor.public_profile()
+        stream_id = str(stream.id)
         await self.store.record_moderation(
             ModerationAction(
-                stream_id=str(stream.id),
+                stream_id=stream_id,
                 kind=kind,
-                actor=actor.public_profile(),
+                actor=actor_profile,
                 target=target,
                 reason=reason,
                 expires_at=expires_at,
                 created_at=at,
             )
         )
+        if self._events is not None:
+            event = LogEvent(actor=actor_profile, target=target, reason=reason, expires_at=expires_at)
+            await self._events.append_event(stream_id, MessageKind(kind.value), role, event)

@@ -14,7 +14,17 @@ from typing import Any
 from bson import ObjectId
 
 from gql_api.delivery import Delivery
-from gql_api.documents import ChatMessage, ChatRole, LiveStream, MessageKind, StreamStatus, User, utcnow
+from gql_api.documents import (
+    VISIBLE_KINDS,
+    ChatMessage,
+    ChatRole,
+    LiveStream,
+    LogEvent,
+    MessageKind,
+    StreamStatus,
+    User,
+    utcnow,
+)
 from gql_api.errors import BadUserInput, Conflict, Forbidden, NotFound
 from gql_api.hub import MessageHub
 from gql_api.metrics import timed_send
@@ -171,7 +181,7 @@ class ChatService:
         self.rate_limiter = rate_limiter or MessageRateLimiter(0, 1, store=store)
         self.metrics = hub.metrics
         # Roles and bans: every send asks it whether its sender may, and in which role.
-        self.moderation = Moderation(store, self.get_stream, clock)
+        self.moderation = Moderation(store, self.get_stream, clock, events=self)
         # Stream id to owner id (an owner never changes), for the role of messages stored
         # before roles were: a bounded map, oldest out first.
         self._owners: OrderedDict[str, str] = OrderedDict()
@@ -304,6 +314,43 @@ class ChatService:
                 "Resource already exists: your superlike of this stream is stored already (one per user)"
             ) from exc
 
+    async def append_event(
+        self,
+        stream_id: str,
+        kind: MessageKind,
+        role: ChatRole,
+        event: LogEvent,
+        dedup_key: str | None = None,
+    ) -> ChatMessage | None:
+        """Append a moderation event to the stream's log, numbered as its next entry (``_claim``),
+        so ``chatEvents`` delivers it in order with the messages, and replays it after a cursor.
+
+        ``dedup_key`` makes the event once-only (a repeated call appends nothing). None when
+        nothing was appended: the event is there already, or the stream has ended (its log
+        is closed: the action holds, but no subscription is left to tell).
+        """
+        key = dedup_key if dedup_key is not None else f"e:{ObjectId()}"
+
+        def build(seq: int) -> ChatMessage:
+            now = utcnow()
+            return ChatMessage(
+                stream_id=stream_id,
+                seq=seq,
+                kind=kind,
+                content="",
+                sender=event.actor,
+                sender_role=role,
+                dedup_key=key,
+                created_at=now,
+                updated_at=now,
+                event=event,
+            )
+
+        try:
+            return await self._claim(stream_id, build)
+        except (_StreamEnded, DedupKeyTaken):
+            return None
+
     async def delete_message(
         self, actor: User, stream_id: str, message_id: str, reason: str | None = None
     ) -> ChatMessage:
@@ -350,7 +397,8 @@ class ChatService:
 
         Ends when the stream ends, after its last message. Stored messages are replayed first,
         then live ones, with nothing missed or repeated at the switch-over. Deleted messages are
-        left out, from replay and from the live queue alike (see ``delete_message``).
+        left out, from replay and from the live queue alike (see ``delete_message``), and so are
+        the log's moderation events (``chatEvents`` has them).
         """
         after_seq = decode_cursor(after, argument="after") if after is not None else None
         key = _stream_key(stream_id)
@@ -373,6 +421,7 @@ class ChatService:
                 # the hub read it back from history) is never sent.
                 if (
                     message.seq > skip_through
+                    and message.kind in VISIBLE_KINDS
                     and message.deletion is None
                     and not self.hub.is_deleted(key, message.seq)
                 ):

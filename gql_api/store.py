@@ -271,33 +271,34 @@ class ChatStore:
     ) -> list[ChatMessage]:
         """Up to ``limit`` messages with ``after < seq < before``, from the chosen end, in that order.
 
-        The end entry is left out here rather than in the query, so the query keeps to the
-        (stream_id, seq) index: there is at most one, so one row more than asked for is enough.
+        Only messages: the log's other entries (moderation events, the end) are left out by
+        the query, which still walks the (stream_id, seq) index.
         """
-        rows = await self._read(stream_id, _window(after, before), limit=limit + 1, newest_first=newest_first)
-        return [row for row in rows if row.kind in VISIBLE_KINDS][:limit]
+        return await self._read(stream_id, _window(after, before), limit=limit, newest_first=newest_first, visible=True)
 
     async def has_messages_from(self, stream_id: str, seq: int) -> bool:
-        """Whether the stream has a message (not its end) numbered ``seq`` or later."""
-        return await self._any_message(stream_id, {"$gte": seq})
+        """Whether the stream has a message (not another entry) numbered ``seq`` or later."""
+        return bool(await self._read(stream_id, {"$gte": seq}, limit=1, newest_first=False, visible=True))
 
     async def has_messages_through(self, stream_id: str, seq: int) -> bool:
         """Whether the stream has a message numbered ``seq`` or earlier."""
-        return await self._any_message(stream_id, {"$lte": seq})
+        return bool(await self._read(stream_id, {"$lte": seq}, limit=1, newest_first=True, visible=True))
 
     async def replay(
-        self, stream_id: str, *, after: int, through: int | None = None, with_end: bool = False
+        self, stream_id: str, *, after: int, through: int | None = None, every_kind: bool = False
     ) -> AsyncIterator[ChatMessage]:
         """Every message with ``after < seq <= through`` (or to the newest), oldest first, in batches.
 
-        With ``with_end`` the stream's end entry comes too, last.
+        With ``every_kind`` every entry of the log comes: moderation events, and the stream's
+        end entry, last.
         """
         before = through + 1 if through is not None else None
         while True:
-            batch = await self._read(stream_id, _window(after, before), limit=REPLAY_BATCH, newest_first=False)
+            batch = await self._read(
+                stream_id, _window(after, before), limit=REPLAY_BATCH, newest_first=False, visible=not every_kind
+            )
             for message in batch:
-                if with_end or message.kind in VISIBLE_KINDS:
-                    yield message
+                yield message
             if len(batch) < REPLAY_BATCH:
                 return
             after = batch[-1].seq
@@ -337,20 +338,19 @@ class ChatStore:
         condition = {"stream_id": eq(stream_id), "kind": eq(MessageKind.SUPERLIKE.value)}
         return await detached(count_matching(ChatMessage.get_pymongo_collection(), condition))
 
-    async def _read(self, stream_id: str, seq: dict[str, int], *, limit: int, newest_first: bool) -> list[ChatMessage]:
+    async def _read(
+        self, stream_id: str, seq: dict[str, int], *, limit: int, newest_first: bool, visible: bool = False
+    ) -> list[ChatMessage]:
         condition: dict[str, Any] = {"stream_id": eq(stream_id)}
         if seq:
             condition["seq"] = seq
+        if visible:
+            condition["kind"] = {"$in": [kind.value for kind in VISIBLE_KINDS]}
         query = ChatMessage.find(condition)
         query = query.sort([("seq", SortDirection.DESCENDING if newest_first else SortDirection.ASCENDING)]).limit(
             limit
         )
         return await detached(query.to_list())
-
-    async def _any_message(self, stream_id: str, seq: dict[str, int]) -> bool:
-        # Two rows, as the end entry may be one of them.
-        rows = await self._read(stream_id, seq, limit=2, newest_first=False)
-        return any(row.kind in VISIBLE_KINDS for row in rows)
 
     # -- rate windows ----------------------------------------------------------------------
 

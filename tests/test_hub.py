@@ -56,12 +56,12 @@ class MemoryLog:
         return log[-1] if log else None
 
     async def replay(
-        self, stream_id: str, *, after: int, through: int | None = None, with_end: bool = False
+        self, stream_id: str, *, after: int, through: int | None = None, every_kind: bool = False
     ) -> AsyncIterator[Entry]:
         self.replays += 1
         for entry in self.entries.get(stream_id, []):
             in_range = after < entry.seq and (through is None or entry.seq <= through)
-            if in_range and (with_end or entry.kind is not MessageKind.STREAM_ENDED):
+            if in_range and (every_kind or entry.kind is not MessageKind.STREAM_ENDED):
                 yield entry
 
 

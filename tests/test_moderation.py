@@ -569,3 +569,105 @@ async def test_a_deletion_through_one_replica_holds_back_the_message_on_another(
         finally:
             await held.aclose()
             await watcher.aclose()
+
+
+# -- events in the stream's log ------------------------------------------------------------------
+
+FIRST_PAGE = """
+query($s: ID!, $n: Int!, $a: String) {
+  chatMessages(streamId: $s, first: $n, after: $a) {
+    edges { node { content } } pageInfo { hasNextPage hasPreviousPage endCursor }
+  }
+}
+"""
+END = "mutation($s: ID!) { endLiveStream(id: $s) { status } }"
+
+
+async def _log(server, stream_id: str) -> list[ChatMessage]:
+    return [entry async for entry in server.chat.store.replay(stream_id, after=0, every_kind=True)]
+
+
+async def test_every_action_is_an_event_of_the_streams_log_in_order(room, server):
+    message = await _send(room.as_viewer, room.s, "bad words")
+    await room.as_moderator.data(BAN, {"s": room.s, "u": str(room.other.id), "d": 60, "r": "spam"})
+    await room.as_moderator.data(UNBAN, {"s": room.s, "u": str(room.other.id)})
+    await room.as_moderator.data(DELETE, {"id": message["id"], "r": "rude"})
+    await room.as_owner.data(REMOVE, {"s": room.s, "u": str(room.moderator.id)})
+
+    log = await _log(server, room.s)
+    assert [entry.seq for entry in log] == list(range(1, len(log) + 1))  # one numbering, no gaps
+    assert [entry.kind for entry in log] == [
+        "MODERATOR_ADDED",
+        "TEXT",
+        "USER_BANNED",
+        "USER_UNBANNED",
+        "MESSAGE_DELETED",
+        "MODERATOR_REMOVED",
+    ]
+    added, _, banned, unbanned, deleted, removed = log
+    assert (added.event.actor.id, added.event.target.id, added.sender_role) == (
+        str(room.owner.id),
+        str(room.moderator.id),
+        ChatRole.OWNER,
+    )
+    assert (banned.event.actor.id, banned.event.target.id, banned.event.reason) == (
+        str(room.moderator.id),
+        str(room.other.id),
+        "spam",
+    )
+    assert banned.sender_role is ChatRole.MODERATOR and banned.event.expires_at is not None
+    assert unbanned.event.target.id == str(room.other.id) and unbanned.event.expires_at is None
+    assert (deleted.event.message_id, deleted.event.message_seq, deleted.event.reason) == (message["id"], 2, "rude")
+    assert deleted.event.target.id == str(room.viewer.id)
+    assert removed.event.target.id == str(room.moderator.id)
+    assert all(entry.content == "" for entry in log)  # the deleted text is nowhere, events included
+
+
+async def test_deleting_again_tells_the_deletion_once(room, server):
+    message = await _send(room.as_viewer, room.s, "oops")
+    for client in (room.as_viewer, room.as_owner, room.as_viewer):
+        await client.data(DELETE, {"id": message["id"]})
+    kinds = [entry.kind for entry in await _log(server, room.s)]
+    assert kinds.count("MESSAGE_DELETED") == 1
+
+
+async def test_history_pages_and_message_added_leave_the_events_out(room, server, http):
+    subscription = server.chat.subscribe(room.s)
+    waiting = asyncio.ensure_future(anext(subscription))
+    await server.chat.hub.wait_for_subscribers(room.s, 1)
+    await _send(room.as_viewer, room.s, "one")
+    for _ in range(3):  # events between the messages
+        await room.as_owner.data(BAN, {"s": room.s, "u": str(room.other.id), "d": 60})
+    await _send(room.as_viewer, room.s, "two")
+    await room.as_owner.data(UNBAN, {"s": room.s, "u": str(room.other.id)})
+    await _send(room.as_viewer, room.s, "three")
+
+    assert (await waiting).content == "one"
+    assert [(await anext(subscription)).content for _ in range(2)] == ["two", "three"]
+    await subscription.aclose()
+
+    first = (await room.as_viewer.data(FIRST_PAGE, {"s": room.s, "n": 2}))["chatMessages"]
+    assert [e["node"]["content"] for e in first["edges"]] == ["one", "two"]
+    assert first["pageInfo"]["hasNextPage"] and not first["pageInfo"]["hasPreviousPage"]
+    rest = await room.as_viewer.data(FIRST_PAGE, {"s": room.s, "n": 2, "a": first["pageInfo"]["endCursor"]})
+    page = rest["chatMessages"]
+    assert [e["node"]["content"] for e in page["edges"]] == ["three"]
+    assert not page["pageInfo"]["hasNextPage"] and page["pageInfo"]["hasPreviousPage"]
+    headers = {"Authorization": server.token(room.viewer)}
+    listed = (await http.get(f"/api/v1/live-stream/{room.s}/chat/messages", headers=headers)).json()["messages"]
+    assert [m["content"] for m in listed] == ["one", "two", "three"]
+
+
+async def test_after_the_end_an_action_holds_but_appends_nothing(room, server):
+    message = await _send(room.as_viewer, room.s, "late regret")
+    await room.as_owner.data(END, {"s": room.s})
+    before = await _log(server, room.s)
+    assert before[-1].kind == "STREAM_ENDED"
+
+    deleted = (await room.as_moderator.data(DELETE, {"id": message["id"]}))["deleteChatMessage"]
+    await room.as_moderator.data(BAN, {"s": room.s, "u": str(room.other.id)})
+    assert deleted["content"] == ""
+    assert [b["user"]["userId"] for b in (await room.as_owner.data(BANS, {"s": room.s}))["chatBans"]] == [
+        str(room.other.id)
+    ]
+    assert [entry.seq for entry in await _log(server, room.s)] == [entry.seq for entry in before]

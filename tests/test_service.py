@@ -35,7 +35,7 @@ def _service(server: Any) -> tuple[ChatService, RecordingStore]:
 
 
 async def _log(server: Any, stream_id: str) -> list[ChatMessage]:
-    return [m async for m in server.chat.store.replay(stream_id, after=0, with_end=True)]
+    return [m async for m in server.chat.store.replay(stream_id, after=0, every_kind=True)]
 
 
 async def test_concurrent_senders_in_one_stream_are_stored_together_gapless_each_once(server, make_user, make_stream):

@@ -80,7 +80,7 @@ async def test_reads_of_a_log_show_its_end_only_when_asked(store, make_user, mak
     window = await store.read_window(key, after=None, before=None, limit=5, newest_first=True)
     assert [m.seq for m in window] == [messages[1].seq, messages[0].seq]
     assert [m.seq async for m in store.replay(key, after=0)] == [m.seq for m in messages]
-    assert [m.seq async for m in store.replay(key, after=0, with_end=True)] == [*[m.seq for m in messages], end.seq]
+    assert [m.seq async for m in store.replay(key, after=0, every_kind=True)] == [*[m.seq for m in messages], end.seq]
     assert await store.has_messages_from(key, messages[1].seq)
     assert not await store.has_messages_from(key, end.seq)  # only the end is there
     assert await store.has_messages_through(key, messages[0].seq)
