@@ -18,6 +18,7 @@ import unicodedata
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
+from gql_api import terms
 from gql_api.documents import (
     Appointment,
     ChatBanRecord,
@@ -37,7 +38,6 @@ from gql_api.documents import (
 )
 from gql_api.errors import BadUserInput, ContentBlocked, Forbidden, NotFound
 from gql_api.store import ChatStore, TargetIsModerator, member_key
-from gql_api import terms
 
 MIN_BAN_SECONDS = 1
 MAX_BAN_SECONDS = 14 * 24 * 60 * 60  # a timeout lasts at most 14 days; longer is a ban

@@ -1,7 +1,7 @@
 """Blocked terms: whether a chat message contains one of the terms a stream's chat refuses.
 
 Terms and messages are compared after the same normalisation, ``normalize``: Unicode NFKC,
-which folds compatibility forms (full-width ``ＢＡＤ``, ligatures, superscripts) into their
+which folds compatibility forms (full-width letters, ligatures, superscripts) into their
 plain letters, then case folding (``ß`` matches ``ss``). A message contains a term when the
 normalised term is a substring of the normalised message, so a term also matches inside a
 longer word: ``bad`` refuses ``badge`` (the owner chooses terms knowing this).

@@ -129,7 +129,7 @@ async def test_slow_mode_is_off_or_3_to_120_seconds(room, seconds):
 
 
 async def test_terms_are_trimmed_and_kept_once_by_their_normalised_form(room):
-    terms = [" Bad ", "ＢＡＤ", "bad", "x" * 100, "Straße", "STRASSE"] + [f"t{n}" for n in range(496)]
+    terms = [" Bad ", "\uff22\uff21\uff24", "bad", "x" * 100, "Straße", "STRASSE"] + [f"t{n}" for n in range(496)]
     stored = (await update(room.as_owner, room.s, terms=terms))["blockedTerms"]
     assert stored[:3] == ["Bad", "x" * 100, "Straße"] and len(stored) == 499
 
@@ -181,7 +181,7 @@ async def test_a_viewers_message_with_a_blocked_term_is_refused_and_not_stored(r
     await update(room.as_owner, room.s, terms=["bad", "spoiler alert"])
     await room.as_viewer.data(SEND, {"s": room.s, "c": "fine"})
 
-    refused = await room.as_viewer.error(SEND, {"s": room.s, "c": "so ＢＡＤ"})
+    refused = await room.as_viewer.error(SEND, {"s": room.s, "c": "so \uff22\uff21\uff24"})
     rest = await http.post(
         f"/api/v1/live-stream/{room.s}/chat/messages",
         json={"content": "SPOILER ALERT: he dies"},

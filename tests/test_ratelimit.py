@@ -263,7 +263,9 @@ async def test_a_users_next_send_through_the_same_replica_is_admitted_in_one_rou
 
 
 @pytest.mark.parametrize("limit", [0, 3])  # with the rate limit off, slow mode alone still holds
-async def test_slow_mode_refuses_a_message_sooner_than_the_gap_after_the_previous(server, make_user, make_stream, limit):
+async def test_slow_mode_refuses_a_message_sooner_than_the_gap_after_the_previous(
+    server, make_user, make_stream, limit
+):
     now = [1_000_000.0]
     limiter = MessageRateLimiter(limit, 30, store=server.chat.store, clock=lambda: now[0])
     stream_id, user_id = str((await make_stream()).id), str((await make_user()).id)
