@@ -6,9 +6,11 @@ moderator cannot act on the owner or on another moderator. A banned user can sti
 their messages and superlikes are refused (FORBIDDEN). The owner and the moderators also set
 the chat's rules for viewers (``update_settings``): slow mode, chat off, blocked terms.
 
-The state lives in MongoDB (``ChatStore``'s moderation queries), and a send reads it there, so a change made
-through one replica holds on every replica from its next send. Every change is recorded in the
-moderation log: who did what to whom, when and why.
+The state lives in MongoDB (``ChatStore``'s moderation queries). Every change is stored there
+first, then recorded in the moderation log (who did what to whom, when and why) and told as
+an entry of the stream's log, which is how a send on any replica learns of it: the sender
+is checked against the stream's ``roster.Roster``, which follows that log, so a change holds
+on every replica from the next message numbered after it.
 """
 
 from __future__ import annotations
@@ -158,20 +160,6 @@ class Moderation:
     def is_active(self, ban: ChatBanRecord | None) -> bool:
         """Whether a stored ban holds now: an expired timeout is no ban at all."""
         return ban is not None and (ban.expires_at is None or ban.expires_at > self._clock())
-
-    async def admit_sender(self, sender: User, stream: LiveStream) -> ChatRole:
-        """The sender's role in the stream; Forbidden while they are banned from its chat.
-
-        One read of the sender's member document by id (none for the owner).
-        """
-        if stream.owner.id == str(sender.id):
-            return ChatRole.OWNER
-        member = await self.store.member(str(stream.id), str(sender.id))
-        if member is None:
-            return ChatRole.VIEWER
-        if self.is_active(member.ban):
-            raise Forbidden("Insufficient permissions: you are banned from this stream's chat")
-        return ChatRole.MODERATOR if member.moderator else ChatRole.VIEWER
 
     async def role(self, user: User, stream: LiveStream) -> ChatRole:
         """The user's role in the stream, banned or not."""

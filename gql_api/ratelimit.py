@@ -18,10 +18,12 @@ replica's clock: replicas need synchronised clocks (NTP), as any shared window d
 
 Each process remembers the last window it read or wrote under each key and swaps against
 it directly, so a send admitted by the replica that admitted the user's previous one takes
-one round trip. A remembered window is never trusted beyond the swap: one that another
-replica changed since fails its swap, and the window is read again. A refusal from a
-remembered window is right as it is: a stored window only ever holds newer entries than
-the ones remembered, so it is at least as full.
+one round trip; a key it remembers nothing of is created at once (a user's first message in
+a stream, one round trip too), and read only when it turns out to exist. A remembered
+window is never trusted beyond the swap: one that another replica changed since fails its
+swap, and the window is read again. A refusal from a remembered window is right as it is: a
+stored window only ever holds newer entries than the ones remembered, so it is at least as
+full.
 """
 
 from __future__ import annotations
@@ -65,36 +67,40 @@ class MessageRateLimiter:
     def enabled(self) -> bool:
         return self.limit > 0
 
-    async def acquire(self, stream_id: str, user_id: str, dedup_key: str, min_interval_seconds: int = 0) -> None:
+    async def acquire(self, stream_id: str, user_id: str, dedup_key: str, min_interval_seconds: int = 0) -> int | None:
         """Count one message of ``user_id`` in ``stream_id``; RateLimited when over the limit,
         or, with ``min_interval_seconds`` (a stream's slow mode), when the user's previous
         message is more recent than that. One compare-and-swap on the same window enforces
         both, and slow mode holds with the limit off too.
 
         ``dedup_key`` names the message: one that is in the log already is admitted again
-        and not counted twice.
+        and not counted twice. Returns when the user's previous message was counted (epoch
+        milliseconds; None when there was none, or nothing was counted), so a slow mode
+        turned on meanwhile can be held to later.
         """
         if not self.enabled and min_interval_seconds <= 0:
-            return
+            return None
         key = f"{stream_id}:{user_id}"
         window_ms = self.window_seconds * 1000
         interval_ms = max(min_interval_seconds, 0) * 1000
         # Each lost swap means another message of this same user took a slot (or a retry of
         # this one did), so within `limit` rounds the log is full or holds this message.
         window = self._windows.get(key)
-        remembered = window is not None
-        for _ in range(max(self.limit, 1) + 2):  # one more round when the remembered window was stale
+        # Nothing remembered: most often the user's first message in the stream, so the window
+        # is created at once, and read only if it turns out to exist.
+        state = "remembered" if window is not None else "create"
+        for _ in range(max(self.limit, 1) + 3):  # a round more for a stale window, one for the creation
             now_ms = int(self._clock() * 1000)
-            if not remembered:
+            if state == "read":
                 window = await self.store.rate_window(key)
-            remembered = False
+            state = "read"
             entries = window.entries if window is not None else []
             if any(k == dedup_key for _, k in entries):
-                return  # a retry of an admitted message: it has its slot
+                return None  # a retry of an admitted message: it has its slot
             # The log holds the newest message whatever the window: it is the last one written.
             newest = max((t for t, _ in entries), default=None)
             if interval_ms and newest is not None and newest + interval_ms > now_ms:
-                raise self._slow_mode_refusal(min_interval_seconds, newest + interval_ms - now_ms)
+                raise self.slow_mode_refusal(min_interval_seconds, newest + interval_ms - now_ms)
             recent: list[tuple[int, str]] = []
             if self.enabled:
                 recent = sorted((e for e in entries if e[0] > now_ms - window_ms), reverse=True)
@@ -104,11 +110,11 @@ class MessageRateLimiter:
             if window is None:
                 if await self.store.create_rate_window(key, stream_id, log):
                     self._remember(key, RateWindow(log, 1))
-                    return
-                continue  # the user's concurrent message created it first
+                    return newest
+                continue  # it exists (an earlier message, or a concurrent one created it): read it
             if await self.store.swap_rate_window(key, window.version, log):
                 self._remember(key, RateWindow(log, window.version + 1))
-                return
+                return newest
         raise self._refusal(1000)  # pragma: no cover - only a flood of parallel sends gets here
 
     def _remember(self, key: str, window: RateWindow) -> None:
@@ -136,7 +142,7 @@ class MessageRateLimiter:
         )
 
     @staticmethod
-    def _slow_mode_refusal(interval_seconds: int, wait_ms: int) -> RateLimited:
+    def slow_mode_refusal(interval_seconds: int, wait_ms: int) -> RateLimited:
         retry_after = max(1, math.ceil(wait_ms / 1000))
         return RateLimited(
             f"Rate limit exceeded: slow mode is on, one message every {interval_seconds} seconds "

@@ -9,6 +9,8 @@ import unicodedata
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
 from typing import Any
 
 from bson import ObjectId
@@ -26,12 +28,13 @@ from gql_api.documents import (
     User,
     utcnow,
 )
-from gql_api.errors import BadUserInput, Conflict, Forbidden, NotFound
+from gql_api.errors import ApiError, BadUserInput, Conflict, ContentBlocked, Forbidden, NotFound, RateLimited
 from gql_api.hub import MessageHub
 from gql_api.metrics import timed_send
 from gql_api.moderation import Clock, Moderation
 from gql_api.pagination import Page, PageRequest, decode_cursor
 from gql_api.ratelimit import MessageRateLimiter
+from gql_api.roster import Roster
 from gql_api.store import ChatStore, DedupKeyTaken, InsertStopped, SeqTaken, canonical_id
 
 logger = logging.getLogger(__name__)
@@ -100,12 +103,19 @@ class _StreamEnded(Conflict):
 MAX_BATCH = 256
 
 
+# A send's check at commit time: against the stream's roster as of the number it is about to
+# take, and the time; the role it sends in, or an ApiError refusing it.
+Admission = Callable[[Roster, datetime], ChatRole]
+
+
 @dataclass(eq=False)
 class _Pending:
-    """An entry waiting for its sequence number: built at commit time, from the number."""
+    """An entry waiting for its sequence number: built at commit time from the number and, for
+    a send, the role ``admit`` found (None for the entries nobody sends: events, the end)."""
 
-    build: Callable[[int], ChatMessage]
+    build: Callable[[int, ChatRole | None], ChatMessage]
     done: asyncio.Future[ChatMessage]
+    admit: Admission | None = None
 
     def settle(self, entry: ChatMessage | None = None, error: BaseException | None = None) -> None:
         if self.done.done():  # settled before a later step of its commit failed
@@ -120,29 +130,30 @@ class _StreamWriters:
     """Per-stream group commit, and what this process knows of each stream's log.
 
     For each stream with writes in this process: the entries waiting for a number, and
-    whether a commit is running (one at a time per stream). For hot streams: the last
-    sequence number this process stored or read, with the end entry once it knows the stream
-    ended. Streams' owners, which never change, so a send need not read its stream.
+    whether a commit is running (one at a time per stream). For the streams it writes to: the
+    roster (who moderates, who is banned, the chat settings, as of the newest entry this
+    process knows of: see ``roster``), and the stream as first read (its id and owner never
+    change), so a send need not read either.
     """
 
     def __init__(self, capacity: int = 10_000) -> None:
         self._capacity = capacity
         self.queues: dict[str, deque[_Pending]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
-        self._last: OrderedDict[str, tuple[int, ChatMessage | None]] = OrderedDict()
+        self.loading: dict[str, asyncio.Future[Roster]] = {}
+        self._rosters: OrderedDict[str, Roster] = OrderedDict()
         self._streams: OrderedDict[str, LiveStream] = OrderedDict()
 
-    def last(self, stream_id: str) -> tuple[int, ChatMessage | None] | None:
-        """The newest sequence number this process knows of, and the end entry if it is one."""
-        return self._last.get(stream_id)
+    def roster(self, stream_id: str) -> Roster | None:
+        """The stream's roster, if this process has read it."""
+        return self._rosters.get(stream_id)
 
-    def remember(self, entry: ChatMessage) -> None:
-        ended = entry if entry.kind is MessageKind.STREAM_ENDED else None
-        self._remember(self._last, entry.stream_id, (entry.seq, ended))
+    def remember_roster(self, roster: Roster) -> None:
+        self._remember(self._rosters, roster.stream_id, roster)
 
     def forget(self, stream_id: str) -> None:
         """Drop what this process knows of the stream's log (a write's outcome is unknown)."""
-        self._last.pop(stream_id, None)
+        self._rosters.pop(stream_id, None)
 
     def stream(self, stream_id: str) -> LiveStream | None:
         """The stream as this process first read it (its status may have changed since)."""
@@ -183,6 +194,7 @@ class ChatService:
         self.metrics = hub.metrics
         # Roles and bans: every send asks it whether its sender may, and in which role.
         self.moderation = Moderation(store, self.get_stream, clock, events=self)
+        self._clock = clock
         # Stream id to owner id (an owner never changes), for the role of messages stored
         # before roles were: a bounded map, oldest out first.
         self._owners: OrderedDict[str, str] = OrderedDict()
@@ -238,7 +250,7 @@ class ChatService:
             raise Conflict("Resource cannot be changed in its current state: the stream has already ended")
         key = str(stream.id)
 
-        def end_entry(seq: int) -> ChatMessage:
+        def end_entry(seq: int, _: ChatRole | None) -> ChatMessage:
             return self._entry(key, seq, MessageKind.STREAM_ENDED, "", user, ChatRole.OWNER, None, END_KEY)
 
         stored_here = True
@@ -283,11 +295,10 @@ class ChatService:
             client_message_id = _require_client_message_id(client_message_id)
         key = _stream_key(stream_id)
         if client_message_id is None:
-            stream = await self._live_stream(key)
-            role, settings = await self._admit_sender(sender, stream, content)
+            await self._live_stream(key)
             dedup_key = f"r:{ObjectId()}"
-            await self._admit(sender, stream, role, settings, dedup_key)
-            return await self._append(sender, role, key, MessageKind.TEXT, content, None, dedup_key)
+            admit = await self._admit(sender, key, content, dedup_key)
+            return await self._append(sender, admit, key, MessageKind.TEXT, content, None, dedup_key)
         dedup_key = f"c:{sender.id}:{client_message_id}"
         for _ in range(2):
             existing = await self._find_by_dedup_key(key, dedup_key)
@@ -295,11 +306,10 @@ class ChatService:
                 if existing.content != content:
                     raise Conflict("Resource already exists: this clientMessageId was used for other content")
                 return existing
-            stream = await self._live_stream(key)
-            role, settings = await self._admit_sender(sender, stream, content)
-            await self._admit(sender, stream, role, settings, dedup_key)  # a second round is the same message
+            await self._live_stream(key)
+            admit = await self._admit(sender, key, content, dedup_key)  # a second round is the same message
             try:
-                return await self._append(sender, role, key, MessageKind.TEXT, content, client_message_id, dedup_key)
+                return await self._append(sender, admit, key, MessageKind.TEXT, content, client_message_id, dedup_key)
             except DedupKeyTaken:
                 continue  # a concurrent retry won the race: read its message
         raise Conflict("Resource already exists: this clientMessageId is being used")  # pragma: no cover
@@ -307,10 +317,11 @@ class ChatService:
     @timed_send("superlike")
     async def send_superlike(self, sender: User, stream_id: str) -> ChatMessage:
         """Append the sender's one SUPERLIKE of this stream (which is what superlikeCount counts)."""
-        stream = await self._live_stream(_stream_key(stream_id))
-        role, _ = await self._admit_sender(sender, stream)
+        key = _stream_key(stream_id)
+        await self._live_stream(key)
+        admit = await self._admit(sender, key, None, None)
         try:
-            return await self._append(sender, role, str(stream.id), MessageKind.SUPERLIKE, "", None, f"s:{sender.id}")
+            return await self._append(sender, admit, key, MessageKind.SUPERLIKE, "", None, f"s:{sender.id}")
         except DedupKeyTaken as exc:
             raise Conflict(
                 "Resource already exists: your superlike of this stream is stored already (one per user)"
@@ -333,7 +344,7 @@ class ChatService:
         """
         key = dedup_key if dedup_key is not None else f"e:{ObjectId()}"
 
-        def build(seq: int) -> ChatMessage:
+        def build(seq: int, _: ChatRole | None) -> ChatMessage:
             now = utcnow()
             return ChatMessage(
                 stream_id=stream_id,
@@ -431,39 +442,93 @@ class ChatService:
 
     # -- internals -------------------------------------------------------------------------
 
-    async def _admit_sender(
-        self, sender: User, stream: LiveStream, content: str | None = None
-    ) -> tuple[ChatRole, ChatSettings]:
-        """The sender's role and the stream's chat settings as they are now, refused when the
-        sender is banned or the settings forbid the send (see ``Moderation.hold_to_settings``).
+    async def _admit(self, sender: User, stream_id: str, content: str | None, dedup_key: str | None) -> Admission:
+        """Check a send against the stream's roster, and count a message (``dedup_key``; a
+        superlike has None) against the sender's rate limit and the stream's slow mode: the
+        error refusing it, or the check its commit makes again (see ``roster``).
 
-        The settings are read on every send by a viewer or a moderator, so a change made
-        through any replica holds from the next send (the stream this process remembers may
-        be old); the read runs alongside the one of the sender's member document, so it adds
-        no round trip to the send's time. The owner's sends read neither: no setting holds
-        the owner.
+        The owner is held to no chat setting and never throttled; moderators are held to the
+        rate limit but not to the settings, which are for viewers.
         """
-        if stream.owner.id == str(sender.id):
-            return ChatRole.OWNER, ChatSettings()
-        role, settings = await asyncio.gather(
-            self.moderation.admit_sender(sender, stream), self.store.chat_settings(str(stream.id))
-        )
-        if settings is None:  # pragma: no cover - streams are never deleted
-            raise NotFound("Resource not found: no live stream has this id")
-        self.moderation.hold_to_settings(role, settings, content)
-        return role, settings
+        roster = await self._roster(stream_id)
+        user_id = str(sender.id)
+        try:
+            role = self._hold(roster, user_id, content)
+        except (Forbidden, ContentBlocked):
+            # Refused by what this process knows: the entries it has not read yet may lift it.
+            await self._catch_up(roster)
+            role = self._hold(roster, user_id, content)
+        interval, previous_ms = 0, None
+        if dedup_key is not None and role is not ChatRole.OWNER:
+            interval = self._slow_mode(roster, user_id)
+            try:
+                previous_ms = await self.rate_limiter.acquire(
+                    stream_id, user_id, dedup_key, min_interval_seconds=interval
+                )
+            except RateLimited:
+                if not interval:
+                    raise
+                await self._catch_up(roster)  # slow mode may have been eased through another replica
+                if (eased := self._slow_mode(roster, user_id)) >= interval:
+                    raise
+                interval = eased
+                previous_ms = await self.rate_limiter.acquire(
+                    stream_id, user_id, dedup_key, min_interval_seconds=interval
+                )
 
-    async def _admit(
-        self, sender: User, stream: LiveStream, role: ChatRole, settings: ChatSettings, dedup_key: str
-    ) -> None:
-        """Count a new message against the sender's rate limit and the stream's slow mode;
-        RateLimited when over either."""
-        # The owner moderates their own chat and is never throttled; moderators are held to
-        # the rate limit but not to slow mode, which is for viewers.
-        if role is ChatRole.OWNER:
-            return
-        interval = settings.slow_mode_seconds if role is ChatRole.VIEWER else 0
-        await self.rate_limiter.acquire(str(stream.id), str(sender.id), dedup_key, min_interval_seconds=interval)
+        def admit(roster: Roster, now: datetime) -> ChatRole:
+            role = self._hold(roster, user_id, content, now)
+            # Slow mode turned on (or lengthened) since the send was counted: held to it now.
+            slow = self._slow_mode(roster, user_id)
+            if slow > interval and previous_ms is not None:
+                wait_ms = previous_ms + slow * 1000 - int(now.timestamp() * 1000)
+                if wait_ms > 0:
+                    raise MessageRateLimiter.slow_mode_refusal(slow, wait_ms)
+            return role
+
+        return admit
+
+    def _hold(self, roster: Roster, user_id: str, content: str | None, now: datetime | None = None) -> ChatRole:
+        """The role the user sends in, refused when they are banned or the settings forbid
+        the send (``content``: a text message's; None for a superlike)."""
+        role = roster.admit(user_id, now or self._clock())
+        Moderation.hold_to_settings(role, roster.settings, content)
+        return role
+
+    @staticmethod
+    def _slow_mode(roster: Roster, user_id: str) -> int:
+        return roster.settings.slow_mode_seconds if roster.role(user_id) is ChatRole.VIEWER else 0
+
+    async def _roster(self, stream_id: str) -> Roster:
+        """The stream's roster: as this process follows it, or read afresh (once at a time)."""
+        roster = self._writers.roster(stream_id)
+        if roster is not None and not roster.stale:
+            return roster
+        loading = self._writers.loading.get(stream_id)
+        if loading is None:
+            loading = self._writers.loading[stream_id] = asyncio.ensure_future(self._read_roster(stream_id))
+            loading.add_done_callback(partial(self._roster_read, stream_id))
+        return await asyncio.shield(loading)
+
+    def _roster_read(self, stream_id: str, loading: asyncio.Future[Roster]) -> None:
+        if self._writers.loading.get(stream_id) is loading:
+            del self._writers.loading[stream_id]
+        if not loading.cancelled():
+            loading.exception()  # retrieved: every caller that waited re-raises it itself
+
+    async def _read_roster(self, stream_id: str) -> Roster:
+        owner_id = await self.owner_id(stream_id)
+        # The log's position first: the documents read after it hold every change told up to it.
+        newest = await self.store.newest(stream_id)
+        settings, members = await asyncio.gather(self.store.chat_settings(stream_id), self.store.members(stream_id))
+        roster = Roster.read(stream_id, owner_id, newest, settings or ChatSettings(), members)
+        self._writers.remember_roster(roster)
+        return roster
+
+    async def _catch_up(self, roster: Roster) -> None:
+        """Apply the entries of the stream's log after the roster's position."""
+        async for entry in self.store.replay(roster.stream_id, after=roster.position, every_kind=True):
+            roster.apply(entry)
 
     async def _find_by_dedup_key(self, stream_id: str, dedup_key: str) -> ChatMessage | None:
         return await self.store.message_by_dedup_key(stream_id, dedup_key)
@@ -475,14 +540,14 @@ class ChatService:
         re-read for every send, as the claim is what refuses a message after the end (the
         end entry holds the number a later message would take). This only spares a send
         that would be refused anyway its admission. Its chat settings do change: a send reads
-        them afresh (``_admit_sender``), never from here.
+        them from the stream's roster (``_admit``), never from here.
         """
         stream = self._writers.stream(stream_id)
         if stream is None:
             stream = await self.get_stream(stream_id)
             self._writers.remember_stream(stream)
-        last = self._writers.last(stream_id)
-        if stream.status is not StreamStatus.LIVE or (last is not None and last[1] is not None):
+        roster = self._writers.roster(stream_id)
+        if stream.status is not StreamStatus.LIVE or (roster is not None and roster.end is not None):
             raise Conflict("Resource cannot be changed in its current state: the stream has ended")
         return stream
 
@@ -514,27 +579,25 @@ class ChatService:
     async def _append(
         self,
         sender: User,
-        role: ChatRole,
+        admit: Admission,
         stream_id: str,
         kind: MessageKind,
         content: str,
         client_message_id: str | None,
         dedup_key: str,
     ) -> ChatMessage:
-        """Store a message as the stream's next in sequence (see ``_claim``)."""
-        return await self._claim(
-            stream_id,
-            lambda seq: self._entry(stream_id, seq, kind, content, sender, role, client_message_id, dedup_key),
-        )
+        """Store a message as the stream's next in sequence (see ``_claim``), in the role
+        ``admit`` finds for it then."""
 
-    async def _newest(self, stream_id: str) -> tuple[int, ChatMessage | None]:
-        """The stream's newest sequence number from the database, and its end entry if it is one."""
-        newest = await self.store.newest(stream_id)
-        if newest is None:
-            return 0, None
-        return newest.seq, newest if newest.kind is MessageKind.STREAM_ENDED else None
+        def build(seq: int, role: ChatRole | None) -> ChatMessage:
+            assert role is not None  # a send is always admitted first
+            return self._entry(stream_id, seq, kind, content, sender, role, client_message_id, dedup_key)
 
-    async def _claim(self, stream_id: str, build: Callable[[int], ChatMessage]) -> ChatMessage:
+        return await self._claim(stream_id, build, admit)
+
+    async def _claim(
+        self, stream_id: str, build: Callable[[int, ChatRole | None], ChatMessage], admit: Admission | None = None
+    ) -> ChatMessage:
         """Store an entry as the stream's next in sequence, then hand it to live delivery.
 
         The sequence number is the newest stored one plus one, claimed by the unique
@@ -546,8 +609,10 @@ class ChatService:
         process, and the entries that arrive while it runs wait and are then stored
         together, numbered consecutively, by one ordered insert (``_commit``). Another
         replica's writes show up as a taken number, and the rest are renumbered.
+
+        ``admit`` checks a send once more against the stream's roster as of its number.
         """
-        pending = _Pending(build, asyncio.get_running_loop().create_future())
+        pending = _Pending(build, asyncio.get_running_loop().create_future(), admit)
         queue = self._writers.queues.get(stream_id)
         if queue is None:
             queue = self._writers.queues[stream_id] = deque()
@@ -580,39 +645,46 @@ class ChatService:
     async def _commit(self, stream_id: str, batch: list[_Pending]) -> None:
         """Store a batch in order, settling each entry's future as it is stored or refused.
 
-        An ordered insert that stops at a duplicate key stored the entries before it. A taken
-        number (another replica's write) sends the rest back with fresh numbers; a taken
-        dedup key refuses that one entry, and the rest take the numbers from it on.
+        Each send is checked against the roster as of the number it is about to take, and
+        refused there if an entry before it forbids it (a ban, a settings change). An ordered
+        insert that stops at a duplicate key stored the entries before it. A taken number
+        (another replica's write) sends the rest back, to be checked and numbered again once
+        the roster has applied the entries it had not seen; a taken dedup key refuses that one
+        entry, and the rest take the numbers from it on.
         """
-        last = self._writers.last(stream_id)
-        if last is None:
-            last = await self._newest(stream_id)
+        roster = await self._roster(stream_id)
         while batch:
-            seq, end = last
-            if end is not None:
-                self._writers.remember(end)  # later writers here need not ask the database
+            if roster.end is not None:
                 for pending in batch:
-                    pending.settle(error=_StreamEnded(end))
+                    pending.settle(error=_StreamEnded(roster.end))
                 return
+            now = self._clock()
+            numbered: list[_Pending] = []
             entries: list[ChatMessage] = []
             for pending in batch:
-                entries.append(pending.build(seq + 1 + len(entries)))
-                if entries[-1].kind is MessageKind.STREAM_ENDED:
-                    break  # nothing is numbered after the end
+                if entries and entries[-1].kind is MessageKind.STREAM_ENDED:
+                    numbered.append(pending)  # nothing is numbered after the end: refused next round
+                    continue
+                try:
+                    role = pending.admit(roster, now) if pending.admit is not None else None
+                except ApiError as exc:
+                    pending.settle(error=exc)
+                    continue
+                numbered.append(pending)
+                entries.append(pending.build(roster.position + 1 + len(entries), role))
+            if not entries:
+                return
             try:
                 await self.store.insert_entries(entries)
                 stored, refused = len(entries), None
             except InsertStopped as exc:
                 stored, refused = exc.stored, exc.cause
-            if stored:
-                tail = entries[stored - 1]
-                self._writers.remember(tail)
-                last = (tail.seq, tail if tail.kind is MessageKind.STREAM_ENDED else None)
-                for pending, entry in zip(batch, entries[:stored], strict=False):
-                    await self.delivery.message_stored(entry)
-                    pending.settle(entry)
-            batch = batch[stored:]
+            for pending, entry in zip(numbered, entries[:stored], strict=False):
+                roster.apply(entry)
+                await self.delivery.message_stored(entry)
+                pending.settle(entry)
+            batch = numbered[stored:]
             if isinstance(refused, SeqTaken):
-                last = await self._newest(stream_id)
+                await self._catch_up(roster)
             elif refused is not None:  # this entry is in the log already; the number is free
                 batch.pop(0).settle(error=refused)

@@ -214,8 +214,8 @@ class ChatStore:
         return LiveStream.model_validate(raw) if raw is not None else None
 
     async def chat_settings(self, stream_id: str) -> ChatSettings | None:
-        """The stream's chat settings alone (a send reads them every time), or None when there
-        is no such stream."""
+        """The stream's chat settings alone (for a stream's roster), or None when there is no
+        such stream."""
         raw = await detached(
             LiveStream.get_pymongo_collection().find_one({"_id": ObjectId(stream_id)}, {"chat_settings": 1})
         )
@@ -462,11 +462,15 @@ class ChatStore:
         members = [StreamMember.model_validate(row) for row in await detached(cursor.to_list())]
         return sorted(members, key=lambda m: m.appointment.created_at if m.appointment else _EPOCH)
 
+    async def members(self, stream_id: str) -> list[StreamMember]:
+        """Every member document of the stream: its moderators, the users banned from it
+        (expired bans included), and the users once either."""
+        rows = await detached(self._members().find({"stream_id": eq(stream_id)}).to_list())
+        return [StreamMember.model_validate(row) for row in rows]
+
     async def banned_members(self, stream_id: str) -> list[StreamMember]:
         """The stream's members that have a ban stored (expired ones included)."""
-        rows = await detached(self._members().find({"stream_id": eq(stream_id)}).to_list())
-        members = (StreamMember.model_validate(row) for row in rows)
-        return [member for member in members if member.ban is not None]
+        return [member for member in await self.members(stream_id) if member.ban is not None]
 
     async def appoint_moderator(
         self, stream_id: str, user: PublicProfile, appointment: Appointment

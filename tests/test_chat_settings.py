@@ -7,7 +7,8 @@ import httpx
 import pytest
 
 from gql_api.app import create_app
-from gql_api.documents import ModerationActionKind
+from gql_api.documents import ChatBanRecord, ModerationActionKind, utcnow
+from gql_api.errors import Forbidden
 from gql_api.store import ChatStore
 from tests.conftest import GraphQLClient, serve
 from tests.test_rest import assert_envelope
@@ -268,3 +269,39 @@ async def test_a_change_is_an_event_of_the_streams_log_and_a_no_change_is_not(ro
     assert (changed.event.actor.id, changed.sender_role) == (str(room.moderator.id), "MODERATOR")
     settings = changed.event.settings
     assert (settings.slow_mode_seconds, settings.chat_enabled, settings.blocked_terms) == (5, True, ["spoiler"])
+
+
+async def test_slow_mode_set_or_eased_through_one_replica_holds_on_another_from_its_next_send(
+    room, server, make_settings
+):
+    async with (
+        serve(create_app(make_settings(), database=server.services.database)) as other,
+        httpx.AsyncClient(base_url=other.url, timeout=10) as http,
+    ):
+        viewer_there = GraphQLClient(http, other.token(room.viewer))
+        await viewer_there.data(SEND, {"s": room.s, "c": "one"})  # the other replica follows the stream now
+
+        await update(room.as_owner, room.s, slow=60)
+        # That replica counted the send under no slow mode, then learned of it when numbering it.
+        error = await viewer_there.error(SEND, {"s": room.s, "c": "two"})
+        assert code(error) == "RATE_LIMITED" and 55 <= error["extensions"]["retryAfter"] <= 60
+
+        await update(room.as_moderator, room.s, slow=0)
+        # It refuses by the slow mode it knows, reads what changed, and admits.
+        await viewer_there.data(SEND, {"s": room.s, "c": "three"})
+
+    assert await contents(room.as_owner, room.s) == ["one", "three"]
+
+
+async def test_a_change_whose_event_never_came_is_seen_when_the_roster_is_read_again(room, server):
+    from gql_api.roster import REFRESH_SECONDS
+
+    chat = server.chat
+    await chat.send_message(room.viewer, room.s, "before")
+    # A ban stored without its event (as if the replica that made it stopped in between).
+    ban = ChatBanRecord(banned_by=room.owner.public_profile(), created_at=utcnow())
+    await ChatStore().store_ban(room.s, room.viewer.public_profile(), ban, unless_moderator=False)
+
+    chat._writers.roster(room.s).read_at -= REFRESH_SECONDS + 1  # as if a minute had passed
+    with pytest.raises(Forbidden):
+        await chat.send_message(room.viewer, room.s, "seen")

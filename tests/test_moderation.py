@@ -13,7 +13,8 @@ from gql_api.app import create_app
 from gql_api.compat import eq
 from gql_api.documents import ChatMessage, ChatRole, ModerationActionKind, utcnow
 from gql_api.errors import BadUserInput, Forbidden
-from gql_api.moderation import MAX_BAN_SECONDS, Moderation
+from gql_api.moderation import MAX_BAN_SECONDS
+from gql_api.service import ChatService
 from gql_api.store import ChatStore
 from tests.conftest import GraphQLClient, serve
 
@@ -360,9 +361,15 @@ class FakeClock:
         return self.now
 
 
+def _service(server, clock: FakeClock) -> ChatService:
+    """A chat service over the server's database and hub, on ``clock``."""
+    return ChatService(server.chat.hub, server.chat.delivery, store=ChatStore(), clock=clock)
+
+
 async def test_a_timeout_holds_until_its_end_and_not_after(server, make_user, make_stream):
     clock = FakeClock()
-    moderation = Moderation(ChatStore(), server.chat.get_stream, clock)
+    chat = _service(server, clock)
+    moderation = chat.moderation
     owner, viewer = await make_user(), await make_user()
     stream = await make_stream(owner)
     s = str(stream.id)
@@ -372,18 +379,19 @@ async def test_a_timeout_holds_until_its_end_and_not_after(server, make_user, ma
 
     clock.now += timedelta(seconds=59, milliseconds=999)
     with pytest.raises(Forbidden):
-        await moderation.admit_sender(viewer, stream)
+        await chat.send_message(viewer, s, "am I back?")
     assert [b.user_id for b in await moderation.bans(owner, s)] == [str(viewer.id)]
 
     clock.now += timedelta(milliseconds=1)
-    assert await moderation.admit_sender(viewer, stream) is ChatRole.VIEWER
+    assert (await chat.send_message(viewer, s, "back")).sender_role is ChatRole.VIEWER
     assert await moderation.bans(owner, s) == []
     assert await moderation.unban(owner, s, str(viewer.id)) is False  # an expired ban is no ban
 
 
 async def test_a_permanent_ban_never_lifts_itself(server, make_user, make_stream):
     clock = FakeClock()
-    moderation = Moderation(ChatStore(), server.chat.get_stream, clock)
+    chat = _service(server, clock)
+    moderation = chat.moderation
     owner, viewer = await make_user(), await make_user()
     stream = await make_stream(owner)
 
@@ -391,7 +399,7 @@ async def test_a_permanent_ban_never_lifts_itself(server, make_user, make_stream
     clock.now += timedelta(days=365 * 10)
 
     with pytest.raises(Forbidden):
-        await moderation.admit_sender(viewer, stream)
+        await chat.send_superlike(viewer, str(stream.id))
     with pytest.raises(BadUserInput):
         await moderation.ban(owner, str(stream.id), str(viewer.id), MAX_BAN_SECONDS + 1)
 
