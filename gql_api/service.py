@@ -432,9 +432,8 @@ class ChatService:
                     if entry.kind is MessageKind.STREAM_ENDED:
                         return
             if ended:
-                if every_kind and after_seq is None:
-                    if (end := await self._end_entry(key)) is not None:
-                        yield end
+                if every_kind and after_seq is None and (end := await self._end_entry(key)) is not None:
+                    yield end  # what there is to tell of an ended stream from now on
                 return
             # A cursor ahead of what this process has delivered (a message stored, not yet seen
             # on the change stream): the live messages up to it were asked to be skipped.

@@ -41,7 +41,11 @@ MESSAGE_ADDED = "subscription($s: ID!) { messageAdded(streamId: $s) { content } 
 SEND = "mutation($s: ID!, $c: String!) { sendChatMessage(streamId: $s, content: $c) { id cursor } }"
 ADD = "mutation($s: ID!, $u: ID!) { addModerator(streamId: $s, userId: $u) { id } }"
 REMOVE = "mutation($s: ID!, $u: ID!) { removeModerator(streamId: $s, userId: $u) { id } }"
-BAN = "mutation($s: ID!, $u: ID!, $d: Int, $r: String) { banUser(streamId: $s, userId: $u, durationSeconds: $d, reason: $r) { expiresAt } }"
+BAN = """
+mutation($s: ID!, $u: ID!, $d: Int, $r: String) {
+  banUser(streamId: $s, userId: $u, durationSeconds: $d, reason: $r) { expiresAt }
+}
+"""
 UNBAN = "mutation($s: ID!, $u: ID!) { unbanUser(streamId: $s, userId: $u) }"
 DELETE = "mutation($id: ID!, $r: String) { deleteChatMessage(id: $id, reason: $r) { id } }"
 END = "mutation($s: ID!) { endLiveStream(id: $s) { status } }"
@@ -373,7 +377,11 @@ async def test_viewer_count_changes_arrive_as_events(quick_counts, room, subprot
 async def test_each_event_is_rendered_once_per_distinct_operation(quick_counts, room, make_user):
     live = quick_counts
     renderer = live.app.graphql.renderer
-    narrow = "subscription($s: ID!) { chatEvents(streamId: $s) { __typename ... on ViewerCountChanged { viewerCount } ... on ChatLogEvent { cursor } } }"
+    narrow = """
+    subscription($s: ID!) {
+      chatEvents(streamId: $s) { __typename ... on ViewerCountChanged { viewerCount } ... on ChatLogEvent { cursor } }
+    }
+    """
     audience = [(EVENTS, "graphql-transport-ws")] * 4 + [(narrow, "graphql-ws")] * 3
     viewers = [await make_user() for _ in audience]
     clients = [
