@@ -24,6 +24,7 @@ SUBSCRIPTION = (
     "{ id kind content cursor createdAt sender { id username name surname } } }"
 )
 SEND = "mutation Send($s: ID!, $c: String!) { sendChatMessage(streamId: $s, content: $c) { id cursor } }"
+ME = "query Me { me { id } }"
 CREATE_STREAM = "mutation Create($t: String!) { createLiveStream(title: $t) { id } }"
 HISTORY = (
     "query History($s: ID!, $b: String) { chatMessages(streamId: $s, last: 50, before: $b) { "

@@ -62,6 +62,7 @@ class ModerationActionKind(StrEnum):
     USER_BANNED = "USER_BANNED"
     USER_UNBANNED = "USER_UNBANNED"
     MESSAGE_DELETED = "MESSAGE_DELETED"
+    CHAT_SETTINGS_CHANGED = "CHAT_SETTINGS_CHANGED"
 
 
 # The kinds clients see in history, on ``messageAdded`` and over REST: the messages.
@@ -113,10 +114,35 @@ class User(Document):
         )
 
 
+class SettingsChange(BaseModel):
+    """Who last changed a stream's chat settings, and when."""
+
+    by: PublicProfile
+    at: datetime
+
+
+class ChatSettings(BaseModel):
+    """The rules of a stream's chat for its viewers (see ``moderation``): the owner and the
+    moderators are held to none of them."""
+
+    # Seconds between two messages of one viewer: 0 (off), or 3 to 120.
+    slow_mode_seconds: int = 0
+    # Off: only the owner and the moderators can send (messages and superlikes).
+    chat_enabled: bool = True
+    # Terms a viewer's message may not contain (compared normalised: see ``terms``).
+    blocked_terms: list[str] = Field(default_factory=list)
+    # Set by every change. A subdocument written whole, as nx-27017 stores a datetime that
+    # ``$set`` writes by a dotted path as text (see ``compat``).
+    last_change: SettingsChange | None = None
+
+
 class LiveStream(Document):
     title: str
     owner: PublicProfile
     status: StreamStatus = StreamStatus.LIVE
+    # Each field is updated by its own path (``ChatStore.update_chat_settings``), so two
+    # changes of different settings at once both hold.
+    chat_settings: ChatSettings = Field(default_factory=ChatSettings)
     created_at: datetime = Field(default_factory=utcnow)
     ended_at: datetime | None = None
     # The sequence number of the stream's STREAM_ENDED entry, once it has ended: no message
@@ -155,6 +181,8 @@ class LogEvent(BaseModel):
     # The deleted message: its id and its number in the log.
     message_id: str | None = None
     message_seq: int | None = None
+    # The settings a CHAT_SETTINGS_CHANGED entry left in place.
+    settings: ChatSettings | None = None
 
 
 class ChatMessage(Document):
@@ -255,11 +283,14 @@ class ModerationAction(Document):
     stream_id: str
     kind: ModerationActionKind
     actor: PublicProfile
-    target: PublicProfile
+    # The user acted on; None for an action on the stream itself (CHAT_SETTINGS_CHANGED).
+    target: PublicProfile | None = None
     reason: str | None = None
     expires_at: datetime | None = None
     # The message a MESSAGE_DELETED action took down (its target is the message's sender).
     message_id: str | None = None
+    # The settings a CHAT_SETTINGS_CHANGED action left in place.
+    chat_settings: ChatSettings | None = None
     created_at: datetime = Field(default_factory=utcnow)
 
     class Settings:

@@ -116,6 +116,15 @@ class PayloadTooLarge(ApiError):
     summary = "Request body too large"
 
 
+class ContentBlocked(ApiError):
+    """A message holding a term its stream's chat blocks. The message does not say which term:
+    the list is the owner's and the moderators' to see."""
+
+    code = "CONTENT_BLOCKED"
+    status_code = 422
+    summary = "Content blocked"
+
+
 class RateLimited(ApiError):
     """Too many messages too fast; ``retry_after`` says, in whole seconds, when to try again."""
 

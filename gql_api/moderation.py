@@ -3,7 +3,8 @@
 A stream's owner appoints and dismisses moderators. The owner and the moderators ban users
 from the chat, for good or for a while (a timeout, which lifts itself), and lift bans; a
 moderator cannot act on the owner or on another moderator. A banned user can still read, but
-their messages and superlikes are refused (FORBIDDEN).
+their messages and superlikes are refused (FORBIDDEN). The owner and the moderators also set
+the chat's rules for viewers (``update_settings``): slow mode, chat off, blocked terms.
 
 The state lives in MongoDB (``ChatStore``'s moderation queries), and a send reads it there, so a change made
 through one replica holds on every replica from its next send. Every change is recorded in the
@@ -13,15 +14,18 @@ moderation log: who did what to whom, when and why.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from gql_api import terms
 from gql_api.documents import (
     Appointment,
     ChatBanRecord,
     ChatMessage,
     ChatRole,
+    ChatSettings,
     LiveStream,
     LogEvent,
     MessageDeletion,
@@ -29,17 +33,23 @@ from gql_api.documents import (
     ModerationAction,
     ModerationActionKind,
     PublicProfile,
+    SettingsChange,
     StreamMember,
     User,
     utcnow,
 )
-from gql_api.errors import BadUserInput, Forbidden, NotFound
+from gql_api.errors import BadUserInput, ContentBlocked, Forbidden, NotFound
 from gql_api.store import ChatStore, TargetIsModerator, member_key
 
 MIN_BAN_SECONDS = 1
 MAX_BAN_SECONDS = 14 * 24 * 60 * 60  # a timeout lasts at most 14 days; longer is a ban
 MAX_REASON_LENGTH = 500
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Slow mode: off (0), or this many seconds between two messages of one viewer.
+MIN_SLOW_MODE_SECONDS = 3
+MAX_SLOW_MODE_SECONDS = 120
+MAX_BLOCKED_TERMS = 500
+MAX_BLOCKED_TERM_LENGTH = 100
 
 Clock = Callable[[], datetime]
 StreamLookup = Callable[[str], Awaitable[LiveStream]]
@@ -80,6 +90,43 @@ def _reason(value: str | None) -> str | None:
         problem = f"must be at most {MAX_REASON_LENGTH} characters, without control characters"
         raise BadUserInput(f"Validation failed: `reason` {problem}", details=[f"reason: {problem}"])
     return value or None
+
+
+def _invalid(field: str, problem: str) -> BadUserInput:
+    return BadUserInput(f"Validation failed: `{field}` {problem}", details=[f"{field}: {problem}"])
+
+
+def _slow_mode(seconds: int) -> int:
+    if seconds != 0 and not MIN_SLOW_MODE_SECONDS <= seconds <= MAX_SLOW_MODE_SECONDS:
+        raise _invalid(
+            "slowModeSeconds", f"must be 0 (off) or {MIN_SLOW_MODE_SECONDS} to {MAX_SLOW_MODE_SECONDS} seconds"
+        )
+    return seconds
+
+
+def _blocked_terms(values: list[str]) -> list[str]:
+    """The terms trimmed, each once (the first spelling of those that normalise alike)."""
+    problem = (
+        f"must hold at most {MAX_BLOCKED_TERMS} terms, each 1 to {MAX_BLOCKED_TERM_LENGTH} "
+        "characters after trimming, not all invisible, without control characters"
+    )
+    kept: dict[str, str] = {}
+    for term in values:
+        try:
+            term.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise _invalid("blockedTerms", "must be valid Unicode text (a term holds a lone surrogate)") from exc
+        term = term.strip()
+        if (
+            _CONTROL.search(term)
+            or not 1 <= len(term) <= MAX_BLOCKED_TERM_LENGTH
+            or all(c.isspace() or unicodedata.category(c) == "Cf" for c in term)
+        ):
+            raise _invalid("blockedTerms", problem)
+        kept.setdefault(terms.normalize(term), term)
+    if len(kept) > MAX_BLOCKED_TERMS:
+        raise _invalid("blockedTerms", problem)
+    return list(kept.values())
 
 
 def _duration(seconds: int | None) -> timedelta | None:
@@ -239,6 +286,65 @@ class Moderation:
     async def actions(self, stream_id: str) -> list[ModerationAction]:
         """The stream's moderation log, oldest first."""
         return await self.store.moderation_actions(str((await self._streams(stream_id)).id))
+
+    # -- chat settings ---------------------------------------------------------------------
+
+    async def update_settings(
+        self,
+        actor: User,
+        stream_id: str,
+        *,
+        slow_mode_seconds: int | None = None,
+        chat_enabled: bool | None = None,
+        blocked_terms: list[str] | None = None,
+    ) -> tuple[LiveStream, bool]:
+        """Change the stream's chat settings (the owner and moderators); None keeps a setting
+        as it is. The stream as it is after, and whether anything changed (a change is
+        recorded; setting what is set already is not)."""
+        fields: dict[str, object] = {}
+        if slow_mode_seconds is not None:
+            fields["slow_mode_seconds"] = _slow_mode(slow_mode_seconds)
+        if chat_enabled is not None:
+            fields["chat_enabled"] = chat_enabled
+        if blocked_terms is not None:
+            fields["blocked_terms"] = _blocked_terms(blocked_terms)
+        stream = await self._streams(stream_id)
+        role = await self._moderating(actor, stream, "change the chat settings")
+        changes = {name: value for name, value in fields.items() if getattr(stream.chat_settings, name) != value}
+        if not changes:
+            return stream, False
+        now = self._clock()
+        changes["last_change"] = SettingsChange(by=actor.public_profile(), at=now).model_dump()
+        updated = await self.store.update_chat_settings(str(stream.id), changes)
+        if updated is None:  # pragma: no cover - streams are never deleted
+            raise NotFound("Resource not found: no live stream has this id")
+        await self.store.record_moderation(
+            ModerationAction(
+                stream_id=str(stream.id),
+                kind=ModerationActionKind.CHAT_SETTINGS_CHANGED,
+                actor=actor.public_profile(),
+                chat_settings=updated.chat_settings,
+                created_at=now,
+            )
+        )
+        if self._events is not None:
+            event = LogEvent(actor=actor.public_profile(), settings=updated.chat_settings)
+            await self._events.append_event(str(stream.id), MessageKind.CHAT_SETTINGS_CHANGED, role, event)
+        return updated, True
+
+    @staticmethod
+    def hold_to_settings(role: ChatRole, settings: ChatSettings, content: str | None = None) -> None:
+        """Refuse a viewer's send the settings forbid: any while the chat is off (Forbidden),
+        a text ``content`` holding a blocked term (ContentBlocked). The owner and the
+        moderators are held to no setting; slow mode is the rate limiter's (``ChatService``)."""
+        if role is not ChatRole.VIEWER:
+            return
+        if not settings.chat_enabled:
+            raise Forbidden(
+                "Insufficient permissions: the chat of this stream is off; only its owner and moderators can send"
+            )
+        if content is not None and terms.blocked_terms(tuple(settings.blocked_terms)).found_in(content):
+            raise ContentBlocked("Content blocked: the message holds a term this stream's chat does not allow")
 
     # -- messages --------------------------------------------------------------------------
 

@@ -41,7 +41,8 @@ logger = logging.getLogger(__name__)
 
 
 class MessageRateLimiter:
-    """At most ``limit`` messages per ``window_seconds`` per user per stream; ``limit=0`` is off."""
+    """At most ``limit`` messages per ``window_seconds`` per user per stream (``limit=0`` is
+    off), and, per call, at least ``min_interval_seconds`` between two of them (slow mode)."""
 
     def __init__(
         self,
@@ -64,21 +65,25 @@ class MessageRateLimiter:
     def enabled(self) -> bool:
         return self.limit > 0
 
-    async def acquire(self, stream_id: str, user_id: str, dedup_key: str) -> None:
-        """Count one message of ``user_id`` in ``stream_id``; RateLimited when over the limit.
+    async def acquire(self, stream_id: str, user_id: str, dedup_key: str, min_interval_seconds: int = 0) -> None:
+        """Count one message of ``user_id`` in ``stream_id``; RateLimited when over the limit,
+        or, with ``min_interval_seconds`` (a stream's slow mode), when the user's previous
+        message is more recent than that. One compare-and-swap on the same window enforces
+        both, and slow mode holds with the limit off too.
 
         ``dedup_key`` names the message: one that is in the log already is admitted again
         and not counted twice.
         """
-        if not self.enabled:
+        if not self.enabled and min_interval_seconds <= 0:
             return
         key = f"{stream_id}:{user_id}"
         window_ms = self.window_seconds * 1000
+        interval_ms = max(min_interval_seconds, 0) * 1000
         # Each lost swap means another message of this same user took a slot (or a retry of
         # this one did), so within `limit` rounds the log is full or holds this message.
         window = self._windows.get(key)
         remembered = window is not None
-        for _ in range(self.limit + 2):  # one more round when the remembered window was stale
+        for _ in range(max(self.limit, 1) + 2):  # one more round when the remembered window was stale
             now_ms = int(self._clock() * 1000)
             if not remembered:
                 window = await self.store.rate_window(key)
@@ -86,9 +91,15 @@ class MessageRateLimiter:
             entries = window.entries if window is not None else []
             if any(k == dedup_key for _, k in entries):
                 return  # a retry of an admitted message: it has its slot
-            recent = sorted((e for e in entries if e[0] > now_ms - window_ms), reverse=True)
-            if len(recent) >= self.limit:
-                raise self._refusal(recent[self.limit - 1][0] + window_ms - now_ms)
+            # The log holds the newest message whatever the window: it is the last one written.
+            newest = max((t for t, _ in entries), default=None)
+            if interval_ms and newest is not None and newest + interval_ms > now_ms:
+                raise self._slow_mode_refusal(min_interval_seconds, newest + interval_ms - now_ms)
+            recent: list[tuple[int, str]] = []
+            if self.enabled:
+                recent = sorted((e for e in entries if e[0] > now_ms - window_ms), reverse=True)
+                if len(recent) >= self.limit:
+                    raise self._refusal(recent[self.limit - 1][0] + window_ms - now_ms)
             log = [(now_ms, dedup_key), *recent]
             if window is None:
                 if await self.store.create_rate_window(key, stream_id, log):
@@ -121,5 +132,14 @@ class MessageRateLimiter:
         return RateLimited(
             f"Rate limit exceeded: at most {self.limit} messages per {self.window_seconds} seconds "
             f"in a stream; try again in {retry_after} s",
+            retry_after=retry_after,
+        )
+
+    @staticmethod
+    def _slow_mode_refusal(interval_seconds: int, wait_ms: int) -> RateLimited:
+        retry_after = max(1, math.ceil(wait_ms / 1000))
+        return RateLimited(
+            f"Rate limit exceeded: slow mode is on, one message every {interval_seconds} seconds "
+            f"in this stream; try again in {retry_after} s",
             retry_after=retry_after,
         )

@@ -18,6 +18,7 @@ from gql_api.documents import (
     VISIBLE_KINDS,
     ChatMessage,
     ChatRole,
+    ChatSettings,
     LiveStream,
     LogEvent,
     MessageKind,
@@ -274,6 +275,7 @@ class ChatService:
 
         Counts against the sender's rate limit in the stream (not the owner's, and not a retry
         of an admitted message); superlikes do not count, as there is one per user anyway.
+        A viewer is also held to the stream's chat settings: chat off, blocked terms, slow mode.
         Everything is validated before anything is counted or stored.
         """
         content = _require_text("content", content, MAX_CONTENT_LENGTH)
@@ -282,9 +284,9 @@ class ChatService:
         key = _stream_key(stream_id)
         if client_message_id is None:
             stream = await self._live_stream(key)
-            role = await self.moderation.admit_sender(sender, stream)
+            role, settings = await self._admit_sender(sender, stream, content)
             dedup_key = f"r:{ObjectId()}"
-            await self._admit(sender, stream, dedup_key)
+            await self._admit(sender, stream, role, settings, dedup_key)
             return await self._append(sender, role, key, MessageKind.TEXT, content, None, dedup_key)
         dedup_key = f"c:{sender.id}:{client_message_id}"
         for _ in range(2):
@@ -294,8 +296,8 @@ class ChatService:
                     raise Conflict("Resource already exists: this clientMessageId was used for other content")
                 return existing
             stream = await self._live_stream(key)
-            role = await self.moderation.admit_sender(sender, stream)
-            await self._admit(sender, stream, dedup_key)  # a second round is the same message
+            role, settings = await self._admit_sender(sender, stream, content)
+            await self._admit(sender, stream, role, settings, dedup_key)  # a second round is the same message
             try:
                 return await self._append(sender, role, key, MessageKind.TEXT, content, client_message_id, dedup_key)
             except DedupKeyTaken:
@@ -306,7 +308,7 @@ class ChatService:
     async def send_superlike(self, sender: User, stream_id: str) -> ChatMessage:
         """Append the sender's one SUPERLIKE of this stream (which is what superlikeCount counts)."""
         stream = await self._live_stream(_stream_key(stream_id))
-        role = await self.moderation.admit_sender(sender, stream)
+        role, _ = await self._admit_sender(sender, stream)
         try:
             return await self._append(sender, role, str(stream.id), MessageKind.SUPERLIKE, "", None, f"s:{sender.id}")
         except DedupKeyTaken as exc:
@@ -462,12 +464,39 @@ class ChatService:
 
     # -- internals -------------------------------------------------------------------------
 
-    async def _admit(self, sender: User, stream: LiveStream, dedup_key: str) -> None:
-        """Count a new message against the sender's rate limit; RateLimited when over it."""
-        # The owner moderates their own chat and is never throttled.
-        if not self.rate_limiter.enabled or stream.owner.id == str(sender.id):
+    async def _admit_sender(
+        self, sender: User, stream: LiveStream, content: str | None = None
+    ) -> tuple[ChatRole, ChatSettings]:
+        """The sender's role and the stream's chat settings as they are now, refused when the
+        sender is banned or the settings forbid the send (see ``Moderation.hold_to_settings``).
+
+        The settings are read on every send by a viewer or a moderator, so a change made
+        through any replica holds from the next send (the stream this process remembers may
+        be old); the read runs alongside the one of the sender's member document, so it adds
+        no round trip to the send's time. The owner's sends read neither: no setting holds
+        the owner.
+        """
+        if stream.owner.id == str(sender.id):
+            return ChatRole.OWNER, ChatSettings()
+        role, settings = await asyncio.gather(
+            self.moderation.admit_sender(sender, stream), self.store.chat_settings(str(stream.id))
+        )
+        if settings is None:  # pragma: no cover - streams are never deleted
+            raise NotFound("Resource not found: no live stream has this id")
+        self.moderation.hold_to_settings(role, settings, content)
+        return role, settings
+
+    async def _admit(
+        self, sender: User, stream: LiveStream, role: ChatRole, settings: ChatSettings, dedup_key: str
+    ) -> None:
+        """Count a new message against the sender's rate limit and the stream's slow mode;
+        RateLimited when over either."""
+        # The owner moderates their own chat and is never throttled; moderators are held to
+        # the rate limit but not to slow mode, which is for viewers.
+        if role is ChatRole.OWNER:
             return
-        await self.rate_limiter.acquire(str(stream.id), str(sender.id), dedup_key)
+        interval = settings.slow_mode_seconds if role is ChatRole.VIEWER else 0
+        await self.rate_limiter.acquire(str(stream.id), str(sender.id), dedup_key, min_interval_seconds=interval)
 
     async def _find_by_dedup_key(self, stream_id: str, dedup_key: str) -> ChatMessage | None:
         return await self.store.message_by_dedup_key(stream_id, dedup_key)
@@ -478,7 +507,8 @@ class ChatService:
         Read once per process: its id and owner never change, and its status need not be
         re-read for every send, as the claim is what refuses a message after the end (the
         end entry holds the number a later message would take). This only spares a send
-        that would be refused anyway its admission.
+        that would be refused anyway its admission. Its chat settings do change: a send reads
+        them afresh (``_admit_sender``), never from here.
         """
         stream = self._writers.stream(stream_id)
         if stream is None:

@@ -54,6 +54,7 @@ from gql_api.documents import (
     ChatBanRecord,
     ChatMessage,
     ChatRateWindow,
+    ChatSettings,
     LiveStream,
     MessageDeletion,
     MessageKind,
@@ -207,6 +208,29 @@ class ChatStore:
             LiveStream.get_pymongo_collection().find_one_and_update(
                 {"_id": ObjectId(stream_id), "status": eq(StreamStatus.LIVE.value)},
                 {"$set": {"status": StreamStatus.ENDED.value, "ended_at": end.created_at, "ended_seq": end.seq}},
+                return_document=ReturnDocument.AFTER,
+            )
+        )
+        return LiveStream.model_validate(raw) if raw is not None else None
+
+    async def chat_settings(self, stream_id: str) -> ChatSettings | None:
+        """The stream's chat settings alone (a send reads them every time), or None when there
+        is no such stream."""
+        raw = await detached(
+            LiveStream.get_pymongo_collection().find_one({"_id": ObjectId(stream_id)}, {"chat_settings": 1})
+        )
+        if raw is None:
+            return None
+        return ChatSettings.model_validate(raw.get("chat_settings") or {})
+
+    async def update_chat_settings(self, stream_id: str, fields: dict[str, Any]) -> LiveStream | None:
+        """Set some of the stream's chat settings (``ChatSettings`` field names and their stored
+        values), each by its own path so that concurrent changes of other fields stand: the
+        stream as it is after, or None when there is no such stream."""
+        raw = await detached(
+            LiveStream.get_pymongo_collection().find_one_and_update(
+                {"_id": ObjectId(stream_id)},
+                {"$set": {f"chat_settings.{name}": value for name, value in fields.items()}},
                 return_document=ReturnDocument.AFTER,
             )
         )

@@ -170,3 +170,24 @@ async def test_every_bad_token_is_refused_over_websockets_and_rest(server, make_
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 await asyncio.wait_for(ws.recv(), 10)
         assert closed.value.rcvd.code == 4403, name
+
+
+def test_a_remembered_token_still_expires_and_a_changed_one_is_checked_again(make_settings):
+    now = datetime.now(UTC)
+    moments = [now]
+    authenticator = Authenticator(make_settings(jwt_leeway_seconds=5), clock=lambda: moments[-1])
+    user_id = "64d15f9e2e6c8f4d5a123456"
+    token = _token(_claims(user_id, exp=now + timedelta(minutes=1)))
+    assert authenticator.verify(token).user_id == user_id
+    assert authenticator.verify(token).user_id == user_id  # remembered
+
+    header, payload, signature = token.split(".")
+    forged = ".".join([header, payload, signature[:-2] + ("AA" if signature[-2:] != "AA" else "BB")])
+    with pytest.raises(Unauthenticated, match="not valid"):
+        authenticator.verify(forged)
+
+    moments.append(now + timedelta(minutes=1, seconds=4))  # within the leeway
+    assert authenticator.verify(token).user_id == user_id
+    moments.append(now + timedelta(minutes=1, seconds=6))
+    with pytest.raises(Unauthenticated, match="expired"):
+        authenticator.verify(token)

@@ -17,7 +17,7 @@ from gql.transport.exceptions import TransportQueryError
 from gql.transport.websockets import WebsocketsTransport
 
 from gql_api.app import create_app
-from gql_api.documents import ChatMessage, ChatRole, LogEvent, MessageKind, isoformat_z
+from gql_api.documents import ChatMessage, MessageKind, isoformat_z
 from gql_api.pagination import decode_cursor
 from tests.conftest import GraphQLClient, LiveServer, serve
 
@@ -49,6 +49,7 @@ mutation($s: ID!, $u: ID!, $d: Int, $r: String) {
 UNBAN = "mutation($s: ID!, $u: ID!) { unbanUser(streamId: $s, userId: $u) }"
 DELETE = "mutation($id: ID!, $r: String) { deleteChatMessage(id: $id, reason: $r) { id } }"
 END = "mutation($s: ID!) { endLiveStream(id: $s) { status } }"
+CHAT_OFF = "mutation($s: ID!) { updateChatSettings(streamId: $s, chatEnabled: false) { chatEnabled } }"
 SUBPROTOCOLS = ["graphql-transport-ws", "graphql-ws"]
 DEADLINE = 30  # generous: the CI machine is a loaded 2-core box
 
@@ -200,10 +201,7 @@ async def test_every_event_type_is_delivered_live_with_its_fields_then_the_end(s
         assert unbanned["__typename"] == "UserUnbanned"
         assert (unbanned["user"], unbanned["unbannedBy"]) == ({"userId": other}, {"userId": moderator})
 
-        # No mutation changes chat settings on this branch: the event is appended as one would.
-        await server.chat.append_event(
-            room.s, MessageKind.CHAT_SETTINGS_CHANGED, ChatRole.OWNER, LogEvent(actor=room.owner.public_profile())
-        )
+        await room.as_owner.data(CHAT_OFF, {"s": room.s})
         [settings] = await events.take(1)
         assert (settings["__typename"], settings["changedBy"]) == ("ChatSettingsChanged", {"userId": owner})
 
@@ -416,7 +414,7 @@ async def test_each_event_is_rendered_once_per_distinct_operation(quick_counts, 
 # -- two replicas -------------------------------------------------------------------------------
 
 
-async def test_a_ban_and_a_delete_through_one_replica_reach_the_other_in_order_and_hold_there(
+async def test_a_ban_a_delete_and_a_settings_change_through_one_replica_reach_the_other_in_order_and_hold(
     server, room, make_settings
 ):
     viewer = str(room.viewer.id)
@@ -426,6 +424,7 @@ async def test_a_ban_and_a_delete_through_one_replica_reach_the_other_in_order_a
         session_for(b, b.token(room.other)) as session,
     ):
         viewer_on_b = GraphQLClient(http_b, b.token(room.viewer))
+        other_on_b, owner_on_b = GraphQLClient(http_b, b.token(room.other)), GraphQLClient(http_b, b.token(room.owner))
         events = Subscription(session, room.s)
         await b.chat.hub.wait_for_subscribers(room.s, 1)
 
@@ -436,8 +435,11 @@ async def test_a_ban_and_a_delete_through_one_replica_reach_the_other_in_order_a
         await room.as_owner.data(BAN, {"s": room.s, "u": viewer, "r": "spam"})  # through A
         refused = await viewer_on_b.error(SEND, {"s": room.s, "c": "still here?"})
         assert refused["extensions"]["code"] == "FORBIDDEN"  # the ban holds on B at once
-        await _send(room.as_other, room.s, "after the ban")
-        rest = await events.take(3)
+        await room.as_owner.data(CHAT_OFF, {"s": room.s})  # through A
+        refused = await other_on_b.error(SEND, {"s": room.s, "c": "and me?"})
+        assert refused["extensions"]["code"] == "FORBIDDEN"  # so does the chat being off
+        await _send(owner_on_b, room.s, "owner only now")
+        rest = await events.take(4)
 
     received = first + rest
     assert [(e["__typename"], e.get("message", {}).get("content")) for e in received] == [
@@ -445,7 +447,8 @@ async def test_a_ban_and_a_delete_through_one_replica_reach_the_other_in_order_a
         ("MessageAdded", "through A"),
         ("MessageDeleted", None),
         ("UserBanned", None),
-        ("MessageAdded", "after the ban"),
+        ("ChatSettingsChanged", None),
+        ("MessageAdded", "owner only now"),
     ]
     assert received[1]["message"]["id"] == on_a["id"]
     assert (received[2]["messageId"], received[3]["user"]["userId"]) == (on_b["id"], viewer)

@@ -257,3 +257,64 @@ async def test_a_users_next_send_through_the_same_replica_is_admitted_in_one_rou
     with pytest.raises(RateLimited):
         await here.acquire(stream, user, "k4")
     assert store.calls == ["swap", "read"]
+
+
+# -- slow mode: a minimum gap between one user's messages, in the same window ----------------------
+
+
+@pytest.mark.parametrize("limit", [0, 3])  # with the rate limit off, slow mode alone still holds
+async def test_slow_mode_refuses_a_message_sooner_than_the_gap_after_the_previous(
+    server, make_user, make_stream, limit
+):
+    now = [1_000_000.0]
+    limiter = MessageRateLimiter(limit, 30, store=server.chat.store, clock=lambda: now[0])
+    stream_id, user_id = str((await make_stream()).id), str((await make_user()).id)
+    await limiter.acquire(stream_id, user_id, "k0", min_interval_seconds=10)
+
+    now[0] += 6.5
+    with pytest.raises(RateLimited) as early:
+        await limiter.acquire(stream_id, user_id, "k1", min_interval_seconds=10)
+    await limiter.acquire(stream_id, user_id, "k0", min_interval_seconds=10)  # a retry: admitted
+    now[0] += 3.5  # exactly the gap after the first
+    await limiter.acquire(stream_id, user_id, "k2", min_interval_seconds=10)
+    await limiter.acquire(str((await make_stream()).id), user_id, "k3", min_interval_seconds=10)  # per stream
+
+    assert early.value.retry_after == 4  # 3.5 s rounded up
+    assert early.value.extensions == {"code": "RATE_LIMITED", "statusCode": 429, "retryAfter": 4}
+    assert "slow mode is on, one message every 10 seconds" in early.value.message
+
+
+async def test_slow_mode_holds_across_replicas_sharing_the_window(server, make_user, make_stream):
+    now = [2_000_000.0]
+    here = MessageRateLimiter(0, 30, store=server.chat.store, clock=lambda: now[0])
+    there = MessageRateLimiter(0, 30, store=server.chat.store, clock=lambda: now[0])
+    stream_id, user_id = str((await make_stream()).id), str((await make_user()).id)
+    await here.acquire(stream_id, user_id, "k0", min_interval_seconds=5)
+    now[0] += 6
+    await there.acquire(stream_id, user_id, "k1", min_interval_seconds=5)
+    now[0] += 1
+    with pytest.raises(RateLimited) as refused:
+        await here.acquire(stream_id, user_id, "k2", min_interval_seconds=5)  # its remembered window is stale
+    assert refused.value.retry_after == 4
+
+
+async def test_concurrent_sends_in_slow_mode_admit_one(server, make_user, make_stream):
+    limiter = MessageRateLimiter(0, 30, store=server.chat.store)
+    stream_id, user_id = str((await make_stream()).id), str((await make_user()).id)
+
+    results = await asyncio.gather(
+        *(limiter.acquire(stream_id, user_id, f"k{n}", min_interval_seconds=60) for n in range(10)),
+        return_exceptions=True,
+    )
+
+    assert results.count(None) == 1
+    assert all(isinstance(r, RateLimited) for r in results if r is not None)
+
+
+async def test_without_slow_mode_a_disabled_limiter_stores_nothing():
+    class NoStore:
+        def __getattr__(self, name: str):
+            raise AssertionError(f"the store was asked {name}")
+
+    limiter = MessageRateLimiter(0, 30, store=NoStore())  # type: ignore[arg-type]
+    await limiter.acquire("s", "u", "k", min_interval_seconds=0)

@@ -982,7 +982,7 @@ def test_every_status_each_operation_returns_is_documented_with_its_headers():
         if method != "parameters"
     }
     assert statuses == {
-        "sendChatMessage": {"201", "400", "401", "403", "404", "405", "409", "413", "429", "500", "503"},
+        "sendChatMessage": {"201", "400", "401", "403", "404", "405", "409", "413", "422", "429", "500", "503"},
         "listChatMessages": {"200", "400", "401", "404", "405", "413", "500", "503"},
         "sendSuperlike": {"201", "401", "403", "404", "405", "409", "413", "500", "503"},
         "deleteChatMessage": {"200", "400", "401", "403", "404", "405", "413", "500", "503"},

@@ -33,6 +33,7 @@ from gql_api.graphql.types import (
     ChatEvent,
     ChatMessage,
     ChatMessageConnection,
+    ChatSettings,
     LiveStream,
     User,
     ViewerCountChanged,
@@ -159,6 +160,34 @@ class Mutation:
     )
     async def unban_user(self, info: ChatInfo, stream_id: strawberry.ID, user_id: strawberry.ID) -> bool:
         return await info.context.chat.moderation.unban(info.context.user, str(stream_id), str(user_id))
+
+    @strawberry.mutation(
+        description=(
+            "Change a stream's chat settings: its owner and moderators. An omitted argument keeps "
+            "its setting. `slowModeSeconds`: 0 (off) or 3 to 120 seconds between two messages of "
+            "one viewer. `chatEnabled: false`: only the owner and moderators can send. "
+            "`blockedTerms` replaces the list: at most 500 terms of 1 to 100 characters, trimmed, "
+            "each kept once (compared case-insensitively after Unicode NFKC normalisation); a "
+            "viewer's message holding one is refused with CONTENT_BLOCKED. Viewers are held to "
+            "these settings, the owner and moderators are not. A change is recorded."
+        )
+    )
+    async def update_chat_settings(
+        self,
+        info: ChatInfo,
+        stream_id: strawberry.ID,
+        slow_mode_seconds: int | None = None,
+        chat_enabled: bool | None = None,
+        blocked_terms: list[str] | None = None,
+    ) -> ChatSettings:
+        stream, _ = await info.context.chat.moderation.update_settings(
+            info.context.user,
+            str(stream_id),
+            slow_mode_seconds=slow_mode_seconds,
+            chat_enabled=chat_enabled,
+            blocked_terms=blocked_terms,
+        )
+        return ChatSettings.from_document(stream)
 
     @strawberry.mutation(
         description=(

@@ -137,6 +137,52 @@ def _viewer_count(root: LiveStream, info: Info) -> int:
     return total
 
 
+async def _blocked_terms(root: ChatSettings, info: Info) -> list[str] | None:
+    # The list is the moderators' tool: a viewer who could read it could write around it.
+    role = await info.context.chat.moderation.role(info.context.user, root.stream)
+    return list(root.stored.blocked_terms) if role is not documents.ChatRole.VIEWER else None
+
+
+@strawberry.type(
+    description=(
+        "The rules of a stream's chat for its viewers, set by its owner and moderators "
+        "(`updateChatSettings`); the owner and moderators are held to none of them."
+    )
+)
+class ChatSettings:
+    slow_mode_seconds: int = strawberry.field(
+        description="Seconds a viewer waits between two messages: 0 (off), or 3 to 120."
+    )
+    chat_enabled: bool = strawberry.field(
+        description="False: only the owner and moderators can send messages and superlikes."
+    )
+    blocked_terms: list[str] | None = strawberry.field(
+        resolver=_blocked_terms,
+        description=(
+            "Terms a viewer's message may not contain (case-insensitive, compared after Unicode "
+            "NFKC normalisation; also inside words). Null unless the caller is the owner or a moderator."
+        ),
+    )
+    updated_at: datetime | None = strawberry.field(description="When a setting last changed; null if never.")
+    updated_by: UserSnapshot | None = strawberry.field(
+        description="Who last changed a setting, as they were then; null if no one has."
+    )
+    stored: strawberry.Private[documents.ChatSettings]
+    stream: strawberry.Private[documents.LiveStream]
+
+    @classmethod
+    def from_document(cls, stream: documents.LiveStream) -> ChatSettings:
+        settings, change = stream.chat_settings, stream.chat_settings.last_change
+        return cls(
+            slow_mode_seconds=settings.slow_mode_seconds,
+            chat_enabled=settings.chat_enabled,
+            updated_at=change.at if change is not None else None,
+            updated_by=UserSnapshot.from_profile(change.by) if change is not None else None,
+            stored=settings,
+            stream=stream,
+        )
+
+
 async def _moderators(root: LiveStream, info: Info) -> list[User]:
     users = await info.context.chat.moderation.moderators(str(root.id))
     return [User.from_document(user) for user in users]
@@ -162,6 +208,7 @@ class LiveStream:
         resolver=_moderators,
         description="The users the owner appointed to moderate the chat, with their profiles as they are now.",
     )
+    chat_settings: ChatSettings = strawberry.field(description="The rules of the stream's chat for its viewers.")
     created_at: datetime
     ended_at: datetime | None
 
@@ -172,6 +219,7 @@ class LiveStream:
             title=stream.title,
             status=StreamStatus(stream.status.value),
             owner=UserSnapshot.from_profile(stream.owner),
+            chat_settings=ChatSettings.from_document(stream),
             created_at=stream.created_at,
             ended_at=stream.ended_at,
         )

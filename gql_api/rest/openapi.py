@@ -10,6 +10,7 @@ from gql_api.errors import (
     ApiError,
     BadUserInput,
     Conflict,
+    ContentBlocked,
     Forbidden,
     MethodNotAllowed,
     NotFound,
@@ -125,12 +126,16 @@ def openapi_document() -> dict[str, Any]:
         "post": {
             "operationId": "sendChatMessage",
             "summary": "Send a chat message",
+            "description": "Viewers are held to the stream's chat settings: while the chat is off "
+            "a message is refused (403); one holding a blocked term is refused (422 CONTENT_BLOCKED) "
+            "and not stored; in slow mode one sent too soon after the viewer's previous one is "
+            "refused (429 with `Retry-After`), as is one over the rate limit.",
             "requestBody": {"required": True, **json_content(ref(SendMessageRequest, "validation"))},
             "responses": responses(
                 201,
                 "The message (on a retry, the original)",
                 message,
-                *(BadUserInput, Unauthenticated, Forbidden, NotFound, Conflict, RateLimited),
+                *(BadUserInput, Unauthenticated, Forbidden, NotFound, Conflict, ContentBlocked, RateLimited),
             ),
         },
         "get": {
@@ -173,6 +178,7 @@ def openapi_document() -> dict[str, Any]:
         "post": {
             "operationId": "sendSuperlike",
             "summary": "Superlike a stream: once per user per stream",
+            "description": "While the stream's chat is off, only its owner and moderators can (403).",
             "responses": responses(
                 201, "The SUPERLIKE message", message, Unauthenticated, Forbidden, NotFound, Conflict
             ),
