@@ -405,14 +405,30 @@ class ChatService:
             has_previous = request.after is not None and await self.store.has_messages_through(key, request.after)
         return Page(items=items, has_previous=has_previous, has_next=has_next)
 
-    async def subscribe(self, stream_id: str, after: str | None = None) -> AsyncIterator[ChatMessage]:
+    def subscribe(self, stream_id: str, after: str | None = None) -> AsyncIterator[ChatMessage]:
         """Every message after the cursor ``after`` (or from now), in order, each once.
 
         Ends when the stream ends, after its last message. Stored messages are replayed first,
         then live ones, with nothing missed or repeated at the switch-over. Deleted messages are
         left out, from replay and from the live queue alike (see ``delete_message``), and so are
-        the log's moderation events (``chatEvents`` has them).
+        the log's moderation events (``events`` has them).
         """
+        return self._follow(stream_id, after, every_kind=False)
+
+    def events(self, stream_id: str, after: str | None = None) -> AsyncIterator[ChatMessage]:
+        """Every entry of the stream's log after the cursor ``after`` (or from now): messages,
+        moderation events and, last, the stream's end entry; in order, each once.
+
+        Messages and events share one numbering, so the cursor of either resumes both. The
+        guarantees are ``subscribe``'s: stored entries first, then live ones, nothing missed or
+        repeated at the switch-over. A message deleted before it was yielded is left out; the
+        MESSAGE_DELETED event that tells of it is not. Subscribing to an ended stream without
+        ``after`` yields its end entry alone.
+        """
+        return self._follow(stream_id, after, every_kind=True)
+
+    async def _follow(self, stream_id: str, after: str | None, *, every_kind: bool) -> AsyncIterator[ChatMessage]:
+        """``subscribe`` (messages only) or, with ``every_kind``, ``events`` (every entry)."""
         after_seq = decode_cursor(after, argument="after") if after is not None else None
         key = _stream_key(stream_id)
         async with self.hub.subscribe(key) as subscriber:
@@ -420,25 +436,42 @@ class ChatService:
             stream = await self.get_stream(key)
             ended = stream.status is StreamStatus.ENDED
             if after_seq is not None:
+                # The end entry is stored before the stream is marked ENDED: a stream not yet
+                # marked may have it, and the group joined then (start_seq) delivered it.
                 through = None if ended else subscriber.start_seq
-                async for message in self.store.replay(key, after=after_seq, through=through):
-                    if message.deletion is None:
-                        yield message
+                async for entry in self.store.replay(key, after=after_seq, through=through, every_kind=every_kind):
+                    if entry.deletion is None:
+                        yield entry
+                    if entry.kind is MessageKind.STREAM_ENDED:
+                        return
             if ended:
+                if every_kind and after_seq is None and (end := await self._end_entry(key)) is not None:
+                    yield end  # what there is to tell of an ended stream from now on
                 return
             # A cursor ahead of what this process has delivered (a message stored, not yet seen
             # on the change stream): the live messages up to it were asked to be skipped.
             skip_through = after_seq if after_seq is not None else 0
-            async for message in subscriber:
-                # A message deleted while it waited in the queue (or stored as a tombstone, when
-                # the hub read it back from history) is never sent.
-                if (
-                    message.seq > skip_through
-                    and message.kind in VISIBLE_KINDS
-                    and message.deletion is None
-                    and not self.hub.is_deleted(key, message.seq)
-                ):
-                    yield message
+            async for entry in subscriber:
+                if entry.seq <= skip_through:
+                    continue
+                if entry.kind in VISIBLE_KINDS:
+                    # A message deleted while it waited in the queue (or stored as a tombstone,
+                    # when the hub read it back from history) is never sent.
+                    if entry.deletion is not None or self.hub.is_deleted(key, entry.seq):
+                        continue
+                elif not every_kind:
+                    continue
+                yield entry
+            if every_kind:
+                # The hub completes its subscribers at the end entry without handing it over.
+                end = await self._end_entry(key)
+                if end is not None and end.seq > skip_through:
+                    yield end
+
+    async def _end_entry(self, stream_id: str) -> ChatMessage | None:
+        """The stream's end entry, read back from its log; None while it has not ended."""
+        newest = await self.store.newest(stream_id)
+        return newest if newest is not None and newest.kind is MessageKind.STREAM_ENDED else None
 
     # -- internals -------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types import Info
 
+from gql_api import documents
 from gql_api.documents import isoformat_z
 from gql_api.errors import ApiError, BadUserInput, report
 from gql_api.graphql.context import Context
@@ -27,9 +28,20 @@ from gql_api.graphql.limits import (
     alias_limit_rule,
     depth_limit_rule,
 )
-from gql_api.graphql.types import ChatBan, ChatMessage, ChatMessageConnection, ChatSettings, LiveStream, User
+from gql_api.graphql.types import (
+    ChatBan,
+    ChatEvent,
+    ChatMessage,
+    ChatMessageConnection,
+    ChatSettings,
+    LiveStream,
+    User,
+    ViewerCountChanged,
+    chat_event,
+)
+from gql_api.merge import interleave
 from gql_api.metrics import Metrics
-from gql_api.pagination import PageRequest
+from gql_api.pagination import PageRequest, decode_cursor
 from gql_api.settings import Settings
 
 ChatInfo = Info[Context, None]
@@ -212,6 +224,45 @@ class Subscription:
             identity=lambda message: (message.stream_id, message.seq),
         ):
             yield item  # type: ignore[misc]  # only off our websocket handlers; else nothing
+
+    @strawberry.subscription(
+        description=(
+            "Everything that happens in the stream's chat, typed: messages, deletions, bans, "
+            "unbans, moderator changes, settings changes and the end, each once and in the order "
+            "of the stream's log, with its viewer count as it changes. `after`: the cursor of "
+            "any entry (a message's included) to replay every later entry first; omitted, from "
+            "now. Completes after `StreamEnded`."
+        )
+    )
+    async def chat_events(
+        self, info: ChatInfo, stream_id: strawberry.ID, after: str | None = None
+    ) -> AsyncGenerator[ChatEvent, None]:
+        info.context.user  # noqa: B018
+        chat = info.context.chat
+        # Refused before anything is sent: the viewer count would otherwise come first.
+        if after is not None:
+            decode_cursor(after, argument="after")
+        key = str((await chat.get_stream(str(stream_id))).id)
+        counts = (
+            ViewerCountChanged(stream_id=strawberry.ID(key), viewer_count=n)
+            async for n in info.context.viewers.changes(key)
+        )
+        events = interleave(chat.events(key, after), counts)
+        async for item in fan_out(
+            info,
+            events,
+            renderer=info.context.renderer,
+            to_graphql=chat_event,
+            identity=_event_identity,
+        ):
+            yield item  # type: ignore[misc]  # only off our websocket handlers; else nothing
+
+
+def _event_identity(item: documents.ChatMessage | ViewerCountChanged) -> tuple[object, ...]:
+    """What names a ``chatEvents`` item across its subscribers (see ``fan_out``)."""
+    if isinstance(item, ViewerCountChanged):
+        return ("viewers", item.stream_id, item.viewer_count)
+    return (item.stream_id, item.seq)
 
 
 class ChatSchema(strawberry.Schema):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import Annotated, Any
 
 import strawberry
 from strawberry.types import Info
@@ -334,3 +335,177 @@ class ChatMessageConnection:
                 end_cursor=edges[-1].cursor if edges else None,
             ),
         )
+
+
+# -- chatEvents ------------------------------------------------------------------------------
+
+
+@strawberry.interface(
+    description=(
+        "An entry of a stream's log as `chatEvents` delivers it. Messages and moderation events "
+        "share one numbering: pass the `cursor` of the last entry received as `after` to resume."
+    )
+)
+class ChatLogEvent:
+    cursor: str = strawberry.field(
+        description="This entry's position in the stream's log, for `chatEvents(after:)` and `messageAdded(after:)`."
+    )
+    at: datetime = strawberry.field(description="When the entry was stored.")
+
+
+@strawberry.type(description="A message or superlike was sent.")
+class MessageAdded(ChatLogEvent):
+    message: ChatMessage
+
+
+@strawberry.type(
+    description=(
+        "A message was deleted: drop it from view. Its `MessageAdded` is not delivered to a "
+        "subscriber that had not received it yet."
+    )
+)
+class MessageDeleted(ChatLogEvent):
+    message_id: strawberry.ID = strawberry.field(description="The deleted message's id.")
+    message_cursor: str = strawberry.field(description="The deleted message's cursor (its place in the log).")
+    deleted_by: UserSnapshot = strawberry.field(description="Who deleted it: its sender, the owner or a moderator.")
+    reason: str | None = strawberry.field(description="Why, as the deleter wrote it (visible to everyone).")
+
+
+@strawberry.type(description="A user was banned from the chat, for good or until `expiresAt` (a timeout).")
+class UserBanned(ChatLogEvent):
+    user: UserSnapshot
+    banned_by: UserSnapshot
+    reason: str | None = strawberry.field(description="Why, as the moderator wrote it (visible to everyone).")
+    expires_at: datetime | None = strawberry.field(description="When a timeout lifts; null for a permanent ban.")
+
+
+@strawberry.type(description="A user's ban was lifted by the owner or a moderator.")
+class UserUnbanned(ChatLogEvent):
+    user: UserSnapshot
+    unbanned_by: UserSnapshot
+
+
+@strawberry.type(description="The owner appointed a moderator.")
+class ModeratorAdded(ChatLogEvent):
+    user: UserSnapshot
+    by: UserSnapshot
+
+
+@strawberry.type(description="A moderator was dismissed (by the owner, or by being banned).")
+class ModeratorRemoved(ChatLogEvent):
+    user: UserSnapshot
+    by: UserSnapshot
+
+
+@strawberry.type(description="The chat's settings changed: read `LiveStream.chatSettings` for the new ones.")
+class ChatSettingsChanged(ChatLogEvent):
+    changed_by: UserSnapshot
+
+
+@strawberry.type(description="The stream ended: the last event, after which the subscription completes.")
+class StreamEnded(ChatLogEvent):
+    pass
+
+
+@strawberry.type(
+    description=(
+        "The stream's live subscribers on every replica changed (at most one per "
+        "VIEWER_COUNT_INTERVAL_SECONDS). Not an entry of the log: it has no cursor and is not replayed."
+    )
+)
+class ViewerCountChanged:
+    stream_id: strawberry.ID
+    viewer_count: int
+
+
+ChatEvent = Annotated[
+    MessageAdded
+    | MessageDeleted
+    | UserBanned
+    | UserUnbanned
+    | ModeratorAdded
+    | ModeratorRemoved
+    | ChatSettingsChanged
+    | StreamEnded
+    | ViewerCountChanged,
+    strawberry.union(
+        "ChatEvent",
+        description=(
+            "What happens in a stream's chat, in order. Every member but `ViewerCountChanged` is "
+            "an entry of the stream's log (`ChatLogEvent`: a `cursor` and `at`)."
+        ),
+    ),
+]
+
+
+def _log_fields(entry: documents.ChatMessage) -> dict[str, Any]:
+    return {"cursor": encode_cursor(entry.seq), "at": entry.created_at}
+
+
+def _profile(profile: documents.PublicProfile | None) -> UserSnapshot:
+    # Every moderation event names its target; ``LogEvent.target`` is optional for its type only.
+    assert profile is not None
+    return UserSnapshot.from_profile(profile)
+
+
+def _message_deleted(entry: documents.ChatMessage, event: documents.LogEvent) -> MessageDeleted:
+    assert event.message_id is not None and event.message_seq is not None
+    return MessageDeleted(
+        **_log_fields(entry),
+        message_id=strawberry.ID(event.message_id),
+        message_cursor=encode_cursor(event.message_seq),
+        deleted_by=_profile(event.actor),
+        reason=event.reason,
+    )
+
+
+def _user_banned(entry: documents.ChatMessage, event: documents.LogEvent) -> UserBanned:
+    return UserBanned(
+        **_log_fields(entry),
+        user=_profile(event.target),
+        banned_by=_profile(event.actor),
+        reason=event.reason,
+        expires_at=event.expires_at,
+    )
+
+
+def _user_unbanned(entry: documents.ChatMessage, event: documents.LogEvent) -> UserUnbanned:
+    return UserUnbanned(**_log_fields(entry), user=_profile(event.target), unbanned_by=_profile(event.actor))
+
+
+def _moderator_added(entry: documents.ChatMessage, event: documents.LogEvent) -> ModeratorAdded:
+    return ModeratorAdded(**_log_fields(entry), user=_profile(event.target), by=_profile(event.actor))
+
+
+def _moderator_removed(entry: documents.ChatMessage, event: documents.LogEvent) -> ModeratorRemoved:
+    return ModeratorRemoved(**_log_fields(entry), user=_profile(event.target), by=_profile(event.actor))
+
+
+def _chat_settings_changed(entry: documents.ChatMessage, event: documents.LogEvent) -> ChatSettingsChanged:
+    return ChatSettingsChanged(**_log_fields(entry), changed_by=_profile(event.actor))
+
+
+_MODERATION_EVENTS: dict[documents.MessageKind, Callable[[documents.ChatMessage, documents.LogEvent], ChatEvent]] = {
+    documents.MessageKind.MESSAGE_DELETED: _message_deleted,
+    documents.MessageKind.USER_BANNED: _user_banned,
+    documents.MessageKind.USER_UNBANNED: _user_unbanned,
+    documents.MessageKind.MODERATOR_ADDED: _moderator_added,
+    documents.MessageKind.MODERATOR_REMOVED: _moderator_removed,
+    documents.MessageKind.CHAT_SETTINGS_CHANGED: _chat_settings_changed,
+}
+
+
+def from_entry(entry: documents.ChatMessage) -> ChatEvent:
+    """The ``chatEvents`` event of an entry of a stream's log (``ChatService.events``)."""
+    if entry.kind in documents.VISIBLE_KINDS:
+        return MessageAdded(**_log_fields(entry), message=ChatMessage.from_document(entry))
+    if entry.kind is documents.MessageKind.STREAM_ENDED:
+        return StreamEnded(**_log_fields(entry))
+    if entry.event is None:  # pragma: no cover - every moderation entry records its event
+        raise ValueError(f"entry {entry.seq} of stream {entry.stream_id} ({entry.kind}) has no event")
+    return _MODERATION_EVENTS[entry.kind](entry, entry.event)
+
+
+def chat_event(item: documents.ChatMessage | ViewerCountChanged) -> ChatEvent:
+    """A ``chatEvents`` item as its GraphQL type: a log entry converted, a viewer count as it is."""
+    return item if isinstance(item, ViewerCountChanged) else from_entry(item)
