@@ -32,7 +32,7 @@ subscription Events($s: ID!, $a: String) {
     ... on UserUnbanned { user { userId } unbannedBy { userId } }
     ... on ModeratorAdded { user { userId } by { userId } }
     ... on ModeratorRemoved { user { userId } by { userId } }
-    ... on ChatSettingsChanged { changedBy { userId } }
+    ... on ChatSettingsChanged { changedBy { userId } slowModeSeconds chatEnabled blockedTermCount }
     ... on ViewerCountChanged { streamId viewerCount }
   }
 }
@@ -49,7 +49,9 @@ mutation($s: ID!, $u: ID!, $d: Int, $r: String) {
 UNBAN = "mutation($s: ID!, $u: ID!) { unbanUser(streamId: $s, userId: $u) }"
 DELETE = "mutation($id: ID!, $r: String) { deleteChatMessage(id: $id, reason: $r) { id } }"
 END = "mutation($s: ID!) { endLiveStream(id: $s) { status } }"
-CHAT_OFF = "mutation($s: ID!) { updateChatSettings(streamId: $s, chatEnabled: false) { chatEnabled } }"
+CHAT_OFF = """
+mutation($s: ID!) { updateChatSettings(streamId: $s, chatEnabled: false, blockedTerms: ["x", "y"]) { chatEnabled } }
+"""
 SUBPROTOCOLS = ["graphql-transport-ws", "graphql-ws"]
 DEADLINE = 30  # generous: the CI machine is a loaded 2-core box
 
@@ -204,6 +206,7 @@ async def test_every_event_type_is_delivered_live_with_its_fields_then_the_end(s
         await room.as_owner.data(CHAT_OFF, {"s": room.s})
         [settings] = await events.take(1)
         assert (settings["__typename"], settings["changedBy"]) == ("ChatSettingsChanged", {"userId": owner})
+        assert (settings["slowModeSeconds"], settings["chatEnabled"], settings["blockedTermCount"]) == (0, False, 2)
 
         await room.as_owner.data(REMOVE, {"s": room.s, "u": moderator})
         [removed] = await events.take(1)

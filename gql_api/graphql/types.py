@@ -397,9 +397,17 @@ class ModeratorRemoved(ChatLogEvent):
     by: UserSnapshot
 
 
-@strawberry.type(description="The chat's settings changed: read `LiveStream.chatSettings` for the new ones.")
+@strawberry.type(
+    description=(
+        "The chat's settings changed; these are the settings from then on. The blocked terms "
+        "themselves are only in `LiveStream.chatSettings`, for the owner and moderators."
+    )
+)
 class ChatSettingsChanged(ChatLogEvent):
     changed_by: UserSnapshot
+    slow_mode_seconds: int = strawberry.field(description="Seconds a viewer waits between two messages; 0: off.")
+    chat_enabled: bool = strawberry.field(description="False: only the owner and moderators can send.")
+    blocked_term_count: int = strawberry.field(description="How many terms viewers' messages may not contain.")
 
 
 @strawberry.type(description="The stream ended: the last event, after which the subscription completes.")
@@ -482,7 +490,14 @@ def _moderator_removed(entry: documents.ChatMessage, event: documents.LogEvent) 
 
 
 def _chat_settings_changed(entry: documents.ChatMessage, event: documents.LogEvent) -> ChatSettingsChanged:
-    return ChatSettingsChanged(**_log_fields(entry), changed_by=_profile(event.actor))
+    settings = event.settings or documents.ChatSettings()
+    return ChatSettingsChanged(
+        **_log_fields(entry),
+        changed_by=_profile(event.actor),
+        slow_mode_seconds=settings.slow_mode_seconds,
+        chat_enabled=settings.chat_enabled,
+        blocked_term_count=len(settings.blocked_terms),
+    )
 
 
 _MODERATION_EVENTS: dict[documents.MessageKind, Callable[[documents.ChatMessage, documents.LogEvent], ChatEvent]] = {
