@@ -171,3 +171,26 @@ async def test_a_detached_failure_after_its_caller_left_is_not_reported_as_lost(
     finally:
         loop.set_exception_handler(previous)
     assert reported == []
+
+
+async def test_entries_are_stored_exactly_as_beanie_would_store_them(store, make_user, make_stream, server):
+    from beanie.odm.utils.encoder import Encoder
+
+    from gql_api.documents import ChatRole, ChatSettings, LogEvent, utcnow
+
+    stream = await make_stream()
+    first = await server.chat.send_message(await make_user(), str(stream.id), "first", "c-1")
+    event = _copy(
+        first,
+        seq=first.seq + 1,
+        dedup_key="e",
+        kind=MessageKind.USER_BANNED,
+        sender_role=ChatRole.MODERATOR,
+        event=LogEvent(actor=first.sender, target=first.sender, expires_at=utcnow(), settings=ChatSettings()),
+    )
+    await store.insert_entries([event])
+
+    collection = ChatMessage.get_pymongo_collection()
+    for entry in (first, event):
+        stored = await collection.find_one({"_id": entry.id})
+        assert stored == Encoder(to_db=True, keep_nulls=True).encode(entry)
