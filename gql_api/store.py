@@ -10,8 +10,8 @@ swap) and never writes a query. What only a database should know stays here:
 - **Duplicate keys.** An insert that collides with a unique index raises the one exception
   that says which: ``SeqTaken`` (another writer took the stream's next sequence number),
   ``DedupKeyTaken`` (the stream has the entry already: a retry, the one superlike, the end),
-  ``UsernameTaken``; a rate window created concurrently is a ``False`` from
-  ``create_rate_window``. No ``DuplicateKeyError`` leaves the store.
+  ``UsernameTaken``; a rate window changed or created concurrently is a ``False`` from
+  ``swap_rate_windows``. No ``DuplicateKeyError`` leaves the store.
 - **Detached operations.** Every operation, read or write, is awaited through ``detached``.
   pymongo 4.20's async driver can hang a task that is cancelled in the middle of an operation
   (measured: about 2 in 100 cancelled ``find_one`` calls never finish), and tasks are
@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 
 from beanie import PydanticObjectId, SortDirection
 from bson import ObjectId
-from pymongo import ReturnDocument
+from pymongo import ReturnDocument, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from gql_api.compat import (
@@ -133,6 +133,16 @@ class RateWindow:
 
     entries: list[tuple[int, str]]
     version: int
+
+
+@dataclass(frozen=True)
+class RateSwap:
+    """A rate window to write under ``key`` if the stored one is at ``version`` (0: none is)."""
+
+    key: str
+    stream_id: str
+    version: int
+    entries: list[tuple[int, str]]
 
 
 async def detached(operation: Awaitable[T]) -> T:
@@ -392,24 +402,32 @@ class ChatStore:
         keys = keys if len(keys) == len(times) else [""] * len(times)
         return RateWindow(entries=list(zip(times, keys, strict=True)), version=raw["version"])
 
-    async def create_rate_window(self, key: str, stream_id: str, entries: list[tuple[int, str]]) -> bool:
-        """Store a first window under ``key``; False when one was created there meanwhile."""
-        document = {"_id": key, "stream_id": stream_id, **_rate_fields(entries), "version": 1}
-        try:
-            await detached(ChatRateWindow.get_pymongo_collection().insert_one(document))
-        except DuplicateKeyError:
-            return False
-        return True
+    async def swap_rate_windows(self, swaps: list[RateSwap]) -> list[bool]:
+        """Write several windows in one round trip, each by compare-and-swap on its version:
+        whether each was written.
 
-    async def swap_rate_window(self, key: str, version: int, entries: list[tuple[int, str]]) -> bool:
-        """Replace the window at ``version`` with ``entries``; False when it changed meanwhile."""
-        result = await detached(
-            ChatRateWindow.get_pymongo_collection().update_one(
-                {"_id": eq(key), "version": eq(version)},
-                {"$set": {**_rate_fields(entries), "version": version + 1}},
+        Each is an upsert filtered on its key and version: one whose window changed meanwhile
+        (or was created, for version 0) matches nothing, and its insert runs into the stored
+        window's ``_id``: that duplicate key fails it alone (an unordered bulk write), on
+        MongoDB and nx-27017 alike.
+        """
+        operations = [
+            UpdateOne(
+                {"_id": eq(swap.key), "version": eq(swap.version)},
+                {"$set": {"stream_id": swap.stream_id, **_rate_fields(swap.entries), "version": swap.version + 1}},
+                upsert=True,
             )
-        )
-        return bool(result.matched_count)
+            for swap in swaps
+        ]
+        written = [True] * len(operations)
+        try:
+            await detached(ChatRateWindow.get_pymongo_collection().bulk_write(operations, ordered=False))
+        except BulkWriteError as exc:
+            for error in exc.details.get("writeErrors") or []:
+                if error.get("code") != _DUPLICATE_KEY:
+                    raise
+                written[error["index"]] = False
+        return written
 
     async def drop_rate_windows(self, stream_id: str) -> None:
         """Delete every rate window of a stream."""

@@ -241,9 +241,9 @@ async def test_a_users_next_send_through_the_same_replica_is_admitted_in_one_rou
             self.calls.append("read")
             return await super().rate_window(key)
 
-        async def swap_rate_window(self, key: str, version: int, entries: list[tuple[int, str]]) -> bool:
+        async def swap_rate_windows(self, swaps):
             self.calls.append("swap")
-            return await super().swap_rate_window(key, version, entries)
+            return await super().swap_rate_windows(swaps)
 
     store = CountingStore()
     here, elsewhere = MessageRateLimiter(3, 30, store=store), MessageRateLimiter(3, 30, store=store)
@@ -337,3 +337,25 @@ async def test_a_first_message_creates_the_window_in_one_round_trip_and_says_whe
     assert await other.acquire(stream_id, user_id, "k3") == 1_002_500
     window = await server.chat.store.rate_window(f"{stream_id}:{user_id}")
     assert [key for _, key in window.entries] == ["k3", "k2", "k1"]
+
+
+async def test_concurrent_senders_share_one_round_trip(server, make_user, make_stream):
+    from gql_api.store import ChatStore
+
+    class CountingStore(ChatStore):
+        def __init__(self) -> None:
+            self.batches: list[int] = []
+
+        async def swap_rate_windows(self, swaps):
+            self.batches.append(len(swaps))
+            return await super().swap_rate_windows(swaps)
+
+    store = CountingStore()
+    limiter = MessageRateLimiter(3, 30, store=store)
+    streams = [str((await make_stream()).id) for _ in range(4)]
+    users = [str((await make_user()).id) for _ in range(5)]
+
+    await asyncio.gather(*(limiter.acquire(s, u, f"k-{s}-{u}") for s in streams for u in users))
+    assert store.batches == [20]  # four streams, five users: one round trip
+    windows = [await store.rate_window(f"{s}:{u}") for s in streams for u in users]
+    assert all(w is not None and len(w.entries) == 1 for w in windows)

@@ -13,6 +13,7 @@ from gql_api.store import (
     ChatStore,
     DedupKeyTaken,
     InsertStopped,
+    RateSwap,
     SeqTaken,
     UsernameTaken,
     canonical_id,
@@ -89,15 +90,27 @@ async def test_reads_of_a_log_show_its_end_only_when_asked(store, make_user, mak
 
 async def test_a_rate_window_is_written_by_compare_and_swap(store):
     key = f"{canonical_id('0' * 24)}:cas-{id(store)}"
+    other = f"{key}-other"
     assert await store.rate_window(key) is None
-    assert await store.create_rate_window(key, "cas-stream", [(1000, "a")])
-    assert not await store.create_rate_window(key, "cas-stream", [(1001, "b")])  # created meanwhile
+    # Version 0 creates; a second creation of the same key fails alone, in the same round trip.
+    created = [RateSwap(key, "cas-stream", 0, [(1000, "a")]), RateSwap(other, "cas-stream", 0, [(5, "z")])]
+    assert await store.swap_rate_windows([*created, RateSwap(key, "cas-stream", 0, [(1001, "b")])]) == [
+        True,
+        True,
+        False,
+    ]
 
     window = await store.rate_window(key)
-    assert window is not None and window.entries == [(1000, "a")]
-    assert await store.swap_rate_window(key, window.version, [(2000, "c"), (1000, "a")])
-    assert not await store.swap_rate_window(key, window.version, [(3000, "d")])  # stale version
+    assert window is not None and window.entries == [(1000, "a")] and window.version == 1
+    assert await store.swap_rate_windows(
+        [
+            RateSwap(key, "cas-stream", window.version, [(2000, "c"), (1000, "a")]),
+            RateSwap(other, "cas-stream", 7, [(6, "y")]),  # a stale version
+        ]
+    ) == [True, False]
+    assert not (await store.swap_rate_windows([RateSwap(key, "cas-stream", window.version, [(3000, "d")])]))[0]
     assert (await store.rate_window(key)).entries == [(2000, "c"), (1000, "a")]
+    assert (await store.rate_window(other)).entries == [(5, "z")]
 
     await store.drop_rate_windows("cas-stream")
     assert await store.rate_window(key) is None
