@@ -14,7 +14,7 @@ Motor (this app uses pymongo's own async client) and updates with aggregation pi
 ``$not`` and cannot match array positions (``sent_at_ms.19``), so the log is written by
 compare-and-swap on a version number, which both servers do atomically (the store's
 ``rate_window`` and ``swap_rate_windows``); the swaps of concurrent senders share one round
-trip (``_Swaps``). Times come from each
+trip (``batching.Batcher``). Times come from each
 replica's clock: replicas need synchronised clocks (NTP), as any shared window does.
 
 Each process remembers the last window it read or wrote under each key and swaps against
@@ -29,7 +29,6 @@ full.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -38,55 +37,11 @@ from collections.abc import Callable
 
 from pymongo.errors import PyMongoError
 
+from gql_api.batching import Batcher
 from gql_api.errors import RateLimited
 from gql_api.store import ChatStore, RateSwap, RateWindow
 
 logger = logging.getLogger(__name__)
-
-# The most windows one round trip writes.
-MAX_SWAPS = 256
-
-
-class _Swaps:
-    """Group commit of compare-and-swaps: the swaps asked for while one round trip is in flight
-    go together in the next (``ChatStore.swap_rate_windows``), so concurrent senders, in one
-    stream or many, share round trips instead of taking one each."""
-
-    def __init__(self, store: ChatStore) -> None:
-        self._store = store
-        self._waiting: list[tuple[RateSwap, asyncio.Future[bool]]] = []
-        self._writer: asyncio.Task[None] | None = None
-
-    async def swap(self, swap: RateSwap) -> bool:
-        """Whether ``swap`` was written (False: the stored window was not at its version)."""
-        written: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiting.append((swap, written))
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._write(), name="rate-windows")
-        # The write goes on when the caller goes away, as the message's own commit does.
-        return await asyncio.shield(written)
-
-    async def _write(self) -> None:
-        try:
-            while self._waiting:
-                batch, self._waiting = self._waiting[:MAX_SWAPS], self._waiting[MAX_SWAPS:]
-                try:
-                    results = await self._store.swap_rate_windows([swap for swap, _ in batch])
-                except BaseException as exc:
-                    for _, written in batch:
-                        if not written.done():
-                            written.set_exception(exc)
-                    if not isinstance(exc, Exception):
-                        raise
-                    continue
-                for (_, written), result in zip(batch, results, strict=True):
-                    if not written.done():
-                        written.set_result(result)
-        finally:
-            self._writer = None
-            for _, written in self._waiting:  # only when cancelled (at shutdown)
-                written.cancel()
-            self._waiting = []
 
 
 class MessageRateLimiter:
@@ -109,7 +64,8 @@ class MessageRateLimiter:
         self._capacity = remembered
         # The last window this process read or wrote under each key, most recent last.
         self._windows: OrderedDict[str, RateWindow] = OrderedDict()
-        self._swaps = _Swaps(store)
+        # Concurrent senders' swaps, in one stream or many, share round trips.
+        self._swaps: Batcher[RateSwap, bool] = Batcher(self._swap, name="rate-windows")
 
     @property
     def enabled(self) -> bool:
@@ -157,12 +113,15 @@ class MessageRateLimiter:
             log = [(now_ms, dedup_key), *recent]
             # Version 0: no window was stored, and this creates it.
             version = window.version if window is not None else 0
-            if await self._swaps.swap(RateSwap(key, stream_id, version, log)):
+            if await self._swaps.submit(RateSwap(key, stream_id, version, log)):
                 self._remember(key, RateWindow(log, version + 1))
                 return newest
             # The window changed meanwhile (another message of this user, or a retry of this
             # one), or exists already where none was expected: read it and count again.
         raise self._refusal(1000)  # pragma: no cover - only a flood of parallel sends gets here
+
+    async def _swap(self, swaps: list[RateSwap]) -> list[bool]:
+        return await self.store.swap_rate_windows(swaps)
 
     def _remember(self, key: str, window: RateWindow) -> None:
         self._windows[key] = window

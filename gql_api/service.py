@@ -15,6 +15,7 @@ from typing import Any
 
 from bson import ObjectId
 
+from gql_api.batching import Batcher
 from gql_api.delivery import Delivery
 from gql_api.documents import (
     VISIBLE_KINDS,
@@ -35,7 +36,7 @@ from gql_api.moderation import Clock, Moderation
 from gql_api.pagination import Page, PageRequest, decode_cursor
 from gql_api.ratelimit import MessageRateLimiter
 from gql_api.roster import Roster
-from gql_api.store import ChatStore, DedupKeyTaken, InsertStopped, SeqTaken, canonical_id
+from gql_api.store import ChatStore, DedupKeyTaken, DuplicateKey, InsertStopped, SeqTaken, canonical_id
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +191,9 @@ class ChatService:
         self.store = store
         self.delivery = delivery
         self._writers = _StreamWriters()
+        # The commits of one entry, in many streams at once (a message each in quiet streams),
+        # share one unordered insert.
+        self._lone: Batcher[ChatMessage, DuplicateKey | None] = Batcher(self._insert_lone, name="lone-entries")
         self.rate_limiter = rate_limiter or MessageRateLimiter(0, 1, store=store)
         self.metrics = hub.metrics
         # Roles and bans: every send asks it whether its sender may, and in which role.
@@ -657,6 +661,9 @@ class ChatService:
         # the entry is stored, and a retry with its clientMessageId finds it.
         return await asyncio.shield(pending.done)
 
+    async def _insert_lone(self, entries: list[ChatMessage]) -> list[DuplicateKey | None]:
+        return await self.store.insert_lone_entries(entries)
+
     async def _commits(self, stream_id: str, queue: deque[_Pending]) -> None:
         """Commit the stream's waiting entries, a batch at a time, until none is left."""
         try:
@@ -707,11 +714,16 @@ class ChatService:
                 entries.append(pending.build(roster.position + 1 + len(entries), role))
             if not entries:
                 return
-            try:
-                await self.store.insert_entries(entries)
-                stored, refused = len(entries), None
-            except InsertStopped as exc:
-                stored, refused = exc.stored, exc.cause
+            if len(entries) == 1:
+                # One entry: it goes with the lone entries of other streams (``_lone``).
+                refused = await self._lone.submit(entries[0])
+                stored = 0 if refused is not None else 1
+            else:
+                try:
+                    await self.store.insert_entries(entries)
+                    stored, refused = len(entries), None
+                except InsertStopped as exc:
+                    stored, refused = exc.stored, exc.cause
             for pending, entry in zip(numbered, entries[:stored], strict=False):
                 roster.apply(entry)
                 await self.delivery.message_stored(entry)

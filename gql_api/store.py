@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 from beanie import PydanticObjectId, SortDirection
 from bson import ObjectId
 from pymongo import ReturnDocument, UpdateOne
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 from gql_api.compat import (
     EMPTY_BATCH_PAUSE_SECONDS,
@@ -271,26 +271,26 @@ class ChatStore:
         ``InsertStopped``: an ordered insert stores every entry before the failing one and
         none after it, on MongoDB and nx-27017 alike.
         """
-        for entry in entries:
-            if entry.id is None:
-                entry.id = PydanticObjectId()
-        # pydantic's own dump: the same documents as Beanie's encoder writes (a test compares
-        # them), at a seventh of its cost, on the path of every message.
-        rows = [entry.model_dump(by_alias=True) for entry in entries]
         try:
-            await detached(ChatMessage.get_pymongo_collection().insert_many(rows, ordered=True))
+            await detached(ChatMessage.get_pymongo_collection().insert_many(_rows(entries), ordered=True))
         except BulkWriteError as exc:
             [error, *_] = exc.details.get("writeErrors") or [{}]
-            if error.get("code") != _DUPLICATE_KEY:
-                raise
-            cause: DuplicateKey
-            if is_duplicate_of(error, "seq"):
-                cause = SeqTaken()
-            elif is_duplicate_of(error, "dedup_key"):
-                cause = DedupKeyTaken()
-            else:
-                raise
-            raise InsertStopped(error["index"], cause) from exc
+            raise InsertStopped(error["index"], _duplicate_key(error)) from exc
+
+    async def insert_lone_entries(self, entries: list[ChatMessage]) -> list[DuplicateKey | None]:
+        """Store entries of different streams, one each, in one unordered insert: for each,
+        None when it was stored, else the duplicate key that refused it alone.
+
+        Unordered is safe only because no two entries share a stream: a refused entry has
+        no later one of its stream stored past it, so no stream's numbers get a hole.
+        """
+        outcomes: list[DuplicateKey | None] = [None] * len(entries)
+        try:
+            await detached(ChatMessage.get_pymongo_collection().insert_many(_rows(entries), ordered=False))
+        except BulkWriteError as exc:
+            for error in exc.details.get("writeErrors") or []:
+                outcomes[error["index"]] = _duplicate_key(error)
+        return outcomes
 
     async def newest(self, stream_id: str) -> ChatMessage | None:
         """The newest entry of the stream's log (its end entry once it has ended); None when empty."""
@@ -609,6 +609,29 @@ class ChatStore:
     async def drop_expired_presences(self, now_ms: int) -> None:
         """Delete the presence of every replica that let it expire by ``now_ms`` (it died)."""
         await detached(ViewerPresence.get_pymongo_collection().delete_many({"expires_at_ms": {"$lte": now_ms}}))
+
+
+def _rows(entries: list[ChatMessage]) -> list[dict[str, Any]]:
+    """The documents of log entries, each given its id first.
+
+    pydantic's own dump: the same documents as Beanie's encoder writes (a test compares them),
+    at a seventh of its cost, on the path of every message.
+    """
+    for entry in entries:
+        if entry.id is None:
+            entry.id = PydanticObjectId()
+    return [entry.model_dump(by_alias=True) for entry in entries]
+
+
+def _duplicate_key(error: dict[str, Any]) -> DuplicateKey:
+    """Which key a write error of an insert into the log collided on; anything else, a
+    failure of the database, is raised as it is."""
+    if error.get("code") == _DUPLICATE_KEY:
+        if is_duplicate_of(error, "seq"):
+            return SeqTaken()
+        if is_duplicate_of(error, "dedup_key"):
+            return DedupKeyTaken()
+    raise OperationFailure(error.get("errmsg", "write error"), error.get("code"), error)
 
 
 def _member_identity(stream_id: str, user: PublicProfile) -> dict[str, Any]:

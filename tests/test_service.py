@@ -125,3 +125,28 @@ async def test_two_replicas_sending_to_one_stream_stay_gapless(tmp_path: Path):
     ids = [e["node"]["id"] for e in edges]
     assert {r["sendChatMessage"]["id"] for r in acked} <= set(ids) and len(set(ids)) == len(ids)
     assert len([1 for r in acked]) == 80 and len(ids) >= 80
+
+
+async def test_messages_to_many_streams_at_once_share_one_insert(server, make_user, make_stream):
+    from gql_api.service import ChatService
+    from gql_api.store import ChatStore
+
+    class CountingStore(ChatStore):
+        def __init__(self) -> None:
+            self.inserts: list[int] = []
+
+        async def insert_lone_entries(self, entries):
+            self.inserts.append(len(entries))
+            return await super().insert_lone_entries(entries)
+
+    store = CountingStore()
+    chat = ChatService(server.chat.hub, server.chat.delivery, store=store)
+    sender = await make_user()
+    streams = [str((await make_stream()).id) for _ in range(6)]
+    for stream_id in streams:  # each stream's roster read, and its first message stored
+        await chat.send_message(sender, stream_id, "hello")
+    store.inserts.clear()
+
+    sent = await asyncio.gather(*(chat.send_message(sender, stream_id, "again") for stream_id in streams))
+    assert store.inserts == [6]
+    assert [(m.stream_id, m.seq) for m in sent] == [(stream_id, 2) for stream_id in streams]

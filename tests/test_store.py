@@ -207,3 +207,18 @@ async def test_entries_are_stored_exactly_as_beanie_would_store_them(store, make
     for entry in (first, event):
         stored = await collection.find_one({"_id": entry.id})
         assert stored == Encoder(to_db=True, keep_nulls=True).encode(entry)
+
+
+async def test_lone_entries_of_different_streams_are_stored_or_refused_each_alone(
+    store, make_user, make_stream, server
+):
+    sender = await make_user()
+    firsts = [await server.chat.send_message(sender, str((await make_stream()).id), "first", "c-1") for _ in range(3)]
+    taken_number = _copy(firsts[0], dedup_key="new")  # the first's number
+    taken_key = _copy(firsts[1], seq=firsts[1].seq + 1)  # the first's dedup key
+    fine = _copy(firsts[2], seq=firsts[2].seq + 1, dedup_key="fresh", content="second")
+
+    outcomes = await store.insert_lone_entries([taken_number, taken_key, fine])
+    assert [type(outcome) for outcome in outcomes] == [SeqTaken, DedupKeyTaken, type(None)]
+    assert [m.content async for m in store.replay(firsts[2].stream_id, after=0)] == ["first", "second"]
+    assert [m.seq async for m in store.replay(firsts[0].stream_id, after=0)] == [firsts[0].seq]
