@@ -1,0 +1,167 @@
+"""uvicorn's websocket protocol, writing each distinct outgoing text's frame once for everyone.
+
+The fan-out (``graphql/fanout.py``) hands the *same* ``str`` object to every subscriber of an
+operation that uses the same operation id. uvicorn would encode it, build a frame and, with
+permessage-deflate, compress it once per connection. :class:`WebSocketProtocol` builds the wire
+frame (header and payload; a server's frames are not masked) once per distinct text object and
+writes those bytes to every connection (:class:`SharedFrames`).
+
+Compression is shared too: with ``WS_COMPRESSION`` on, the server negotiates permessage-deflate
+*without context takeover* both ways (RFC 7692, section 7.1.1): every message is compressed on
+its own, so one compressed frame is valid on every connection that negotiated the same window
+size (uWebSockets' "shared compressor"), and no connection keeps a zlib stream between messages
+(about 43 KiB each, with uvicorn's settings, when it did).
+
+Anything unusual takes uvicorn's own path: binary messages, a connection that is not open, a
+handshake not yet complete, an extension we did not negotiate. The fast path keeps uvicorn's
+checks, in its order: wait while the transport is paused (flow control), then refuse a
+disconnected peer with ``ClientDisconnected``.
+
+This relies on uvicorn's ``WebSocketsSansIOProtocol`` internals (``conn``, ``transport``,
+``writable``, ``disconnected``, ``close_sent``, ``handshake_complete``, ``initial_response``,
+``request``, ``response``) and on websockets' sans-I/O ``ServerProtocol`` and frames: both are
+pinned to a compatible-release range in ``pyproject.toml``, and ``tests/test_wsprotocol.py``
+checks the frames byte for byte against websockets' own.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.extensions.permessage_deflate import PerMessageDeflate, ServerPerMessageDeflateFactory
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+
+logger = logging.getLogger(__name__)
+
+#: uvicorn's own permessage-deflate sizes (``WebSocketsSansIOProtocol.__init__``): a 4 KiB
+#: window each way and a small compressor.
+MAX_WINDOW_BITS = 12
+COMPRESS_SETTINGS: dict[str, Any] = {"memLevel": 5}
+
+#: How a connection's text frames are encoded: a window size for a shared compressed frame,
+#: ``PLAIN`` for an uncompressed one, ``OWN`` for uvicorn's per-connection path.
+PLAIN = 0
+OWN = -1
+
+
+def deflate_factory() -> ServerPerMessageDeflateFactory:
+    """permessage-deflate as ``gql-api serve`` negotiates it: no context takeover either way."""
+    return ServerPerMessageDeflateFactory(
+        server_no_context_takeover=True,
+        client_no_context_takeover=True,
+        server_max_window_bits=MAX_WINDOW_BITS,
+        client_max_window_bits=MAX_WINDOW_BITS,
+        compress_settings=COMPRESS_SETTINGS,
+    )
+
+
+class SharedFrames:
+    """The wire frames of the latest texts sent, by the text object's identity and encoding.
+
+    Each entry keeps its text alive, so an ``id`` is not reused while it is cached. A handful
+    of entries is enough: the subscribers of one event are written one after another.
+    """
+
+    def __init__(self, size: int = 16) -> None:
+        self._size = size
+        self._frames: dict[tuple[int, int], tuple[str, bytes]] = {}
+        self._encoders: dict[int, PerMessageDeflate] = {}
+        #: How many frames were built (a frame written to N connections counts once).
+        self.built = 0
+
+    def frame(self, text: str, encoding: int) -> bytes:
+        """The frame of ``text`` as a server sends it, compressed when ``encoding`` is a window
+        size (``PLAIN``: not compressed)."""
+        key = (id(text), encoding)
+        entry = self._frames.get(key)
+        if entry is not None:
+            return entry[1]
+        extensions = [] if encoding == PLAIN else [self._encoder(encoding)]
+        frame = Frame(Opcode.TEXT, text.encode()).serialize(mask=False, extensions=extensions)
+        self.built += 1
+        if len(self._frames) >= self._size:
+            del self._frames[next(iter(self._frames))]  # the oldest
+        self._frames[key] = (text, frame)
+        return frame
+
+    def clear(self) -> None:
+        self._frames.clear()
+
+    def _encoder(self, window_bits: int) -> PerMessageDeflate:
+        encoder = self._encoders.get(window_bits)
+        if encoder is None:
+            # Without context takeover websockets' encoder starts a fresh compressor for each
+            # message: its frames are exactly what each connection's own encoder would make.
+            encoder = self._encoders[window_bits] = PerMessageDeflate(
+                remote_no_context_takeover=True,
+                local_no_context_takeover=True,
+                remote_max_window_bits=MAX_WINDOW_BITS,
+                local_max_window_bits=window_bits,
+                compress_settings=COMPRESS_SETTINGS,
+            )
+        return encoder
+
+
+#: The frames of this process's connections.
+shared_frames = SharedFrames()
+
+
+def _encoding(extensions: list[Any]) -> int:
+    if not extensions:
+        return PLAIN
+    if len(extensions) == 1:
+        extension = extensions[0]
+        if (
+            isinstance(extension, PerMessageDeflate)
+            and extension.local_no_context_takeover
+            and extension.compress_settings == COMPRESS_SETTINGS
+        ):
+            return int(extension.local_max_window_bits)
+    return OWN
+
+
+class WebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websocket protocol (the one it picks itself when ``websockets`` is installed),
+    sending shared frames (see the module docstring) and forgetting the handshake once accepted.
+
+    uvicorn keeps the handshake's response, with its parsed headers, for the connection's whole
+    life but never reads it again: about 1.5 KiB of every idle subscription. (The request stays
+    alive whatever uvicorn does: websockets' frame parser holds it.)
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.config.ws_per_message_deflate:
+            self.conn.available_extensions = [deflate_factory()]
+        self.encoding: int | None = None  # known once the handshake is complete
+
+    async def send(self, message: Any) -> None:
+        if message["type"] == "websocket.send" and message.get("bytes") is None:
+            text = message.get("text")
+            if text is not None and await self._send_shared(text):
+                return
+        await super().send(message)
+        if message["type"] == "websocket.accept":
+            self.request = self.response = None  # type: ignore[assignment]
+
+    async def _send_shared(self, text: str) -> bool:
+        """Write ``text``'s shared frame; False to leave the message to uvicorn's path."""
+        await self.writable.wait()
+        if (
+            self.disconnected
+            or not self.handshake_complete
+            or self.close_sent
+            or self.initial_response is not None
+            or self.conn.state is not State.OPEN
+        ):
+            return False  # uvicorn's path raises or refuses, as it always has
+        encoding = self.encoding
+        if encoding is None:
+            encoding = self.encoding = _encoding(self.conn.extensions)
+        if encoding == OWN:
+            return False
+        self.transport.write(shared_frames.frame(text, encoding))
+        return True
