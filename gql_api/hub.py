@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Generic, Protocol, TypeVar
@@ -79,37 +80,56 @@ class Subscriber(Generic[EntryT]):
 
     ``start_seq`` is the sequence number its group had delivered when it joined: it receives
     every later message, and can replay anything up to ``start_seq`` from history.
+
+    The queue is a deque and, only while its reader waits, one future: an idle subscription
+    holds about 4 KiB less than with an ``asyncio.Queue`` (three deques and an event), and a
+    delivery wakes the reader without ``asyncio.Queue``'s bookkeeping. One reader at a time.
     """
+
+    __slots__ = ("stream_id", "start_seq", "closed", "_items", "_size", "_waiter")
 
     def __init__(self, stream_id: str, queue_size: int, start_seq: int) -> None:
         self.stream_id = stream_id
         self.start_seq = start_seq
-        self._queue: asyncio.Queue[EntryT | _End | _Overflow] = asyncio.Queue(queue_size)
         self.closed = False
+        self._items: deque[EntryT | _End | _Overflow] = deque()
+        self._size = queue_size
+        self._waiter: asyncio.Future[None] | None = None
 
     def offer(self, item: EntryT | _End) -> bool:
         """Queue without waiting; on overflow fail the subscription and return False."""
         if self.closed:
             return False
-        try:
-            self._queue.put_nowait(item)
-        except asyncio.QueueFull:
+        if len(self._items) >= self._size:
             # A slow reader must not hold the others up or grow memory: drop what it has not
             # read and tell it to resubscribe with `after`.
-            while not self._queue.empty():
-                self._queue.get_nowait()
-            self._queue.put_nowait(_OVERFLOW)
+            self._items.clear()
+            self._put(_OVERFLOW)
             self.closed = True
             return False
+        self._put(item)
         if isinstance(item, _End):
             self.closed = True
         return True
+
+    def _put(self, item: EntryT | _End | _Overflow) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def __aiter__(self) -> AsyncIterator[EntryT]:
         return self
 
     async def __anext__(self) -> EntryT:
-        item = await self._queue.get()
+        items = self._items
+        while not items:
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        item = items.popleft()
         if isinstance(item, _End):
             raise StopAsyncIteration
         if isinstance(item, _Overflow):
