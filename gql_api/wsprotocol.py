@@ -12,6 +12,10 @@ its own, so one compressed frame is valid on every connection that negotiated th
 size (uWebSockets' "shared compressor"), and no connection keeps a zlib stream between messages
 (about 43 KiB each, with uvicorn's settings, when it did).
 
+The app's live events skip the ASGI middleware on their way here: the connection offers its
+``send_text`` in the scope's extensions (``SEND_TEXT_EXTENSION``), which the websocket handlers
+use when it is there (``graphql/websockets.py``).
+
 Anything unusual takes uvicorn's own path: binary messages, a connection that is not open, a
 handshake not yet complete, an extension we did not negotiate. The fast path keeps uvicorn's
 checks, in its order: wait while the transport is paused (flow control), then refuse a
@@ -45,6 +49,10 @@ COMPRESS_SETTINGS: dict[str, Any] = {"memLevel": 5}
 #: ``PLAIN`` for an uncompressed one, ``OWN`` for uvicorn's per-connection path.
 PLAIN = 0
 OWN = -1
+
+#: The ASGI scope extension under which a connection offers ``send_text(text)``: the same as
+#: sending ``{"type": "websocket.send", "text": text}``, without the middleware in between.
+SEND_TEXT_EXTENSION = "gql_api.websocket.send_text"
 
 
 def deflate_factory() -> ServerPerMessageDeflateFactory:
@@ -138,18 +146,34 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             self.conn.available_extensions = [deflate_factory()]
         self.encoding: int | None = None  # known once the handshake is complete
 
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None:  # the handshake was accepted and the app's task created
+            scope["extensions"][SEND_TEXT_EXTENSION] = self.send_text
+
     async def send(self, message: Any) -> None:
         if message["type"] == "websocket.send" and message.get("bytes") is None:
             text = message.get("text")
-            if text is not None and await self._send_shared(text):
-                return
+            if text is not None:
+                await self.writable.wait()
+                if self._write_shared(text):
+                    return
         await super().send(message)
         if message["type"] == "websocket.accept":
             self.request = self.response = None  # type: ignore[assignment]
 
-    async def _send_shared(self, text: str) -> bool:
-        """Write ``text``'s shared frame; False to leave the message to uvicorn's path."""
-        await self.writable.wait()
+    async def send_text(self, text: str) -> None:
+        """Send a text message, as a ``websocket.send`` would, but straight from the app
+        (:data:`SEND_TEXT_EXTENSION`): no middleware has anything to do with a message frame,
+        and a live event is written to thousands of connections."""
+        if self.writable.is_set() and self._write_shared(text):
+            return
+        await self.send({"type": "websocket.send", "text": text})
+
+    def _write_shared(self, text: str) -> bool:
+        """Write ``text``'s shared frame; False to leave the message to uvicorn's path (which
+        raises or refuses as it always has). Call only while the transport is writable."""
         if (
             self.disconnected
             or not self.handshake_complete
@@ -157,7 +181,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             or self.initial_response is not None
             or self.conn.state is not State.OPEN
         ):
-            return False  # uvicorn's path raises or refuses, as it always has
+            return False
         encoding = self.encoding
         if encoding is None:
             encoding = self.encoding = _encoding(self.conn.extensions)
