@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Generic, Protocol, TypeVar
@@ -81,9 +80,10 @@ class Subscriber(Generic[EntryT]):
     ``start_seq`` is the sequence number its group had delivered when it joined: it receives
     every later message, and can replay anything up to ``start_seq`` from history.
 
-    The queue is a deque and, only while its reader waits, one future: an idle subscription
-    holds about 4 KiB less than with an ``asyncio.Queue`` (three deques and an event), and a
-    delivery wakes the reader without ``asyncio.Queue``'s bookkeeping. One reader at a time.
+    The queue is a list (a live subscription's is nearly always empty: an empty list holds no
+    storage, where a deque keeps a 0.5 KiB block) and, only while its reader waits, one future:
+    an idle subscription holds about 3.5 KiB less than with an ``asyncio.Queue`` (three deques
+    and an event), and a delivery wakes the reader without its bookkeeping. One reader at a time.
     """
 
     __slots__ = ("stream_id", "start_seq", "closed", "_items", "_size", "_waiter")
@@ -92,7 +92,7 @@ class Subscriber(Generic[EntryT]):
         self.stream_id = stream_id
         self.start_seq = start_seq
         self.closed = False
-        self._items: deque[EntryT | _End | _Overflow] = deque()
+        self._items: list[EntryT | _End | _Overflow] = []
         self._size = queue_size
         self._waiter: asyncio.Future[None] | None = None
 
@@ -129,7 +129,7 @@ class Subscriber(Generic[EntryT]):
                 await waiter
             finally:
                 self._waiter = None
-        item = items.popleft()
+        item = items.pop(0)  # short: a backlog longer than a few items is the exception
         if isinstance(item, _End):
             raise StopAsyncIteration
         if isinstance(item, _Overflow):
