@@ -146,6 +146,8 @@ class CappedWebSocketAdapter(ASGIWebSocketAdapter):
             except (JSONDecodeError, ValueError, RecursionError):  # deep nesting: still bad JSON
                 await _refuse(self, BAD_MESSAGE_CLOSE_CODE, "WebSocket message must be valid JSON")
                 return
+            # An idle connection waits in here for its next message: keep no copy of the last.
+            del frame, text
             yield message
 
     async def close(self, code: int, reason: str) -> None:
