@@ -86,7 +86,7 @@ class Subscriber(Generic[EntryT]):
     and an event), and a delivery wakes the reader without its bookkeeping. One reader at a time.
     """
 
-    __slots__ = ("stream_id", "start_seq", "closed", "_items", "_size", "_waiter")
+    __slots__ = ("_items", "_size", "_waiter", "closed", "start_seq", "stream_id")
 
     def __init__(self, stream_id: str, queue_size: int, start_seq: int) -> None:
         self.stream_id = stream_id

@@ -35,8 +35,8 @@ import logging
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.extensions.permessage_deflate import PerMessageDeflate, ServerPerMessageDeflateFactory
 from websockets.datastructures import Headers
+from websockets.extensions.permessage_deflate import PerMessageDeflate, ServerPerMessageDeflateFactory
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
@@ -125,7 +125,7 @@ class ReceiveQueue:
     holding nothing while empty: an ``asyncio.Queue`` keeps three deques and an event, about
     3 KiB of every idle connection."""
 
-    __slots__ = ("_items", "_getters")
+    __slots__ = ("_getters", "_items")
 
     def __init__(self) -> None:
         self._items: list[Any] = []
