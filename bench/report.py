@@ -59,6 +59,9 @@ def report(info: dict[str, Any], runs: list[tuple[Config, dict[str, dict[str, An
             lines += ["", f"### Websocket compression: {compression_label(config.compression)}"]
         else:
             lines.append(f"Websocket compression: {compression_label(config.compression)}.")
+        if config.compression:
+            accepted = "on: it accepts it" if config.ws_compression else "off, its default: it declines it"
+            lines.append(f"The project's WS_COMPRESSION: {accepted}.")
         lines += ["", sections(config, results)]
     return "\n".join(lines)
 

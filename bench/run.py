@@ -79,6 +79,12 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
         "--no-compression", dest="compression", action="store_const", const="off", help="the same as --compression off"
     )
     parser.add_argument(
+        "--ws-compression",
+        action="store_true",
+        help="the project accepts the permessage-deflate its subscribers offer (WS_COMPRESSION=on; "
+        "off by default, as the project's own default)",
+    )
+    parser.add_argument(
         "--only",
         choices=["all", "writes"],
         default="all",
@@ -132,6 +138,7 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
         **values,
         targets=targets,
         compression=COMPRESSION[args.compression][0],
+        ws_compression=args.ws_compression,
         profile_dir=args.profile,
         profile_format=args.profile_format,
         profile_native=args.profile_native,

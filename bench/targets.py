@@ -151,6 +151,8 @@ async def start_project(config: Config, workdir: Path) -> tuple[Target, Callable
         history, user_ids = await seed(uri, "gql_api", config.history, config.users)
         secret = secrets.token_urlsafe(48)
         env = {**base_env(), "GQL_API_DATA_DIR": str(data_dir), "MONGODB_DB": "gql_api", "JWT_SECRET": secret}
+        if config.ws_compression:
+            env["WS_COMPRESSION"] = "on"
         port = free_port()
         server = ServerProcess(
             "project", [sys.executable, "-m", "gql_api", "serve", "--port", str(port)], env, workdir / "project.log"

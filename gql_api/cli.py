@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 
 import uvicorn
 from strawberry.printer import print_schema
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.supervisors import Multiprocess
 
 from gql_api.app import App, create_app
@@ -38,6 +37,7 @@ from gql_api.settings import Settings, load_settings
 from gql_api.state import Services
 from gql_api.store import ChatStore
 from gql_api.users import create_user, get_user
+from gql_api.wsprotocol import WebSocketProtocol
 
 logger = logging.getLogger(__name__)
 
@@ -65,21 +65,6 @@ class GracefulServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-class WebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's websocket protocol (the one it picks itself when ``websockets`` is installed),
-    forgetting the handshake's response once the connection is accepted.
-
-    uvicorn keeps the response, with its parsed headers, for the connection's whole life but
-    never reads it again: about 1.5 KiB of every idle subscription (``bench/idle_memory.py``).
-    (The request stays alive whatever uvicorn does: websockets' frame parser holds it.)
-    """
-
-    async def send(self, message: Any) -> None:
-        await super().send(message)
-        if message["type"] == "websocket.accept":
-            self.request = self.response = None  # type: ignore[assignment]
-
-
 def uvicorn_config(app: Any, settings: Settings, *, host: str, port: int, **options: Any) -> uvicorn.Config:
     """How ``gql-api serve`` runs ``app`` under uvicorn (``options``: more of uvicorn's settings)."""
     return uvicorn.Config(
@@ -92,7 +77,8 @@ def uvicorn_config(app: Any, settings: Settings, *, host: str, port: int, **opti
         # The app closes a websocket message over the body cap with 1009 itself, whatever server
         # runs it; uvicorn refuses it too (also 1009), before buffering up to its default 16 MiB.
         ws_max_size=settings.graphql_max_body_bytes,
-        # uvicorn accepts the permessage-deflate every browser offers unless told not to.
+        # uvicorn accepts the permessage-deflate every browser offers unless told not to; with
+        # it on, WebSocketProtocol negotiates it without context takeover, to share frames.
         ws_per_message_deflate=settings.ws_compression,
         ws=WebSocketProtocol,
         **{"log_config": uvicorn_log_config(settings.log_format), **options},

@@ -79,37 +79,57 @@ class Subscriber(Generic[EntryT]):
 
     ``start_seq`` is the sequence number its group had delivered when it joined: it receives
     every later message, and can replay anything up to ``start_seq`` from history.
+
+    The queue is a list (a live subscription's is nearly always empty: an empty list holds no
+    storage, where a deque keeps a 0.5 KiB block) and, only while its reader waits, one future:
+    an idle subscription holds about 3.5 KiB less than with an ``asyncio.Queue`` (three deques
+    and an event), and a delivery wakes the reader without its bookkeeping. One reader at a time.
     """
+
+    __slots__ = ("_items", "_size", "_waiter", "closed", "start_seq", "stream_id")
 
     def __init__(self, stream_id: str, queue_size: int, start_seq: int) -> None:
         self.stream_id = stream_id
         self.start_seq = start_seq
-        self._queue: asyncio.Queue[EntryT | _End | _Overflow] = asyncio.Queue(queue_size)
         self.closed = False
+        self._items: list[EntryT | _End | _Overflow] = []
+        self._size = queue_size
+        self._waiter: asyncio.Future[None] | None = None
 
     def offer(self, item: EntryT | _End) -> bool:
         """Queue without waiting; on overflow fail the subscription and return False."""
         if self.closed:
             return False
-        try:
-            self._queue.put_nowait(item)
-        except asyncio.QueueFull:
+        if len(self._items) >= self._size:
             # A slow reader must not hold the others up or grow memory: drop what it has not
             # read and tell it to resubscribe with `after`.
-            while not self._queue.empty():
-                self._queue.get_nowait()
-            self._queue.put_nowait(_OVERFLOW)
+            self._items.clear()
+            self._put(_OVERFLOW)
             self.closed = True
             return False
+        self._put(item)
         if isinstance(item, _End):
             self.closed = True
         return True
+
+    def _put(self, item: EntryT | _End | _Overflow) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def __aiter__(self) -> AsyncIterator[EntryT]:
         return self
 
     async def __anext__(self) -> EntryT:
-        item = await self._queue.get()
+        items = self._items
+        while not items:
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        item = items.pop(0)  # short: a backlog longer than a few items is the exception
         if isinstance(item, _End):
             raise StopAsyncIteration
         if isinstance(item, _Overflow):

@@ -7,6 +7,7 @@ gap filling need no database. A few run it end to end on the real store and serv
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -318,3 +319,34 @@ async def test_deletions_are_kept_only_for_what_a_queue_can_still_hold(log):
         assert not hub.is_deleted(STREAM, 3) and not hub.is_deleted(STREAM, 7)
         assert hub.is_deleted(STREAM, 9)
     assert not hub.is_deleted(STREAM, 9)  # gone with the group
+
+
+async def test_an_idle_subscriber_is_small(log):
+    """Thousands of viewers sit idle on a stream: what each one's subscriber holds while its
+    reader waits counts (measured with the subscription's context and its reader's coroutine:
+    4.6 KiB with an asyncio.Queue, three deques and an event; 1.9 KiB with a deque; 1.2 KiB
+    with a list)."""
+    import tracemalloc
+
+    hub = MessageHub(log)
+    log.append()
+    count = 200
+    async with contextlib.AsyncExitStack() as stack:
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            subscribers = [await stack.enter_async_context(hub.subscribe(STREAM)) for _ in range(count)]
+            # Each reader runs up to its wait for the next message, as an idle subscription's does.
+            readers = [anext(subscriber) for subscriber in subscribers]
+            waits = [reader.send(None) for reader in readers]
+            held = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        message = log.append()[0]
+        await hub.deliver(message)
+        assert all(wait.done() for wait in waits)  # every waiting reader is woken
+        for reader in readers:
+            with pytest.raises(StopIteration) as done:
+                reader.send(None)
+            assert done.value.value == message
+    assert held / count < 1.6 * 1024

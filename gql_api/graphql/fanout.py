@@ -73,8 +73,9 @@ class LiveSink:
     #: The live phase, left here by :func:`fan_out` for a handler that takes it over.
     live: Callable[[], Awaitable[None]] | None = None
 
-    async def send(self, payload: str) -> None:
-        await self.send_text(self.prefix + payload + "}")
+    def frame(self, payload: str) -> str:
+        """The frame text around ``payload`` for this subscription."""
+        return self.prefix + payload + "}"
 
 
 _current_sink: ContextVar[LiveSink | None] = ContextVar("gql_api_live_sink", default=None)
@@ -127,7 +128,7 @@ class Source:
 class EventRenderer:
     """Renders an event as a subscription payload, once per operation and event."""
 
-    def __init__(self, schema: Any, events_per_operation: int = 64) -> None:
+    def __init__(self, schema: Any, events_per_operation: int = 64, frames: int = 64) -> None:
         self._schema = schema
         self._events_per_operation = events_per_operation
         # Per operation with live subscribers (see ``acquire``): its executor, and its latest
@@ -136,6 +137,12 @@ class EventRenderer:
         self._executors: dict[RenderKey, Executor[Any]] = {}
         self._rendered: dict[RenderKey, OrderedDict[Hashable, str]] = {}
         self._subscribers: dict[RenderKey, int] = {}
+        # The latest frame texts, by their prefix (the operation id and frame type) and
+        # payload: subscribers whose clients use the same operation id (graphql-ws clients
+        # number theirs "1", "2", ...) get the very same text object, which the server's
+        # websocket protocol then frames (and compresses) once for all (``wsprotocol.py``).
+        self._frames: dict[tuple[str, str], str] = {}
+        self._frames_size = frames
         self.executions = 0  # how many times an event was actually executed and encoded
 
     def acquire(self, key: RenderKey) -> None:
@@ -171,6 +178,16 @@ class EventRenderer:
             if len(rendered) > self._events_per_operation:
                 rendered.popitem(last=False)
         return payload
+
+    def frame(self, sink: LiveSink, payload: str) -> str:
+        """``payload`` framed for ``sink``: one text object for every sink with the same prefix."""
+        key = (sink.prefix, payload)
+        text = self._frames.get(key)
+        if text is None:
+            if len(self._frames) >= self._frames_size:
+                del self._frames[next(iter(self._frames))]  # the oldest
+            text = self._frames[key] = sink.frame(payload)
+        return text
 
     def _execute(self, key: RenderKey, source: Source, root: object) -> str:
         self.executions += 1
@@ -246,7 +263,8 @@ async def _deliver(
     try:
         async for event in events:
             key = (source.field_name, identity(event))
-            await sink.send(renderer.render(sink.key, source, key, partial(to_graphql, event)))
+            payload = renderer.render(sink.key, source, key, partial(to_graphql, event))
+            await sink.send_text(renderer.frame(sink, payload))
     except WebSocketDisconnected:
         return  # the client went away mid-send: nothing to report to anyone
     finally:

@@ -46,6 +46,7 @@ from strawberry.types.unset import UnsetType
 from gql_api.errors import BadUserInput, report
 from gql_api.graphql.context import Context
 from gql_api.graphql.fanout import bind_sink, current_sink
+from gql_api.wsprotocol import SEND_TEXT_EXTENSION
 
 if TYPE_CHECKING:
     from gql_api.graphql.view import GraphQLView
@@ -145,6 +146,8 @@ class CappedWebSocketAdapter(ASGIWebSocketAdapter):
             except (JSONDecodeError, ValueError, RecursionError):  # deep nesting: still bad JSON
                 await _refuse(self, BAD_MESSAGE_CLOSE_CODE, "WebSocket message must be valid JSON")
                 return
+            # An idle connection waits in here for its next message: keep no copy of the last.
+            del frame, text
             yield message
 
     async def close(self, code: int, reason: str) -> None:
@@ -169,9 +172,27 @@ def rejection_reason(payload: object) -> str:
 
 
 def _text_sender(websocket: Any) -> Callable[[str], Awaitable[None]]:
+    ws = websocket.ws
+    direct: Callable[[str], Awaitable[None]] | None = ws.scope.get("extensions", {}).get(SEND_TEXT_EXTENSION)
+    if direct is not None:
+        # `gql-api serve`'s server: each frame straight to the connection, past the middleware
+        # (which has nothing to do with a message frame), with Starlette's own checks.
+        async def send_direct(text: str) -> None:
+            if ws.application_state != WebSocketState.CONNECTED:
+                raise WebSocketDisconnected
+            try:
+                await direct(text)
+            except OSError as exc:  # the peer is gone (uvicorn's ClientDisconnected)
+                ws.application_state = WebSocketState.DISCONNECTED
+                raise WebSocketDisconnected from exc
+            except RuntimeError as exc:
+                raise WebSocketDisconnected from exc
+
+        return send_direct
+
     async def send_text(text: str) -> None:
         try:
-            await websocket.ws.send_text(text)
+            await ws.send_text(text)
         except (WebSocketDisconnect, OSError, RuntimeError) as exc:  # the peer is gone
             raise WebSocketDisconnected from exc
 
