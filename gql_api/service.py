@@ -437,8 +437,8 @@ class ChatService:
         key = _stream_key(stream_id)
         async with self.hub.subscribe(key) as subscriber:
             # Joined before the check, so an end racing with the check still completes us.
-            stream = await self.get_stream(key)
-            ended = stream.status is StreamStatus.ENDED
+            # Only its status is kept: an idle subscription must not hold the stream's document.
+            ended = (await self.get_stream(key)).status is StreamStatus.ENDED
             if after_seq is not None:
                 # The end entry is stored before the stream is marked ENDED: a stream not yet
                 # marked may have it, and the group joined then (start_seq) delivered it.

@@ -150,3 +150,34 @@ async def test_messages_to_many_streams_at_once_share_one_insert(server, make_us
     sent = await asyncio.gather(*(chat.send_message(sender, stream_id, "again") for stream_id in streams))
     assert store.inserts == [6]
     assert [(m.stream_id, m.seq) for m in sent] == [(stream_id, 2) for stream_id in streams]
+
+
+async def test_an_idle_subscription_keeps_no_stream_document(server, make_stream):
+    import gc
+    import weakref
+
+    from gql_api.service import ChatService
+
+    documents: list[weakref.ref] = []
+    read = asyncio.Event()
+
+    class Watched(ChatService):
+        async def get_stream(self, stream_id: str):
+            stream = await super().get_stream(stream_id)
+            documents.append(weakref.ref(stream))
+            read.set()  # the subscription goes on to wait without awaiting anything else first
+            return stream
+
+    chat = Watched(server.chat.hub, server.chat.delivery, store=server.chat.store)
+    stream_id = str((await make_stream()).id)
+    for follow in (chat.subscribe, chat.events):
+        documents.clear()
+        read.clear()
+        subscription = follow(stream_id)
+        waiting = asyncio.ensure_future(anext(subscription))
+        await read.wait()
+        gc.collect()
+        assert documents and all(ref() is None for ref in documents)
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        await subscription.aclose()
