@@ -26,6 +26,7 @@ class Config:
     targets: list[str]
     compression: bool  # subscribers offer permessage-deflate (as browsers do)
     ws_compression: bool = False  # the project accepts it (WS_COMPRESSION; off by default)
+    workers: int = 1  # the project runs as `gql-api serve --workers N`
     writes_and_history: bool = True  # run the project-only phases (compression does not change them)
     writes_only: bool = False  # run the write phases only (``--only writes``)
     users: int = 500  # senders and viewers take turns among this many users

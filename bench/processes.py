@@ -44,37 +44,70 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def family(pid: int) -> list[int]:
+    """A process and its descendants alive now (a server's workers, under ``--workers``)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        found.append(current := todo.pop())
+        todo += children.get(current, [])
+    return found
+
+
 def rss_kib(pid: int) -> int:
-    """Resident memory of a process (VmRSS), in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
+    """Resident memory of a process and its descendants (VmRSS), in KiB."""
+    total = 0
+    for member in family(pid):
+        try:
+            lines = Path(f"/proc/{member}/status").read_text().splitlines()
+        except OSError:
+            if member == pid:
+                raise RuntimeError(f"no VmRSS for {pid}") from None
+            continue
+        total += next((int(line.split()[1]) for line in lines if line.startswith("VmRSS:")), 0)
+    return total
 
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU seconds of a process (0 when unknown or gone); this process for None."""
+    """User + system CPU seconds of a process and its descendants alive now (0 when unknown or
+    gone); this process for None."""
     if pid is None:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return usage.ru_utime + usage.ru_stime
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _TICKS
+    total = 0.0
+    for member in family(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / _TICKS
+    return total
 
 
 class ServerProcess:
     """A server under test, in its own process, its output in a log file."""
 
     def __init__(
-        self, name: str, argv: list[str], env: dict[str, str], log_path: Path, ready: str = "Uvicorn running on"
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        log_path: Path,
+        ready: str = "Uvicorn running on",
+        ready_count: int = 1,
     ) -> None:
         self.name, self.argv, self.env, self.log_path = name, argv, env, log_path
-        self.ready = ready  # the server logs this line once it accepts connections
+        # The server logs this line (``ready_count`` times: once per worker) once it accepts connections.
+        self.ready, self.ready_count = ready, ready_count
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -95,7 +128,7 @@ class ServerProcess:
                 start_new_session=True,
             )
         deadline = time.monotonic() + timeout
-        while self.ready not in self.log_path.read_text(errors="replace"):
+        while self.log_path.read_text(errors="replace").count(self.ready) < self.ready_count:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 tail = self.log_path.read_text(errors="replace")[-3000:]
                 self.stop()
@@ -155,6 +188,7 @@ class Profiler:
                         "record",
                         "--pid",
                         str(pid),
+                        "--subprocesses",  # a server's workers, under --workers
                         "--rate",
                         "100",
                         "--format",

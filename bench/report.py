@@ -54,6 +54,9 @@ def report(info: dict[str, Any], runs: list[tuple[Config, dict[str, dict[str, An
     lines = [header(info)]
     for target, reason in info.get("skipped", {}).items():
         lines.append(f"Not run: {target} ({reason}).")
+    workers = runs[0][0].workers if runs else 1
+    if workers > 1:
+        lines.append(f"The project ran as `gql-api serve --workers {workers}` (its CPU and memory: all its processes).")
     for config, results in runs:
         if len(runs) > 1:
             lines += ["", f"### Websocket compression: {compression_label(config.compression)}"]

@@ -85,6 +85,12 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
         "off by default, as the project's own default)",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="run the project as `gql-api serve --workers N` (default 1: one process)",
+    )
+    parser.add_argument(
         "--only",
         choices=["all", "writes"],
         default="all",
@@ -139,6 +145,7 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
         targets=targets,
         compression=COMPRESSION[args.compression][0],
         ws_compression=args.ws_compression,
+        workers=args.workers,
         profile_dir=args.profile,
         profile_format=args.profile_format,
         profile_native=args.profile_native,

@@ -154,9 +154,13 @@ async def start_project(config: Config, workdir: Path) -> tuple[Target, Callable
         if config.ws_compression:
             env["WS_COMPRESSION"] = "on"
         port = free_port()
-        server = ServerProcess(
-            "project", [sys.executable, "-m", "gql_api", "serve", "--port", str(port)], env, workdir / "project.log"
-        )
+        command = [sys.executable, "-m", "gql_api", "serve", "--port", str(port)]
+        if config.workers > 1:  # ready once every worker has started
+            command += ["--workers", str(config.workers)]
+            ready = ("Application startup complete", config.workers)
+        else:
+            ready = ("Uvicorn running on", 1)
+        server = ServerProcess("project", command, env, workdir / "project.log", *ready)
         await server.start()
         demo = subprocess.run(
             [sys.executable, "-m", "gql_api", "demo", "--json"],
