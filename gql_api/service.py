@@ -436,22 +436,20 @@ class ChatService:
         after_seq = decode_cursor(after, argument="after") if after is not None else None
         key = _stream_key(stream_id)
         async with self.hub.subscribe(key) as subscriber:
-            # Joined before the check, so an end racing with the check still completes us.
-            # Only its status is kept: an idle subscription must not hold the stream's document.
-            ended = (await self.get_stream(key)).status is StreamStatus.ENDED
+            # NotFound for no such stream. Its status is not read: the stream's end is an entry
+            # of its log, which the hub's group follows, so a stream that has ended completes
+            # its subscriber (through the end entry) and one that ends later does too, in order.
+            # Nor is the stream read again per subscription: thousands of viewers joining at
+            # once would each wait for a read.
+            await self._known_stream(key)
             if after_seq is not None:
-                # The end entry is stored before the stream is marked ENDED: a stream not yet
-                # marked may have it, and the group joined then (start_seq) delivered it.
-                through = None if ended else subscriber.start_seq
+                # Stored entries up to where the group stood when we joined; the rest come live.
+                through = subscriber.start_seq
                 async for entry in self.store.replay(key, after=after_seq, through=through, every_kind=every_kind):
                     if entry.deletion is None:
                         yield entry
                     if entry.kind is MessageKind.STREAM_ENDED:
                         return
-            if ended:
-                if every_kind and after_seq is None and (end := await self._end_entry(key)) is not None:
-                    yield end  # what there is to tell of an ended stream from now on
-                return
             # A cursor ahead of what this process has delivered (a message stored, not yet seen
             # on the change stream): the live messages up to it were asked to be skipped.
             skip_through = after_seq if after_seq is not None else 0
@@ -570,6 +568,15 @@ class ChatService:
     async def _find_by_dedup_key(self, stream_id: str, dedup_key: str) -> ChatMessage | None:
         return await self.store.message_by_dedup_key(stream_id, dedup_key)
 
+    async def _known_stream(self, stream_id: str) -> LiveStream:
+        """The stream as this process first read it; NotFound when there is none. Its id and
+        owner never change, and streams are never deleted; its status may have changed."""
+        stream = self._writers.stream(stream_id)
+        if stream is None:
+            stream = await self.get_stream(stream_id)
+            self._writers.remember_stream(stream)
+        return stream
+
     async def _live_stream(self, stream_id: str) -> LiveStream:
         """The stream a message is sent to, refused when it is known to have ended.
 
@@ -579,10 +586,7 @@ class ChatService:
         that would be refused anyway its admission. Its chat settings do change: a send reads
         them from the stream's roster (``_admit``), never from here.
         """
-        stream = self._writers.stream(stream_id)
-        if stream is None:
-            stream = await self.get_stream(stream_id)
-            self._writers.remember_stream(stream)
+        stream = await self._known_stream(stream_id)
         roster = self._writers.roster(stream_id)
         if stream.status is not StreamStatus.LIVE or (roster is not None and roster.end is not None):
             raise Conflict("Resource cannot be changed in its current state: the stream has ended")
