@@ -453,13 +453,16 @@ class ChatService:
             # A cursor ahead of what this process has delivered (a message stored, not yet seen
             # on the change stream): the live messages up to it were asked to be skipped.
             skip_through = after_seq if after_seq is not None else 0
+            # Per subscriber and entry: each attribute read once (a document's attribute reads
+            # go through Beanie's lazy parser, and this loop runs for every delivery).
             async for entry in subscriber:
-                if entry.seq <= skip_through:
+                seq = entry.seq
+                if seq <= skip_through:
                     continue
                 if entry.kind in VISIBLE_KINDS:
                     # A message deleted while it waited in the queue (or stored as a tombstone,
                     # when the hub read it back from history) is never sent.
-                    if entry.deletion is not None or self.hub.is_deleted(key, entry.seq):
+                    if entry.deletion is not None or self.hub.is_deleted(key, seq):
                         continue
                 elif not every_kind:
                     continue
