@@ -108,6 +108,10 @@ class ChangeStreamDelivery(Delivery):
 
     async def _on_message(self, event: dict[str, Any]) -> None:
         if event.get("operationType") == "insert":
+            # Read only for a stream with subscribers here: a busy stream nobody here follows
+            # costs this process no parsing.
+            if not self.hub.follows(str((event.get("fullDocument") or {}).get("stream_id"))):
+                return
             message = message_from_change_event(event)
             self.hub.metrics.change_event(message.created_at)
             await self.hub.deliver(message)

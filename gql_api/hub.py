@@ -259,6 +259,11 @@ class MessageHub(Generic[EntryT]):
                 dropped = [] if group.ended else await group.catch_up()
             self._settle(group, dropped)
 
+    def follows(self, stream_id: str) -> bool:
+        """Whether the stream has subscribers in this process (or some are joining): ``deliver``
+        does nothing for any other."""
+        return stream_id in self._groups
+
     def subscriber_count(self, stream_id: str | None = None) -> int:
         """How many subscribers one stream (or every stream) has in this process."""
         if stream_id is not None:

@@ -355,8 +355,10 @@ async def test_an_unknown_stream_or_a_bad_cursor_is_refused_before_any_event(ser
 
 @pytest.fixture
 async def quick_counts(server, make_settings) -> AsyncIterator[LiveServer]:
-    """An app on the same database whose viewer counts refresh every 50 ms."""
-    settings = make_settings(viewer_count_interval_seconds=0.05)
+    """An app on the same database whose viewer counts refresh every 200 ms (its presence then
+    expires after 600 ms: long enough not to lapse on a loaded machine, which would make the
+    counts dip to 0 mid-test)."""
+    settings = make_settings(viewer_count_interval_seconds=0.2)
     async with serve(create_app(settings, database=server.services.database)) as live:
         yield live
 

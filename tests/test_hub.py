@@ -350,3 +350,11 @@ async def test_an_idle_subscriber_is_small(log):
                 reader.send(None)
             assert done.value.value == message
     assert held / count < 1.6 * 1024
+
+
+async def test_the_hub_follows_a_stream_only_while_it_has_subscribers(log):
+    hub = MessageHub(log)
+    assert not hub.follows(STREAM)
+    async with hub.subscribe(STREAM):
+        assert hub.follows(STREAM) and not hub.follows("another")
+    assert not hub.follows(STREAM)
