@@ -25,6 +25,7 @@ from gql_api.documents import (
     LiveStream,
     LogEvent,
     MessageKind,
+    PublicProfile,
     StreamStatus,
     User,
     utcnow,
@@ -255,7 +256,9 @@ class ChatService:
         key = str(stream.id)
 
         def end_entry(seq: int, _: ChatRole | None) -> ChatMessage:
-            return self._entry(key, seq, MessageKind.STREAM_ENDED, "", user, ChatRole.OWNER, None, END_KEY)
+            return self._entry(
+                key, seq, MessageKind.STREAM_ENDED, "", user.public_profile(), ChatRole.OWNER, None, END_KEY
+            )
 
         stored_here = True
         try:
@@ -349,19 +352,7 @@ class ChatService:
         key = dedup_key if dedup_key is not None else f"e:{ObjectId()}"
 
         def build(seq: int, _: ChatRole | None) -> ChatMessage:
-            now = utcnow()
-            return ChatMessage(
-                stream_id=stream_id,
-                seq=seq,
-                kind=kind,
-                content="",
-                sender=event.actor,
-                sender_role=role,
-                dedup_key=key,
-                created_at=now,
-                updated_at=now,
-                event=event,
-            )
+            return self._entry(stream_id, seq, kind, "", event.actor, role, None, key, event)
 
         try:
             return await self._claim(stream_id, build)
@@ -601,10 +592,11 @@ class ChatService:
         seq: int,
         kind: MessageKind,
         content: str,
-        sender: User,
+        sender: PublicProfile,
         role: ChatRole,
         client_message_id: str | None,
         dedup_key: str,
+        event: LogEvent | None = None,
     ) -> ChatMessage:
         now = utcnow()  # taken for each attempt: an entry is never older than the one before it
         return ChatMessage(
@@ -612,12 +604,13 @@ class ChatService:
             seq=seq,
             kind=kind,
             content=content,
-            sender=sender.public_profile(),
+            sender=sender,
             sender_role=role,
             client_message_id=client_message_id,
             dedup_key=dedup_key,
             created_at=now,
             updated_at=now,
+            event=event,
         )
 
     async def _append(
@@ -635,7 +628,9 @@ class ChatService:
 
         def build(seq: int, role: ChatRole | None) -> ChatMessage:
             assert role is not None  # a send is always admitted first
-            return self._entry(stream_id, seq, kind, content, sender, role, client_message_id, dedup_key)
+            return self._entry(
+                stream_id, seq, kind, content, sender.public_profile(), role, client_message_id, dedup_key
+            )
 
         return await self._claim(stream_id, build, admit)
 
