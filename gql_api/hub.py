@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -86,12 +86,17 @@ class Subscriber(Generic[EntryT]):
     and an event), and a delivery wakes the reader without its bookkeeping. One reader at a time.
     """
 
-    __slots__ = ("_items", "_size", "_waiter", "closed", "start_seq", "stream_id")
+    __slots__ = ("_items", "_size", "_waiter", "closed", "listener", "start_seq", "stream_id")
 
     def __init__(self, stream_id: str, queue_size: int, start_seq: int) -> None:
         self.stream_id = stream_id
         self.start_seq = start_seq
         self.closed = False
+        #: Takes an entry that arrives while the reader waits on an empty queue, in the
+        #: delivery's own pass: True when it dealt with the entry (sent it, or had nothing to
+        #: send), which is then never queued; False to have it queued as usual. It must not
+        #: wait or raise. So a live subscription's entries are written without waking its task.
+        self.listener: Callable[[EntryT], bool] | None = None
         self._items: list[EntryT | _End | _Overflow] = []
         self._size = queue_size
         self._waiter: asyncio.Future[None] | None = None
@@ -100,6 +105,16 @@ class Subscriber(Generic[EntryT]):
         """Queue without waiting; on overflow fail the subscription and return False."""
         if self.closed:
             return False
+        listener = self.listener
+        if listener is not None and self._waiter is not None and not self._items and not isinstance(item, _End):
+            # The reader is parked with nothing queued: nothing sent before this entry is still
+            # on its way, so handing it over here keeps the order.
+            try:
+                if listener(item):
+                    return True
+            except Exception:  # a bug: the queue's path below still delivers it, or fails it
+                logger.exception("A live listener of stream %s failed", self.stream_id)
+                self.listener = None
         if len(self._items) >= self._size:
             # A slow reader must not hold the others up or grow memory: drop what it has not
             # read and tell it to resubscribe with `after`.
@@ -135,6 +150,46 @@ class Subscriber(Generic[EntryT]):
         if isinstance(item, _Overflow):
             raise SubscriberTooSlow()
         return item
+
+
+class Feed(Generic[EntryT]):
+    """A subscription's entries as an async iterator (an async generator's), whose consumer may
+    also take the live ones in the delivery's own pass: see :meth:`listen`.
+
+    The generator reads :attr:`consumer` when it starts its live phase, and hands it to its
+    :class:`Subscriber` as the listener (with its own filtering in front).
+    """
+
+    __slots__ = ("_entries", "consumer")
+
+    def __init__(self) -> None:
+        #: What :meth:`listen` was given; None to take every entry through the iterator.
+        self.consumer: Callable[[EntryT], bool] | None = None
+        self._entries: AsyncGenerator[EntryT, None] | None = None
+
+    def start(self, entries: AsyncGenerator[EntryT, None]) -> Feed[EntryT]:
+        """Iterate ``entries`` (a generator that was given this feed, to read ``consumer``)."""
+        self._entries = entries
+        return self
+
+    def listen(self, consumer: Callable[[EntryT], bool]) -> None:
+        """Have ``consumer`` take live entries that arrive while the iterator's reader waits,
+        synchronously: True when it sent the entry, False to have it come through the iterator
+        instead (it could not send without waiting). Call before iterating. ``consumer`` must
+        not raise or wait, and sees exactly the entries the iterator would yield, in order."""
+        self.consumer = consumer
+
+    def __aiter__(self) -> Feed[EntryT]:
+        return self
+
+    def __anext__(self) -> Awaitable[EntryT]:
+        assert self._entries is not None, "Feed.start was not called"
+        return self._entries.__anext__()
+
+    async def aclose(self) -> None:
+        """Stop the generator (leaving the hub) now."""
+        if self._entries is not None:
+            await self._entries.aclose()
 
 
 class _Group(Generic[EntryT]):

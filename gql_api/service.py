@@ -7,7 +7,7 @@ import logging
 import re
 import unicodedata
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -31,7 +31,7 @@ from gql_api.documents import (
     utcnow,
 )
 from gql_api.errors import ApiError, BadUserInput, Conflict, ContentBlocked, Forbidden, NotFound, RateLimited
-from gql_api.hub import MessageHub
+from gql_api.hub import Feed, MessageHub
 from gql_api.metrics import timed_send
 from gql_api.moderation import Clock, Moderation
 from gql_api.pagination import Page, PageRequest, decode_cursor
@@ -83,6 +83,13 @@ def _require_client_message_id(value: str) -> str:
     if not 1 <= len(value) <= MAX_CLIENT_MESSAGE_ID_LENGTH:
         raise _invalid("clientMessageId", f"must be 1 to {MAX_CLIENT_MESSAGE_ID_LENGTH} characters")
     return value
+
+
+def _take_live(
+    wanted: Callable[[ChatMessage], bool], consumer: Callable[[ChatMessage], bool], entry: ChatMessage
+) -> bool:
+    """A live subscription's hub listener: an unwanted entry is dealt with (nothing to send)."""
+    return not wanted(entry) or consumer(entry)
 
 
 def _stream_key(stream_id: str) -> str:
@@ -400,7 +407,7 @@ class ChatService:
             has_previous = request.after is not None and await self.store.has_messages_through(key, request.after)
         return Page(items=items, has_previous=has_previous, has_next=has_next)
 
-    def subscribe(self, stream_id: str, after: str | None = None) -> AsyncIterator[ChatMessage]:
+    def subscribe(self, stream_id: str, after: str | None = None) -> Feed[ChatMessage]:
         """Every message after the cursor ``after`` (or from now), in order, each once.
 
         Ends when the stream ends, after its last message. Stored messages are replayed first,
@@ -408,9 +415,10 @@ class ChatService:
         left out, from replay and from the live queue alike (see ``delete_message``), and so are
         the log's moderation events (``events`` has them).
         """
-        return self._follow(stream_id, after, every_kind=False)
+        feed: Feed[ChatMessage] = Feed()
+        return feed.start(self._follow(stream_id, after, every_kind=False, feed=feed))
 
-    def events(self, stream_id: str, after: str | None = None) -> AsyncIterator[ChatMessage]:
+    def events(self, stream_id: str, after: str | None = None) -> Feed[ChatMessage]:
         """Every entry of the stream's log after the cursor ``after`` (or from now): messages,
         moderation events and, last, the stream's end entry; in order, each once.
 
@@ -420,9 +428,12 @@ class ChatService:
         MESSAGE_DELETED event that tells of it is not. Subscribing to an ended stream without
         ``after`` yields its end entry alone.
         """
-        return self._follow(stream_id, after, every_kind=True)
+        feed: Feed[ChatMessage] = Feed()
+        return feed.start(self._follow(stream_id, after, every_kind=True, feed=feed))
 
-    async def _follow(self, stream_id: str, after: str | None, *, every_kind: bool) -> AsyncIterator[ChatMessage]:
+    async def _follow(
+        self, stream_id: str, after: str | None, *, every_kind: bool, feed: Feed[ChatMessage]
+    ) -> AsyncGenerator[ChatMessage, None]:
         """``subscribe`` (messages only) or, with ``every_kind``, ``events`` (every entry)."""
         after_seq = decode_cursor(after, argument="after") if after is not None else None
         key = _stream_key(stream_id)
@@ -444,25 +455,31 @@ class ChatService:
             # A cursor ahead of what this process has delivered (a message stored, not yet seen
             # on the change stream): the live messages up to it were asked to be skipped.
             skip_through = after_seq if after_seq is not None else 0
-            # Per subscriber and entry: each attribute read once (a document's attribute reads
-            # go through Beanie's lazy parser, and this loop runs for every delivery).
+            wanted = partial(self._is_wanted, key, skip_through, every_kind)
+            if feed.consumer is not None:
+                # Live entries go to the consumer in the hub's delivery pass while this waits.
+                subscriber.listener = partial(_take_live, wanted, feed.consumer)
             async for entry in subscriber:
-                seq = entry.seq
-                if seq <= skip_through:
-                    continue
-                if entry.kind in VISIBLE_KINDS:
-                    # A message deleted while it waited in the queue (or stored as a tombstone,
-                    # when the hub read it back from history) is never sent.
-                    if entry.deletion is not None or self.hub.is_deleted(key, seq):
-                        continue
-                elif not every_kind:
-                    continue
-                yield entry
+                if wanted(entry):
+                    yield entry
             if every_kind:
                 # The hub completes its subscribers at the end entry without handing it over.
                 end = await self._end_entry(key)
                 if end is not None and end.seq > skip_through:
                     yield end
+
+    def _is_wanted(self, stream_id: str, skip_through: int, every_kind: bool, entry: ChatMessage) -> bool:
+        """Whether a live subscription (``_follow``) hands this entry of its stream over."""
+        # Each attribute read once: a document's attribute reads go through Beanie's lazy
+        # parser, and this runs for every subscriber and delivery.
+        seq = entry.seq
+        if seq <= skip_through:
+            return False
+        if entry.kind in VISIBLE_KINDS:
+            # A message deleted while it waited in the queue (or stored as a tombstone, when the
+            # hub read it back from history) is never sent.
+            return entry.deletion is None and not self.hub.is_deleted(stream_id, seq)
+        return every_kind
 
     async def _end_entry(self, stream_id: str) -> ChatMessage | None:
         """The stream's end entry, read back from its log; None while it has not ended."""

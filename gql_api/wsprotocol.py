@@ -56,6 +56,9 @@ OWN = -1
 #: The ASGI scope extension under which a connection offers ``send_text(text)``: the same as
 #: sending ``{"type": "websocket.send", "text": text}``, without the middleware in between.
 SEND_TEXT_EXTENSION = "gql_api.websocket.send_text"
+#: The ASGI scope extension under which a connection offers ``try_send_text(text) -> bool``: the
+#: same message written at once when that needs no waiting, else nothing done and False.
+TRY_SEND_TEXT_EXTENSION = "gql_api.websocket.try_send_text"
 
 
 def deflate_factory() -> ServerPerMessageDeflateFactory:
@@ -219,11 +222,19 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's websocket protocol (the one it picks itself when ``websockets`` is installed),
     sending shared frames (see the module docstring), and holding less per idle connection.
 
+    A graphql-transport-ws connection gets no websocket pings from uvicorn: the app's own
+    ``ping`` messages check that its peer is alive (``app_pinged_subprotocols``).
+
     uvicorn keeps the handshake's response, with its parsed headers, for the connection's whole
     life but never reads it again (1.5 KiB), and websockets' parser keeps the request (2.5 KiB):
     both are dropped once used. The receive queue and the ``writable`` event are
     :class:`ReceiveQueue` and :class:`Flag`, which hold nothing while nothing waits (4 KiB).
     """
+
+    #: Subprotocols whose connections the app keeps alive with pings of its own (and closes
+    #: when they go unanswered): uvicorn's websocket pings (``--ws-ping-interval``) are for
+    #: the other connections only.
+    app_pinged_subprotocols: frozenset[str] = frozenset({"graphql-transport-ws"})
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -238,7 +249,9 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         super().handle_connect(event)
         scope = getattr(self, "scope", None)
         if scope is not None:  # the handshake was accepted and the app's task created
-            scope["extensions"][SEND_TEXT_EXTENSION] = self.send_text
+            extensions = scope["extensions"]
+            extensions[SEND_TEXT_EXTENSION] = self.send_text
+            extensions[TRY_SEND_TEXT_EXTENSION] = self.try_send_text
         # The scope has a copy of the headers, and the response is built: websockets' frame
         # parser keeps the request for the connection's life, its headers parsed (2.5 KiB).
         event.headers = Headers()
@@ -253,6 +266,11 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         await super().send(message)
         if message["type"] == "websocket.accept":
             self.request = self.response = None  # type: ignore[assignment]
+            if message.get("subprotocol") in self.app_pinged_subprotocols:
+                # The app pings these itself and closes a peer that does not answer: uvicorn's
+                # websocket pings would double the work (a timer, a frame and a pong each) for
+                # the same liveness check.
+                self.stop_keepalive()
 
     async def send_text(self, text: str) -> None:
         """Send a text message, as a ``websocket.send`` would, but straight from the app
@@ -261,6 +279,16 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         if self.writable.is_set() and self._write_shared(text):
             return
         await self.send({"type": "websocket.send", "text": text})
+
+    def try_send_text(self, text: str) -> bool:
+        """Write a text message's shared frame now, if that needs no waiting: True when it was
+        written; False (nothing done) while the transport is paused, or for anything that takes
+        uvicorn's path (then ``send_text`` sends it, or raises as it would).
+
+        The hub's live delivery calls this for thousands of connections in one pass
+        (``MessageHub``'s listeners), instead of waking a task per connection.
+        """
+        return self.writable.is_set() and self._write_shared(text)
 
     def _write_shared(self, text: str) -> bool:
         """Write ``text``'s shared frame; False to leave the message to uvicorn's path (which

@@ -358,3 +358,104 @@ async def test_the_hub_follows_a_stream_only_while_it_has_subscribers(log):
     async with hub.subscribe(STREAM):
         assert hub.follows(STREAM) and not hub.follows("another")
     assert not hub.follows(STREAM)
+
+
+# -- one-pass delivery: a parked reader's listener -------------------------------------------
+
+
+async def _parked(subscriber) -> asyncio.Task:
+    """A reader waiting on the subscriber's empty queue."""
+    task = asyncio.create_task(anext(aiter(subscriber)))
+    await asyncio.sleep(0)  # its first step runs up to the wait
+    assert subscriber._waiter is not None
+    return task
+
+
+async def test_a_parked_readers_listener_takes_live_entries_without_waking_it(log):
+    hub = MessageHub(log)
+    taken: list[int] = []
+    async with hub.subscribe(STREAM) as subscriber:
+        subscriber.listener = lambda entry: taken.append(entry.seq) is None
+        reader = await _parked(subscriber)
+        for entry in log.append(3):
+            await hub.deliver(entry)
+        assert taken == [1, 2, 3]
+        assert not reader.done()  # nothing was queued: its task was never woken
+
+        subscriber.listener = lambda entry: False  # could not send without waiting
+        await hub.deliver(log.append()[0])
+        assert (await reader).seq == 4
+
+
+async def test_entries_queued_before_are_read_first_and_the_listener_waits_for_them(log):
+    """The listener is only for a reader parked on an empty queue: an entry never overtakes one
+    still queued (or being sent)."""
+    hub = MessageHub(log)
+    taken: list[int] = []
+    async with hub.subscribe(STREAM) as subscriber:
+        subscriber.listener = lambda entry: taken.append(entry.seq) is None
+        for entry in log.append(2):  # no reader parked: queued
+            await hub.deliver(entry)
+        assert taken == []
+        assert [(await anext(aiter(subscriber))).seq for _ in range(2)] == [1, 2]
+        await _parked(subscriber)
+        await hub.deliver(log.append()[0])
+        assert taken == [3]
+
+
+async def test_the_end_completes_a_parked_reader_past_its_listener(log):
+    hub = MessageHub(log)
+    async with hub.subscribe(STREAM) as subscriber:
+        subscriber.listener = lambda entry: True
+        reader = await _parked(subscriber)
+        await hub.deliver(log.end())
+        with pytest.raises(StopAsyncIteration):
+            await reader
+
+
+@pytest.mark.allow_error_logs
+async def test_a_failing_listener_is_dropped_and_its_entry_queued(log, caplog):
+    hub = MessageHub(log)
+    async with hub.subscribe(STREAM) as subscriber:
+        subscriber.listener = lambda entry: 1 / 0 == 0
+        reader = await _parked(subscriber)
+        await hub.deliver(log.append()[0])
+        assert (await reader).seq == 1
+        assert subscriber.listener is None
+    assert "A live listener of stream s1 failed" in caplog.text
+
+
+async def test_a_feeds_consumer_gets_exactly_what_its_iterator_would_yield(server, make_user, make_stream):
+    """``Feed.listen``: the live entries go to the consumer in the delivery's pass, filtered as
+    the iterator filters them (here: nothing at or before the cursor, no moderation event), and
+    what it cannot send comes through the iterator."""
+    owner = await make_user()
+    stream = await make_stream(owner)
+    store = server.chat.store
+    hub = MessageHub(store)  # fed by hand
+    chat = ChatService(hub, Delivery(hub), store=store)
+    key = str(stream.id)
+    taken: list[int] = []
+    async with hub.subscribe(key):  # the group exists and has delivered nothing
+        messages = await _stored(server, make_user, stream, 4)
+        feed = chat.subscribe(key, encode_cursor(messages[1].seq))
+        # The first wanted entry is refused (as by a paused connection): the iterator yields it,
+        # whether the reader was parked yet or not.
+        feed.listen(lambda entry: taken.append(entry.seq) is None and entry.seq != messages[2].seq)
+        reader = asyncio.create_task(anext(feed))
+        await hub.wait_for_subscribers(key, 2)
+        for message in messages[:3]:
+            await hub.deliver(message)
+        assert (await reader).seq == messages[2].seq
+        reader = asyncio.create_task(anext(feed))
+        await asyncio.sleep(0)  # parked again at once: the live phase reads nothing
+        await chat.moderation.ban(owner, key, messages[0].sender.id)  # an event of the log
+        await hub.deliver(messages[3])
+        await hub.deliver(await store.newest(key))
+        assert taken[-1:] == [messages[3].seq]  # and never 1, 2 (before the cursor) or the ban
+        assert set(taken) <= {messages[2].seq, messages[3].seq}
+        assert not reader.done()
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        await feed.aclose()

@@ -83,11 +83,13 @@ class RawClient:
 
 
 @asynccontextmanager
-async def raw_client(url: str, *, compression: bool) -> AsyncIterator[RawClient]:
+async def raw_client(
+    url: str, *, compression: bool, subprotocol: str = "graphql-transport-ws"
+) -> AsyncIterator[RawClient]:
     uri = parse_uri(url)
     # What browsers offer: permessage-deflate with client_max_window_bits.
     extensions = [ClientPerMessageDeflateFactory(client_max_window_bits=True)] if compression else None
-    protocol = ClientProtocol(uri, extensions=extensions, subprotocols=["graphql-transport-ws"])  # type: ignore[list-item]
+    protocol = ClientProtocol(uri, extensions=extensions, subprotocols=[subprotocol])  # type: ignore[list-item]
     reader, writer = await asyncio.open_connection(uri.host, uri.port)
     client = RawClient(protocol, reader, writer)
     try:
@@ -112,13 +114,15 @@ def server_frame(frame: Frame, compressed: bool) -> bytes:
 
 
 @asynccontextmanager
-async def served(server: LiveServer, make_settings: Any, **settings: Any) -> AsyncIterator[LiveServer]:
+async def served(
+    server: LiveServer, make_settings: Any, uvicorn_options: dict[str, Any] | None = None, **settings: Any
+) -> AsyncIterator[LiveServer]:
     """A fresh app on the session's database, run by uvicorn as ``gql-api serve`` runs it."""
     config_settings = make_settings(**settings)
     app = create_app(config_settings, database=server.services.database)
 
     def config(app: Any, port: int) -> Any:
-        return uvicorn_config(app, config_settings, host="127.0.0.1", port=port)
+        return uvicorn_config(app, config_settings, host="127.0.0.1", port=port, **(uvicorn_options or {}))
 
     async with serve(app, config=config) as live:
         yield live
@@ -286,12 +290,37 @@ async def test_served_websockets_drop_the_handshake_requests_headers(server, mak
     """websockets' frame parser keeps the handshake request for the connection's life: its
     headers (about 2.5 KiB) are dropped once uvicorn has built the scope from them."""
     token = server.token(await make_user())
+    # Earlier tests' connections may linger in the collector's garbage: only this one's counts.
+    earlier = [o for o in gc.get_objects() if type(o) is Request]
     async with served(server, make_settings) as live:
         async with raw_client(live.ws_url, compression=True) as client:
             await client.send_json({"type": "connection_init", "payload": {"Authorization": token}})
             assert (await client.receive_json())["type"] == "connection_ack"
-            requests = [o for o in gc.get_objects() if type(o) is Request]
+            requests = [o for o in gc.get_objects() if type(o) is Request and all(o is not e for e in earlier)]
             await client.send_json({"type": "ping"})  # the connection still works both ways
             assert await client.receive_json() == {"type": "pong"}
     assert requests  # the parser's, still alive
     assert all(len(request.headers) == 0 for request in requests)
+
+
+async def test_uvicorn_pings_only_connections_the_app_does_not_ping(server, make_settings, make_user):
+    """graphql-transport-ws connections are kept alive by the app's own ``ping`` messages (4499
+    when unanswered), so uvicorn's websocket pings, a timer and a frame each per connection, go
+    only to the others (legacy graphql-ws), which have no pings of their own."""
+    token = server.token(await make_user())
+    init = {"type": "connection_init", "payload": {"Authorization": token}}
+    async with served(server, make_settings, uvicorn_options={"ws_ping_interval": 0.02}) as live:
+        async with raw_client(live.ws_url, compression=False) as modern:
+            await modern.send_json(init)
+            assert (await modern.receive_json())["type"] == "connection_ack"
+            async with raw_client(live.ws_url, compression=False, subprotocol="graphql-ws") as legacy:
+                await legacy.send_json(init)
+                # Pings have been flowing for both once the legacy connection (opened later) has
+                # had three: each answered by the client protocol, so uvicorn goes on.
+                while sum(frame.opcode is Opcode.PING for frame in legacy.frames) < 3:
+                    await legacy._pump()
+                    legacy._flush()
+            # Anything sent before the app's pong arrives before it, on the same connection.
+            await modern.send_json({"type": "ping"})
+            assert await modern.receive_json() == {"type": "pong"}
+            assert [frame.opcode for frame in modern.frames] == [Opcode.TEXT, Opcode.TEXT]

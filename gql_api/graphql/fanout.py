@@ -68,6 +68,9 @@ class LiveSink:
     send_text: Callable[[str], Awaitable[None]]
     key: RenderKey
     prefix: str
+    #: Writes a frame at once if that needs no waiting (True), else does nothing (False); None
+    #: where the connection offers no such thing.
+    send_now: Callable[[str], bool] | None = None
     #: Whether the handler runs the live phase itself, after Strawberry's stream has ended.
     handoff: bool = False
     #: The live phase, left here by :func:`fan_out` for a handler that takes it over.
@@ -90,6 +93,7 @@ def bind_sink(
     operation_name: str | None,
     variables: dict[str, Any] | None,
     handoff: bool = False,
+    send_now: Callable[[str], bool] | None = None,
 ) -> LiveSink:
     """Bind the current task (one subscription) to its socket; called by the ws handlers.
 
@@ -98,7 +102,7 @@ def bind_sink(
     """
     key: RenderKey = (query, operation_name, _dumps(variables or {}))
     prefix = f'{{"id":{_dumps(operation_id)},"type":{_dumps(frame_type)},"payload":'
-    sink = LiveSink(send_text=send_text, key=key, prefix=prefix, handoff=handoff)
+    sink = LiveSink(send_text=send_text, key=key, prefix=prefix, handoff=handoff, send_now=send_now)
     _current_sink.set(sink)
     return sink
 
@@ -258,8 +262,16 @@ async def _deliver(
     to_graphql: Callable[[Event], object],
     identity: Callable[[Event], Hashable],
 ) -> None:
-    """Send every event to the sink, rendered once per operation and event, until they end."""
+    """Send every event to the sink, rendered once per operation and event, until they end.
+
+    Events that can (a :class:`~gql_api.hub.Feed`'s live entries, on a connection that can
+    write without waiting) are sent by the delivery itself, in one pass over every subscriber,
+    without waking this task; the rest come through the loop.
+    """
     renderer.acquire(sink.key)
+    listen = getattr(events, "listen", None)
+    if listen is not None and sink.send_now is not None:
+        listen(partial(_send_now, sink, sink.send_now, source, renderer, to_graphql, identity))
     try:
         async for event in events:
             key = (source.field_name, identity(event))
@@ -273,3 +285,20 @@ async def _deliver(
         close = getattr(events, "aclose", None)
         if close is not None:
             await close()
+
+
+def _send_now(
+    sink: LiveSink,
+    send_now: Callable[[str], bool],
+    source: Source,
+    renderer: EventRenderer,
+    to_graphql: Callable[[Event], object],
+    identity: Callable[[Event], Hashable],
+    event: Event,
+) -> bool:
+    """``_deliver``'s loop body without its wait: True once the event's frame is written."""
+    try:
+        payload = renderer.render(sink.key, source, (source.field_name, identity(event)), partial(to_graphql, event))
+    except Exception:  # noqa: BLE001 - the loop renders it again, and reports what it raises
+        return False
+    return send_now(renderer.frame(sink, payload))

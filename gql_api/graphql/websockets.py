@@ -46,7 +46,7 @@ from strawberry.types.unset import UnsetType
 from gql_api.errors import BadUserInput, report
 from gql_api.graphql.context import Context
 from gql_api.graphql.fanout import bind_sink, current_sink
-from gql_api.wsprotocol import SEND_TEXT_EXTENSION
+from gql_api.wsprotocol import SEND_TEXT_EXTENSION, TRY_SEND_TEXT_EXTENSION
 
 if TYPE_CHECKING:
     from gql_api.graphql.view import GraphQLView
@@ -197,6 +197,25 @@ def _text_sender(websocket: Any) -> Callable[[str], Awaitable[None]]:
             raise WebSocketDisconnected from exc
 
     return send_text
+
+
+def _now_sender(websocket: Any) -> Callable[[str], bool] | None:
+    """``_text_sender``'s frame written at once, or False when that would wait (or the
+    connection is not open): for the hub's one-pass delivery. None on a server without it."""
+    ws = websocket.ws
+    try_send: Callable[[str], bool] | None = ws.scope.get("extensions", {}).get(TRY_SEND_TEXT_EXTENSION)
+    if try_send is None:
+        return None
+
+    def send_now(text: str) -> bool:
+        if ws.application_state != WebSocketState.CONNECTED:
+            return False
+        try:
+            return try_send(text)
+        except (OSError, RuntimeError):  # the peer is gone: the loop's send says so
+            return False
+
+    return send_now
 
 
 class _Supervised:
@@ -381,6 +400,7 @@ class GraphQLTransportWSHandler(_Supervised, BaseGraphQLTransportWSHandler[Conte
             operation_name=operation.operation_name,
             variables=operation.variables,
             handoff=True,
+            send_now=_now_sender(self.websocket),
         )
         await super().run_operation(operation)
 
@@ -472,6 +492,7 @@ class LegacyGraphQLWSHandler(_Supervised, BaseGraphQLWSHandler[Context, None]):
             query=query,
             operation_name=operation_name,
             variables=variables,
+            send_now=_now_sender(self.websocket),
         )
         await super().handle_async_results(operation_id, query, operation_name, variables)
 
