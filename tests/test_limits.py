@@ -15,8 +15,9 @@ from graphql import DocumentNode, get_introspection_query, parse
 from strawberry.extensions import SchemaExtension
 
 from gql_api.app import create_app
-from gql_api.graphql.limits import CachedDocument, DocumentCache
+from gql_api.graphql.limits import CachedDocument, DocumentCache, RequestLimits
 from gql_api.graphql.schema import build_schema
+from gql_api.settings import Settings
 from tests.conftest import TEST_SECRET, LiveServer, api_process, serve
 
 LIMIT = 64 * 1024
@@ -334,6 +335,24 @@ def test_the_document_cache_is_bounded_by_bytes_and_keeps_no_large_entry():
     grown.cost = 500
     assert not cache.put("a", grown)
     assert "a" not in cache and cache.bytes == 300
+
+
+async def test_one_extension_per_operation_applies_every_limit_and_caches_the_document():
+    # Strawberry builds each extension, and looks up each of its hooks, for every operation:
+    # the limits and caches are one extension (they were four, a tenth of a send's CPU).
+    schema = build_schema()
+    (extension,) = schema.get_extensions()
+    assert isinstance(extension, RequestLimits)
+    query = "query Q { __typename }"
+    for _ in range(2):
+        result = await schema.execute(query)
+        assert result.errors is None and result.data == {"__typename": "Query"}
+    assert len(schema.document_cache) == 1  # parsed and validated once, found the second time
+    over = await schema.execute("{" + " __typename" * 2000 + " }")  # over the default token limit
+    assert over.errors is not None and "token" in over.errors[0].message.lower()
+    shallow = build_schema(Settings.model_construct(graphql_max_depth=2))
+    deep = await shallow.execute('{ chatMessages(streamId: "x") { edges { node { id } } } }')
+    assert deep.errors is not None and "depth" in deep.errors[0].message.lower()
 
 
 async def test_a_large_document_is_not_kept_after_its_request():

@@ -10,7 +10,7 @@ from typing import Any
 import strawberry
 from graphql import GraphQLError
 from strawberry.exceptions import MissingQueryError
-from strawberry.extensions import AddValidationRules, DisableIntrospection, MaxTokensLimiter
+from strawberry.extensions import DisableIntrospection
 from strawberry.schema.config import StrawberryConfig
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types import Info
@@ -21,10 +21,9 @@ from gql_api.errors import ApiError, BadUserInput, report
 from gql_api.graphql.context import Context
 from gql_api.graphql.fanout import fan_out
 from gql_api.graphql.limits import (
-    CachedParse,
-    CachedValidation,
     DocumentCache,
     QuietExecutionContext,
+    RequestLimits,
     alias_limit_rule,
     depth_limit_rule,
 )
@@ -307,12 +306,15 @@ def build_schema(settings: Settings | None = None, metrics: Metrics | None = Non
         alias_limit_rule(settings.graphql_max_aliases),
     ]
     document_cache = DocumentCache(DOCUMENT_CACHE_BYTES, DOCUMENT_CACHE_ENTRY_BYTES)
-    # Factories, not instances: Strawberry builds a fresh extension for each operation.
+    # A factory, not an instance: Strawberry builds a fresh extension for each operation.
     extensions: list[Any] = [
-        partial(MaxTokensLimiter, max_token_count=settings.graphql_max_tokens),
-        partial(CachedParse, document_cache),
-        partial(AddValidationRules, limit_rules),
-        partial(CachedValidation, document_cache, hide_suggestions=settings.production),
+        partial(
+            RequestLimits,
+            document_cache,
+            max_tokens=settings.graphql_max_tokens,
+            rules=limit_rules,
+            hide_suggestions=settings.production,
+        ),
     ]
     if settings.production:
         extensions.append(DisableIntrospection)
