@@ -210,6 +210,9 @@ class ChatService:
         # Stream id to owner id (an owner never changes), for the role of messages stored
         # before roles were: a bounded map, oldest out first.
         self._owners: OrderedDict[str, str] = OrderedDict()
+        # What ``_is_wanted`` read of the entry it saw last: a delivery asks about one entry
+        # once per subscriber, and a document's attribute reads go through Beanie's lazy parser.
+        self._seen: tuple[object, int, bool, bool] = (None, 0, False, False)
 
     # -- streams ---------------------------------------------------------------------------
 
@@ -470,15 +473,16 @@ class ChatService:
 
     def _is_wanted(self, stream_id: str, skip_through: int, every_kind: bool, entry: ChatMessage) -> bool:
         """Whether a live subscription (``_follow``) hands this entry of its stream over."""
-        # Each attribute read once: a document's attribute reads go through Beanie's lazy
-        # parser, and this runs for every subscriber and delivery.
-        seq = entry.seq
+        seen = self._seen
+        if seen[0] is not entry:
+            seen = self._seen = (entry, entry.seq, entry.kind in VISIBLE_KINDS, entry.deletion is not None)
+        _, seq, visible, tombstone = seen
         if seq <= skip_through:
             return False
-        if entry.kind in VISIBLE_KINDS:
+        if visible:
             # A message deleted while it waited in the queue (or stored as a tombstone, when the
             # hub read it back from history) is never sent.
-            return entry.deletion is None and not self.hub.is_deleted(stream_id, seq)
+            return not tombstone and not self.hub.is_deleted(stream_id, seq)
         return every_kind
 
     async def _end_entry(self, stream_id: str) -> ChatMessage | None:

@@ -39,7 +39,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from graphql import (
     DocumentNode,
@@ -147,6 +147,9 @@ class EventRenderer:
         # websocket protocol then frames (and compresses) once for all (``wsprotocol.py``).
         self._frames: dict[tuple[str, str], str] = {}
         self._frames_size = frames
+        # The event rendered last, for which operation, and its payload: a delivery renders one
+        # event for each of its subscribers in turn (``render_event``).
+        self._last: tuple[object, RenderKey | None, str] = (None, None, "")
         self.executions = 0  # how many times an event was actually executed and encoded
 
     def acquire(self, key: RenderKey) -> None:
@@ -181,6 +184,23 @@ class EventRenderer:
             payload = rendered[identity] = self._execute(key, source, root())
             if len(rendered) > self._events_per_operation:
                 rendered.popitem(last=False)
+        return payload
+
+    def render_event(
+        self,
+        key: RenderKey,
+        source: Source,
+        event: Event,
+        to_graphql: Callable[[Event], object],
+        identity: Callable[[Event], Hashable],
+    ) -> str:
+        """``render`` for ``event`` itself: the same event asked for again by the next
+        subscriber of the same operation is answered without naming it again."""
+        last = self._last
+        if last[0] is event and last[1] == key:
+            return last[2]
+        payload = self.render(key, source, (source.field_name, identity(event)), partial(to_graphql, event))
+        self._last = (event, key, payload)
         return payload
 
     def frame(self, sink: LiveSink, payload: str) -> str:
@@ -271,11 +291,10 @@ async def _deliver(
     renderer.acquire(sink.key)
     listen = getattr(events, "listen", None)
     if listen is not None and sink.send_now is not None:
-        listen(partial(_send_now, sink, sink.send_now, source, renderer, to_graphql, identity))
+        listen(_LiveSend(sink, sink.send_now, source, renderer, to_graphql, identity))
     try:
         async for event in events:
-            key = (source.field_name, identity(event))
-            payload = renderer.render(sink.key, source, key, partial(to_graphql, event))
+            payload = renderer.render_event(sink.key, source, event, to_graphql, identity)
             await sink.send_text(renderer.frame(sink, payload))
     except WebSocketDisconnected:
         return  # the client went away mid-send: nothing to report to anyone
@@ -287,18 +306,28 @@ async def _deliver(
             await close()
 
 
-def _send_now(
-    sink: LiveSink,
-    send_now: Callable[[str], bool],
-    source: Source,
-    renderer: EventRenderer,
-    to_graphql: Callable[[Event], object],
-    identity: Callable[[Event], Hashable],
-    event: Event,
-) -> bool:
-    """``_deliver``'s loop body without its wait: True once the event's frame is written."""
-    try:
-        payload = renderer.render(sink.key, source, (source.field_name, identity(event)), partial(to_graphql, event))
-    except Exception:  # noqa: BLE001 - the loop renders it again, and reports what it raises
-        return False
-    return send_now(renderer.frame(sink, payload))
+class _LiveSend(Generic[Event]):
+    """``_deliver``'s loop body without its wait, for a :class:`~gql_api.hub.Feed`'s consumer:
+    True once the event's frame is written, False to leave it to the loop."""
+
+    __slots__ = ("identity", "renderer", "send_now", "sink", "source", "to_graphql")
+
+    def __init__(
+        self,
+        sink: LiveSink,
+        send_now: Callable[[str], bool],
+        source: Source,
+        renderer: EventRenderer,
+        to_graphql: Callable[[Event], object],
+        identity: Callable[[Event], Hashable],
+    ) -> None:
+        self.sink, self.send_now, self.source, self.renderer = sink, send_now, source, renderer
+        self.to_graphql, self.identity = to_graphql, identity
+
+    def __call__(self, event: Event) -> bool:
+        sink, renderer = self.sink, self.renderer
+        try:
+            payload = renderer.render_event(sink.key, self.source, event, self.to_graphql, self.identity)
+        except Exception:  # noqa: BLE001 - the loop renders it again, and reports what it raises
+            return False
+        return self.send_now(renderer.frame(sink, payload))
