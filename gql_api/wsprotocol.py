@@ -288,7 +288,12 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         The hub's live delivery calls this for thousands of connections in one pass
         (``MessageHub``'s listeners), instead of waking a task per connection.
         """
-        return self.writable.is_set() and self._write_shared(text)
+        if not self.writable.is_set():
+            return False
+        try:
+            return self._write_shared(text)
+        except (OSError, RuntimeError):  # the transport is gone: ``send_text`` says so
+            return False
 
     def _write_shared(self, text: str) -> bool:
         """Write ``text``'s shared frame; False to leave the message to uvicorn's path (which

@@ -201,21 +201,12 @@ def _text_sender(websocket: Any) -> Callable[[str], Awaitable[None]]:
 
 def _now_sender(websocket: Any) -> Callable[[str], bool] | None:
     """``_text_sender``'s frame written at once, or False when that would wait (or the
-    connection is not open): for the hub's one-pass delivery. None on a server without it."""
-    ws = websocket.ws
-    try_send: Callable[[str], bool] | None = ws.scope.get("extensions", {}).get(TRY_SEND_TEXT_EXTENSION)
-    if try_send is None:
-        return None
+    connection is not open): for the hub's one-pass delivery. None on a server without it.
 
-    def send_now(text: str) -> bool:
-        if ws.application_state != WebSocketState.CONNECTED:
-            return False
-        try:
-            return try_send(text)
-        except (OSError, RuntimeError):  # the peer is gone: the loop's send says so
-            return False
-
-    return send_now
+    The connection's own checks are enough: an app that closed the websocket has sent its
+    close frame, and a peer that went away has disconnected the protocol."""
+    try_send: Callable[[str], bool] | None = websocket.ws.scope.get("extensions", {}).get(TRY_SEND_TEXT_EXTENSION)
+    return try_send
 
 
 class _Supervised:
