@@ -123,6 +123,10 @@ class SharedFrames:
 shared_frames = SharedFrames()
 
 
+#: The most frames a connection holds back for one write (``WriteBatch``).
+MAX_CORKED_FRAMES = 16
+
+
 class WriteBatch:
     """The connections with shared frames waiting to be written, each written with one system
     call once the event loop's current pass is over.
@@ -397,4 +401,8 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             self.corked = [corked, frame]
         else:
             corked.append(frame)
+            if len(corked) >= MAX_CORKED_FRAMES:
+                # A long batch (a catch-up after an outage) is written as it goes, so the
+                # transport's flow control (``writable``) holds back a slow reader as before.
+                self.uncork()
         return True

@@ -23,6 +23,7 @@ from gql_api.app import create_app
 from gql_api.cli import uvicorn_config
 from gql_api.wsprotocol import (
     COMPRESS_SETTINGS,
+    MAX_CORKED_FRAMES,
     MAX_WINDOW_BITS,
     Flag,
     ReceiveQueue,
@@ -362,3 +363,23 @@ async def test_frames_of_one_pass_go_out_in_one_write_before_anything_else(serve
                 await client._pump()
             assert [json.loads(frame.data) for frame in client.frames[1:]] == ["one", "two", "three", "four"]
             assert len(writes) == 2
+
+
+async def test_a_long_batch_is_written_as_it_goes(server, make_settings, make_user):
+    """The frames held back for one write are capped: a catch-up's hundreds of messages reach
+    the transport as they are delivered, so its flow control pauses a slow reader in time."""
+    token = server.token(await make_user())
+    async with served(server, make_settings) as live:
+        async with raw_client(live.ws_url, compression=False) as client:
+            await client.send_json({"type": "connection_init", "payload": {"Authorization": token}})
+            assert (await client.receive_json())["type"] == "connection_ack"
+            [protocol] = [o for o in gc.get_objects() if type(o) is WebSocketProtocol and not o.disconnected]
+            for n in range(MAX_CORKED_FRAMES):
+                assert protocol.try_send_text(f'"{n}"')
+            assert protocol.corked is None  # written: the cap was reached
+            assert protocol.try_send_text('"last"')
+            assert protocol.corked is not None
+            while len(client.frames) < MAX_CORKED_FRAMES + 2:
+                await client._pump()
+            received = [json.loads(frame.data) for frame in client.frames[1:]]
+            assert received == [str(n) for n in range(MAX_CORKED_FRAMES)] + ["last"]
