@@ -164,7 +164,7 @@ async def test_an_idle_subscription_keeps_no_stream_document(server, make_stream
         subscription = follow(stream_id)
         waiting = asyncio.ensure_future(anext(subscription))
         await chat.hub.wait_for_subscribers(stream_id, 1)
-        kept = subscription.ag_frame.f_locals.values()
+        kept = subscription._entries.ag_frame.f_locals.values()  # the Feed's generator
         assert not any(isinstance(value, LiveStream) for value in kept)
         waiting.cancel()
         await asyncio.gather(waiting, return_exceptions=True)
