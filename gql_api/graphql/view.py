@@ -10,7 +10,7 @@ errors included, as GraphQL clients have long expected.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -144,6 +144,9 @@ class GraphQLView(GraphQL[Context, None]):
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self.serve_websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
@@ -161,6 +164,14 @@ class GraphQLView(GraphQL[Context, None]):
             response = error_response(error, response_media_type(request.headers.get("accept")))
             self.metrics.error(error.code, "graphql")
         await response(scope, receive, send)
+
+    def serve_websocket(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[WebSocket]:
+        """Serve a websocket connection: what ``await view(scope, receive, send)`` does for one.
+
+        A plain function handing back Strawberry's coroutine: a coroutine of its own would stay
+        suspended, with its frame, for the connection's whole life (``App`` calls this directly).
+        """
+        return self.run(WebSocket(scope, receive=receive, send=send))
 
     def parse_json(self, data: str | bytes) -> Any:
         # Strawberry turns only JSONDecodeError into a 400; bytes that are not UTF-8 and nesting
