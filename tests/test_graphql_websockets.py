@@ -270,6 +270,44 @@ async def test_an_idle_subscription_keeps_no_execution_context_and_still_deliver
             await ws.close()
 
 
+@pytest.mark.parametrize("protocol", ["graphql-transport-ws", "graphql-ws"])
+async def test_an_idle_connection_keeps_no_message_timer_task_or_header_it_is_done_with(
+    server, make_user, make_stream, protocol
+):
+    # Each idle connection kept, for its whole life, the last message it handled (a subscribe
+    # with its query), the connection_init timeout's finished task and the handshake's headers.
+    stream = await make_stream()
+    view = server.app.graphql
+    await view.connections.drained()
+    ws = await websockets.connect(
+        server.ws_url, subprotocols=[protocol], ping_interval=None, additional_headers={"X-Probe": "kept?"}
+    )
+    try:
+        await ws.send(
+            json.dumps({"type": "connection_init", "payload": {"Authorization": server.token(await make_user())}})
+        )
+        assert (await _recv(ws))["type"] == "connection_ack"
+        start = "subscribe" if protocol == "graphql-transport-ws" else "start"
+        payload = {"query": SUBSCRIBE, "variables": {"s": str(stream.id)}}
+        await ws.send(json.dumps({"id": "probe", "type": start, "payload": payload}))
+        await server.services.hub.wait_for_subscribers(str(stream.id), 1)
+        (live,) = tuple(view.connections._open)
+        running = live.operations if protocol == "graphql-transport-ws" else live.tasks
+        (operation_id,) = running  # the id as the server parsed it, in the message it came in
+        gc.collect()
+        messages = [r for r in gc.get_referrers(operation_id) if isinstance(r, dict) and r.get("type") == start]
+
+        assert messages == []
+        assert getattr(live, "connection_init_timeout_task", None) is None and live._init_timer is None
+        assert live.context.request.headers.raw == [] and live.context.request.scope["headers"] == []
+        # and the subscription is still live
+        await server.chat.send_message(await make_user(), str(stream.id), "still live")
+        frame = await _recv_operation(ws)
+        assert frame["id"] == "probe" and frame["payload"]["data"]["messageAdded"]["content"] == "still live"
+    finally:
+        await ws.close()
+
+
 @pytest.mark.slow
 async def test_sigterm_closes_websockets_with_1001_and_exits_cleanly(tmp_path):
     async with api_process(tmp_path) as api:

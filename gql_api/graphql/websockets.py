@@ -149,6 +149,7 @@ class CappedWebSocketAdapter(ASGIWebSocketAdapter):
             # An idle connection waits in here for its next message: keep no copy of the last.
             del frame, text
             yield message
+            del message
 
     async def close(self, code: int, reason: str) -> None:
         # Strawberry's reasons quote the client (an operation id, a syntax error's token): a long
@@ -235,7 +236,6 @@ class _Supervised:
         super().__init__(view, *args, **kwargs)  # type: ignore[call-arg]
         # Every attribute is set here, once: one first set later (at the first ping, say) turns
         # the instance's compact attribute storage into a dict, 1.1 KiB more per connection.
-        self._tasks: set[asyncio.Task[None]] = set()
         self._expiry: asyncio.TimerHandle | None = None
         self._closing: asyncio.Task[None] | None = None
         self._awaiting_pong = False
@@ -245,9 +245,26 @@ class _Supervised:
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` in the background, keeping a reference so it is not collected mid-way."""
-        task = asyncio.create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.api_view.connections.spawn(work)
+
+    def start_init_timer(self) -> None:
+        """Close with 4408 unless ``connection_init`` arrives in time.
+
+        A timer, not a task: Strawberry's graphql-transport-ws handler waits in a task of its
+        own, which then stays with the connection for its whole life, cancelled, with its
+        traceback (about 1 KiB).
+        """
+        timeout = self.api_view.connection_init_wait_timeout.total_seconds()
+        self._init_timer = asyncio.get_running_loop().call_later(timeout, self._init_timed_out)
+
+    def stop_init_timer(self) -> None:
+        if self._init_timer is not None:
+            self._init_timer.cancel()
+            self._init_timer = None
+
+    def _init_timed_out(self) -> None:
+        self._init_timer = None
+        self.close_soon(INIT_TIMEOUT_CLOSE_CODE, "Connection initialisation timeout")
 
     async def handle_message(self, message: Any) -> None:
         """Strawberry's dispatch, for well-formed messages only; anything else closes with 4400."""
@@ -267,14 +284,35 @@ class _Supervised:
         error = BadUserInput(f"Subscription limit reached: at most {limit} operations per connection")
         return {"message": error.message, "extensions": error.extensions}
 
-    async def supervised(self, handle: Callable[[], Awaitable[None]]) -> None:
+    async def handle(self) -> None:
+        """The connection's life: Strawberry's loop, supervised, in one coroutine.
+
+        Strawberry's ``handle`` and a supervising wrapper would be two more coroutines suspended
+        for the connection's whole life, and its loop keeps the last message (an idle
+        subscription's ``subscribe``, with its query) while it waits for the next. Our adapter
+        closes on a frame that is not text or JSON itself: Strawberry's handling of those has
+        nothing to catch here.
+        """
         self.api_view.connections.add(self)
+        self.start_init_timer()
         try:
-            await handle()
+            try:
+                async for message in self.websocket.iter_json():
+                    await self.handle_message(message)
+                    del message
+            except WebSocketDisconnected:
+                pass
+            finally:
+                await self.wind_down()
         finally:
             self.api_view.connections.discard(self)
+            self.stop_init_timer()
             if self._expiry is not None:
                 self._expiry.cancel()
+
+    async def wind_down(self) -> None:
+        """Stop the connection's operations once it is over (what ends Strawberry's ``handle``)."""
+        raise NotImplementedError
 
     async def acknowledge(self) -> bool:
         """Authenticate the connection (the view's ``on_ws_connect``) and send ``connection_ack``.
@@ -300,6 +338,13 @@ class _Supervised:
             await self.send_message({"type": "connection_ack", "payload": ack_payload})  # type: ignore[attr-defined]
         self.connection_acknowledged = True
         self.watch_expiry()
+        # The handshake's headers were for the Origin check, the request id and the refusal's
+        # reason (``on_ws_connect``): nothing reads them once the connection is acknowledged,
+        # and the scope would keep them for its whole life (1 KiB and more from a browser).
+        # Starlette's ``headers``, made once per request, views the scope's own list from then on.
+        request = self.context.request
+        if request.headers:
+            request.scope["headers"].clear()
         return True
 
     async def rejected(self, payload: dict[str, object]) -> None:
@@ -345,8 +390,8 @@ class GraphQLTransportWSHandler(_Supervised, BaseGraphQLTransportWSHandler[Conte
         "complete": "id",
     }
 
-    async def handle(self) -> None:
-        await self.supervised(super().handle)
+    async def wind_down(self) -> None:
+        await self.shutdown()
 
     async def handle_subscribe(self, message: Any) -> None:
         # Strawberry's own limit error has no code; its 4401 and 4409 checks come first.
@@ -360,10 +405,9 @@ class GraphQLTransportWSHandler(_Supervised, BaseGraphQLTransportWSHandler[Conte
     async def handle_connection_init(self, message: Any) -> None:
         # Strawberry's own, but a refused token closes with a reason that says what was wrong
         # (Strawberry's is always "Forbidden"), and a failure not the client's with 1013.
-        if self.connection_timed_out:
-            return
-        if self.connection_init_timeout_task:
-            self.connection_init_timeout_task.cancel()
+        if self._closing is not None:
+            return  # timed out meanwhile
+        self.stop_init_timer()
         payload = message.get("payload", {})
         if not isinstance(payload, dict):
             await _refuse(self.websocket, BAD_MESSAGE_CLOSE_CODE, "Invalid connection init payload")
@@ -436,15 +480,12 @@ class LegacyGraphQLWSHandler(_Supervised, BaseGraphQLWSHandler[Context, None]):
         "stop": "id",
     }
 
-    async def handle(self) -> None:
-        timeout = self.api_view.connection_init_wait_timeout.total_seconds()
-        self._init_timer = asyncio.get_running_loop().call_later(
-            timeout, self.close_soon, INIT_TIMEOUT_CLOSE_CODE, "Connection initialisation timeout"
-        )
-        try:
-            await self.supervised(super().handle)
-        finally:
-            self._init_timer.cancel()
+    async def wind_down(self) -> None:
+        if self.keep_alive_task:
+            self.keep_alive_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self.keep_alive_task
+        await self.cleanup()
 
     async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
         if self._closing is not None:
@@ -453,8 +494,7 @@ class LegacyGraphQLWSHandler(_Supervised, BaseGraphQLWSHandler[Context, None]):
             await _refuse(self.websocket, SECOND_INIT_CLOSE_CODE, "Too many initialisation requests")
             return
         self._init_received = True
-        if self._init_timer is not None:
-            self._init_timer.cancel()
+        self.stop_init_timer()
         self.context.connection_params = message.get("payload")
         if not await self.acknowledge():
             return
@@ -504,6 +544,8 @@ class Connections:
         self._ping_interval = ping_interval
         self._open: set[_Supervised] = set()
         self._pinger: asyncio.Task[None] | None = None
+        # The connections' background work (pings): one set for all rather than one each.
+        self._tasks: set[asyncio.Task[None]] = set()
         self._empty = asyncio.Event()
         self._empty.set()
 
@@ -515,6 +557,12 @@ class Connections:
         self._empty.clear()
         if self._pinger is None or self._pinger.done():
             self._pinger = asyncio.create_task(self._ping_forever(), name="ws-pinger")
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background, keeping a reference so it is not collected mid-way."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def discard(self, connection: _Supervised) -> None:
         self._open.discard(connection)
