@@ -69,19 +69,31 @@ def identify(
     ``on_websocket_close``)."""
     given = _header(scope, REQUEST_ID_HEADER.encode())
     rid = given if given is not None and _ACCEPTED_ID.fullmatch(given) else new_request_id()
-    header = (REQUEST_ID_HEADER.encode(), rid.encode())
+    return request_id.set(rid), _SendWithId(send, (REQUEST_ID_HEADER.encode(), rid.encode()), on_websocket_close)
 
-    # Every websocket frame passes through here: a plain function handing back the inner
-    # send's awaitable, not a coroutine of its own, costs a tenth as much per frame.
-    def send_with_id(message: Message) -> Awaitable[None]:
+
+class _SendWithId:
+    """``send``, adding the request id's header to the response (or the websocket's accept).
+
+    Every websocket frame may pass through here: a plain call handing back the inner send's
+    awaitable, not a coroutine of its own, costs a tenth as much per frame; an object with
+    slots, not a closure, is a third of the memory an open connection keeps for it.
+    """
+
+    __slots__ = ("header", "on_close", "send")
+
+    def __init__(self, send: Send, header: tuple[bytes, bytes], on_close: Callable[[int], None] | None) -> None:
+        self.send = send
+        self.header = header
+        self.on_close = on_close
+
+    def __call__(self, message: Message) -> Awaitable[None]:
         kind = message["type"]
         if kind == "http.response.start" or kind == "websocket.accept":
-            message = {**message, "headers": [*message.get("headers", ()), header]}
-        elif kind == "websocket.close" and on_websocket_close is not None:
-            on_websocket_close(int(message.get("code", 1000)))
-        return send(message)
-
-    return request_id.set(rid), send_with_id
+            message = {**message, "headers": [*message.get("headers", ()), self.header]}
+        elif kind == "websocket.close" and self.on_close is not None:
+            self.on_close(int(message.get("code", 1000)))
+        return self.send(message)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -24,6 +24,7 @@ from strawberry.types import ExecutionContext
 from gql_api.app import create_app
 from gql_api.graphql.schema import build_schema
 from gql_api.graphql.view import GraphQLView
+from gql_api.graphql.websockets import Connections
 from tests.conftest import LiveServer, api_process, serve
 
 SUBSCRIBE = "subscription($s: ID!) { messageAdded(streamId: $s) { id content } }"
@@ -275,7 +276,8 @@ async def test_an_idle_connection_keeps_no_message_timer_task_or_header_it_is_do
     server, make_user, make_stream, protocol
 ):
     # Each idle connection kept, for its whole life, the last message it handled (a subscribe
-    # with its query), the connection_init timeout's finished task and the handshake's headers.
+    # with its query), the connection_init timeout's finished task, the handshake's headers,
+    # connection_init's payload and a timer for its token's expiry.
     stream = await make_stream()
     view = server.app.graphql
     await view.connections.drained()
@@ -300,12 +302,50 @@ async def test_an_idle_connection_keeps_no_message_timer_task_or_header_it_is_do
         assert messages == []
         assert getattr(live, "connection_init_timeout_task", None) is None and live._init_timer is None
         assert live.context.request.headers.raw == [] and live.context.request.scope["headers"] == []
+        assert live.context.connection_params is None
+        # Its token's expiry is an entry in the view's one heap, not a timer of its own.
+        assert not [value for value in vars(live).values() if isinstance(value, asyncio.TimerHandle)]
+        assert live._expiry is not None
         # and the subscription is still live
         await server.chat.send_message(await make_user(), str(stream.id), "still live")
         frame = await _recv_operation(ws)
         assert frame["id"] == "probe" and frame["payload"]["data"]["messageAdded"]["content"] == "still live"
     finally:
         await ws.close()
+
+
+class _Expiring:
+    """A stand-in for a connection, as ``Connections`` sees it when its token expires."""
+
+    def __init__(self, name: str, expired: list[str], done: asyncio.Event | None = None) -> None:
+        self.name, self._expired, self._done = name, expired, done
+
+    def expired(self) -> None:
+        self._expired.append(self.name)
+        if self._done is not None:
+            self._done.set()
+
+
+async def test_token_expiries_share_one_heap_fire_in_order_and_can_be_forgotten():
+    connections = Connections(ping_interval=60)
+    expired: list[str] = []
+    last = asyncio.Event()
+    connections.expire(_Expiring("third", expired, last), 0.03)
+    connections.expire(_Expiring("first", expired), 0.01)
+    forgotten = connections.expire(_Expiring("closed before", expired), 0.02)
+    connections.forget_expiry(forgotten)
+    connections.expire(_Expiring("second", expired), 0.02)
+
+    await asyncio.wait_for(last.wait(), 10)
+    assert expired == ["first", "second", "third"]
+
+    # Connections that close long before their tokens expire leave no pile of entries behind.
+    entries = [connections.expire(_Expiring(str(n), expired), 3600) for n in range(300)]
+    for entry in entries[:250]:
+        connections.forget_expiry(entry)
+    assert len(connections._expiries) < 200
+    for entry in entries[250:]:
+        connections.forget_expiry(entry)
 
 
 @pytest.mark.slow

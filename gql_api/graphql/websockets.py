@@ -17,14 +17,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
+import sys
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Mapping
 from datetime import UTC, datetime
 from json import JSONDecodeError
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 from graphql import GraphQLError, GraphQLFormattedError
-from starlette.websockets import WebSocketDisconnect, WebSocketState
+from starlette.types import Message
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from strawberry.asgi import ASGIWebSocketAdapter
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http.exceptions import WebSocketDisconnected
@@ -121,35 +125,95 @@ async def _refuse(websocket: Any, code: int, reason: str) -> None:
         await websocket.close(code=code, reason=reason)
 
 
+#: What ``CappedWebSocketAdapter.message_in`` returns once the connection is over.
+CLOSED: Final = object()
+
+
 class CappedWebSocketAdapter(ASGIWebSocketAdapter):
     """Strawberry's ASGI adapter, reading frames under the view's body cap (``max_body_bytes``,
     the same as HTTP bodies, whatever server runs the app): a larger one closes with 1009; a
     binary frame or one that is not JSON closes with 4400 on both subprotocols (Strawberry's
     graphql-ws handler asks for bad JSON to be skipped, ``ignore_parsing_errors``: it is not)."""
 
+    def __init__(self, view: Any, request: WebSocket, response: WebSocket) -> None:
+        super().__init__(view, request, response)
+        extensions = response.scope.get("extensions") or {}
+        self._direct: Callable[[str], Awaitable[None]] | None = extensions.get(SEND_TEXT_EXTENSION)
+        self._try_send: Callable[[str], bool] | None = extensions.get(TRY_SEND_TEXT_EXTENSION)
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection may still receive: not closed, by either side."""
+        return self.ws.application_state != WebSocketState.DISCONNECTED
+
+    def receive(self) -> Awaitable[Message]:
+        """The next frame, as the server gives it (a disconnect included). Starlette's own
+        awaitable: an idle connection waits in it, with no coroutine of ours around it."""
+        return self.ws.receive()
+
     async def iter_json(self, *, ignore_parsing_errors: bool = False) -> AsyncGenerator[object, None]:
-        max_bytes: int = self.view.max_body_bytes  # type: ignore[attr-defined]
-        while self.ws.application_state != WebSocketState.DISCONNECTED:
-            frame = await self.ws.receive()
-            if frame["type"] == "websocket.disconnect":
+        while self.connected:
+            message = await self.message_in(await self.receive())
+            if message is CLOSED:
                 return
-            text = frame.get("text")
-            if text is None:
-                await _refuse(self, BAD_MESSAGE_CLOSE_CODE, "WebSocket message type must be text")
-                return
-            if _over(text, max_bytes):
-                reason = f"Message too big: at most {max_bytes} bytes"
-                await _refuse(self, MESSAGE_TOO_BIG_CLOSE_CODE, reason)
-                return
-            try:
-                message = self.view.decode_json(text)
-            except (JSONDecodeError, ValueError, RecursionError):  # deep nesting: still bad JSON
-                await _refuse(self, BAD_MESSAGE_CLOSE_CODE, "WebSocket message must be valid JSON")
-                return
-            # An idle connection waits in here for its next message: keep no copy of the last.
-            del frame, text
             yield message
             del message
+
+    async def message_in(self, frame: Message) -> object:
+        """The JSON message ``frame`` holds, or ``CLOSED``: the peer has gone, or the frame is
+        refused and the connection closed (too big: 1009; not text, not JSON: 4400)."""
+        if frame["type"] == "websocket.disconnect":
+            return CLOSED
+        text = frame.get("text")
+        if text is None:
+            await _refuse(self, BAD_MESSAGE_CLOSE_CODE, "WebSocket message type must be text")
+            return CLOSED
+        max_bytes: int = self.view.max_body_bytes  # type: ignore[attr-defined]
+        if _over(text, max_bytes):
+            await _refuse(self, MESSAGE_TOO_BIG_CLOSE_CODE, f"Message too big: at most {max_bytes} bytes")
+            return CLOSED
+        try:
+            return self.view.decode_json(text)
+        except (JSONDecodeError, ValueError, RecursionError):  # deep nesting: still bad JSON
+            await _refuse(self, BAD_MESSAGE_CLOSE_CODE, "WebSocket message must be valid JSON")
+            return CLOSED
+
+    async def send_text(self, text: str) -> None:
+        """Send a text frame; ``WebSocketDisconnected`` when the peer is gone."""
+        ws = self.ws
+        direct = self._direct
+        if direct is None:
+            try:
+                await ws.send_text(text)
+            except (WebSocketDisconnect, OSError, RuntimeError) as exc:  # the peer is gone
+                raise WebSocketDisconnected from exc
+            return
+        # `gql-api serve`'s server: each frame straight to the connection, past the middleware
+        # (which has nothing to do with a message frame), with Starlette's own checks.
+        if ws.application_state != WebSocketState.CONNECTED:
+            raise WebSocketDisconnected
+        try:
+            await direct(text)
+        except OSError as exc:  # the peer is gone (uvicorn's ClientDisconnected)
+            ws.application_state = WebSocketState.DISCONNECTED
+            raise WebSocketDisconnected from exc
+        except RuntimeError as exc:
+            raise WebSocketDisconnected from exc
+
+    @property
+    def sends_now(self) -> bool:
+        """Whether the server can write a frame at once (``send_now``)."""
+        return self._try_send is not None
+
+    def send_now(self, text: str) -> bool:
+        """``send_text``'s frame written at once, or False when that would wait (or the
+        connection is not open): for the hub's one-pass delivery. Only when ``sends_now``."""
+        if self.ws.application_state != WebSocketState.CONNECTED:
+            return False
+        try:
+            return self._try_send(text)  # type: ignore[misc]
+        except (OSError, RuntimeError):  # the peer is gone: the loop's send says so
+            return False
 
     async def close(self, code: int, reason: str) -> None:
         # Strawberry's reasons quote the client (an operation id, a syntax error's token): a long
@@ -172,51 +236,11 @@ def rejection_reason(payload: object) -> str:
     return DEFAULT_REJECTION_REASON
 
 
-def _text_sender(websocket: Any) -> Callable[[str], Awaitable[None]]:
-    ws = websocket.ws
-    direct: Callable[[str], Awaitable[None]] | None = ws.scope.get("extensions", {}).get(SEND_TEXT_EXTENSION)
-    if direct is not None:
-        # `gql-api serve`'s server: each frame straight to the connection, past the middleware
-        # (which has nothing to do with a message frame), with Starlette's own checks.
-        async def send_direct(text: str) -> None:
-            if ws.application_state != WebSocketState.CONNECTED:
-                raise WebSocketDisconnected
-            try:
-                await direct(text)
-            except OSError as exc:  # the peer is gone (uvicorn's ClientDisconnected)
-                ws.application_state = WebSocketState.DISCONNECTED
-                raise WebSocketDisconnected from exc
-            except RuntimeError as exc:
-                raise WebSocketDisconnected from exc
-
-        return send_direct
-
-    async def send_text(text: str) -> None:
-        try:
-            await ws.send_text(text)
-        except (WebSocketDisconnect, OSError, RuntimeError) as exc:  # the peer is gone
-            raise WebSocketDisconnected from exc
-
-    return send_text
-
-
-def _now_sender(websocket: Any) -> Callable[[str], bool] | None:
-    """``_text_sender``'s frame written at once, or False when that would wait (or the
-    connection is not open): for the hub's one-pass delivery. None on a server without it."""
-    ws = websocket.ws
-    try_send: Callable[[str], bool] | None = ws.scope.get("extensions", {}).get(TRY_SEND_TEXT_EXTENSION)
-    if try_send is None:
-        return None
-
-    def send_now(text: str) -> bool:
-        if ws.application_state != WebSocketState.CONNECTED:
-            return False
-        try:
-            return try_send(text)
-        except (OSError, RuntimeError):  # the peer is gone: the loop's send says so
-            return False
-
-    return send_now
+def _share_query(message: Any) -> None:
+    # A subscription keeps its query text for its whole life, and clients send the same few:
+    # one string for all of theirs (an interned string is freed with its last user).
+    payload = message["payload"]
+    payload["query"] = sys.intern(payload["query"])
 
 
 class _Supervised:
@@ -236,7 +260,7 @@ class _Supervised:
         super().__init__(view, *args, **kwargs)  # type: ignore[call-arg]
         # Every attribute is set here, once: one first set later (at the first ping, say) turns
         # the instance's compact attribute storage into a dict, 1.1 KiB more per connection.
-        self._expiry: asyncio.TimerHandle | None = None
+        self._expiry: Expiry | None = None
         self._closing: asyncio.Task[None] | None = None
         self._awaiting_pong = False
         self._init_received = False
@@ -287,17 +311,24 @@ class _Supervised:
     async def handle(self) -> None:
         """The connection's life: Strawberry's loop, supervised, in one coroutine.
 
-        Strawberry's ``handle`` and a supervising wrapper would be two more coroutines suspended
-        for the connection's whole life, and its loop keeps the last message (an idle
-        subscription's ``subscribe``, with its query) while it waits for the next. Our adapter
-        closes on a frame that is not text or JSON itself: Strawberry's handling of those has
-        nothing to catch here.
+        Strawberry's ``handle``, the adapter's ``iter_json`` and a supervising wrapper would be
+        three more coroutines suspended for the connection's whole life, and its loop keeps the
+        last message (an idle subscription's ``subscribe``, with its query) while it waits for
+        the next. The adapter closes on a frame that is not text or JSON itself: Strawberry's
+        handling of those has nothing to catch here.
         """
-        self.api_view.connections.add(self)
+        websocket: CappedWebSocketAdapter = self.websocket
+        connections = self.api_view.connections
+        connections.add(self)
         self.start_init_timer()
         try:
             try:
-                async for message in self.websocket.iter_json():
+                while websocket.connected:
+                    # An idle connection waits here, in the server's receive itself: no
+                    # generator around it, no reference to the last message.
+                    message = await websocket.message_in(await websocket.receive())
+                    if message is CLOSED:
+                        break
                     await self.handle_message(message)
                     del message
             except WebSocketDisconnected:
@@ -305,10 +336,10 @@ class _Supervised:
             finally:
                 await self.wind_down()
         finally:
-            self.api_view.connections.discard(self)
+            connections.discard(self)
             self.stop_init_timer()
             if self._expiry is not None:
-                self._expiry.cancel()
+                connections.forget_expiry(self._expiry)
 
     async def wind_down(self) -> None:
         """Stop the connection's operations once it is over (what ends Strawberry's ``handle``)."""
@@ -338,13 +369,14 @@ class _Supervised:
             await self.send_message({"type": "connection_ack", "payload": ack_payload})  # type: ignore[attr-defined]
         self.connection_acknowledged = True
         self.watch_expiry()
-        # The handshake's headers were for the Origin check, the request id and the refusal's
-        # reason (``on_ws_connect``): nothing reads them once the connection is acknowledged,
-        # and the scope would keep them for its whole life (1 KiB and more from a browser).
-        # Starlette's ``headers``, made once per request, views the scope's own list from then on.
+        # The handshake's headers (the Origin check, the request id, the refusal's reason) and
+        # connection_init's payload (the token) are what the connection was accepted on: nothing
+        # reads them once it is, and it would keep them for its whole life (1 KiB and more from
+        # a browser). Starlette's ``headers``, made once per request, views the scope's own list.
         request = self.context.request
         if request.headers:
             request.scope["headers"].clear()
+        self.context.connection_params = None
         return True
 
     async def rejected(self, payload: dict[str, object]) -> None:
@@ -356,9 +388,12 @@ class _Supervised:
         if expires_at is None:
             return
         delay = max(0.0, (expires_at - datetime.now(UTC)).total_seconds())
-        self._expiry = asyncio.get_running_loop().call_later(
-            delay, self.close_soon, AUTH_REJECTED_CLOSE_CODE, TOKEN_EXPIRED_REASON
-        )
+        self._expiry = self.api_view.connections.expire(self, delay)
+
+    def expired(self) -> None:
+        """Its token has expired: close with 4403."""
+        self._expiry = None
+        self.close_soon(AUTH_REJECTED_CLOSE_CODE, TOKEN_EXPIRED_REASON)
 
     def close_soon(self, code: int, reason: str) -> None:
         if self._closing is None:
@@ -395,6 +430,7 @@ class GraphQLTransportWSHandler(_Supervised, BaseGraphQLTransportWSHandler[Conte
 
     async def handle_subscribe(self, message: Any) -> None:
         # Strawberry's own limit error has no code; its 4401 and 4409 checks come first.
+        _share_query(message)
         operation_id = message["id"]
         running = len(self.operations)
         if self.connection_acknowledged and operation_id not in self.operations and self.over_limit(running):
@@ -437,14 +473,14 @@ class GraphQLTransportWSHandler(_Supervised, BaseGraphQLTransportWSHandler[Conte
 
     async def run_operation(self, operation: Operation[Context, None]) -> None:
         bind_sink(
-            _text_sender(self.websocket),
+            self.websocket.send_text,
             operation_id=operation.id,
             frame_type="next",
             query=operation.query,
             operation_name=operation.operation_name,
             variables=operation.variables,
             handoff=True,
-            send_now=_now_sender(self.websocket),
+            send_now=self.websocket.send_now if self.websocket.sends_now else None,
         )
         await super().run_operation(operation)
 
@@ -506,6 +542,7 @@ class LegacyGraphQLWSHandler(_Supervised, BaseGraphQLWSHandler[Context, None]):
 
     async def handle_start(self, message: StartMessage) -> None:
         # Strawberry replaces a running operation of the same id and its limit error has no code.
+        _share_query(message)
         operation_id = message["id"]
         if self.connection_acknowledged:
             if operation_id in self.tasks:
@@ -526,15 +563,22 @@ class LegacyGraphQLWSHandler(_Supervised, BaseGraphQLWSHandler[Context, None]):
         variables: dict[str, object] | None,
     ) -> None:
         bind_sink(
-            _text_sender(self.websocket),
+            self.websocket.send_text,
             operation_id=operation_id,
             frame_type="data",
             query=query,
             operation_name=operation_name,
             variables=variables,
-            send_now=_now_sender(self.websocket),
+            send_now=self.websocket.send_now if self.websocket.sends_now else None,
         )
         await super().handle_async_results(operation_id, query, operation_name, variables)
+
+
+#: A connection's token expiry, in ``Connections``' heap: when (the loop's clock), a sequence
+#: number (the order among equal times), the connection (None once forgotten).
+Expiry = list[Any]
+#: Expiries this close to due are due: a timer may fire a little early (uvloop counts whole ms).
+EXPIRY_RESOLUTION_SECONDS = 0.001
 
 
 class Connections:
@@ -546,6 +590,11 @@ class Connections:
         self._pinger: asyncio.Task[None] | None = None
         # The connections' background work (pings): one set for all rather than one each.
         self._tasks: set[asyncio.Task[None]] = set()
+        # Token expiries: one heap and one timer for all (a timer each is 0.5 KiB per connection).
+        self._expiries: list[Expiry] = []
+        self._forgotten = 0
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        self._sequence = itertools.count()
         self._empty = asyncio.Event()
         self._empty.set()
 
@@ -568,6 +617,49 @@ class Connections:
         self._open.discard(connection)
         if not self._open:
             self._empty.set()
+            self._expiries.clear()
+            self._forgotten = 0
+            if self._expiry_timer is not None:
+                self._expiry_timer.cancel()
+                self._expiry_timer = None
+
+    def expire(self, connection: _Supervised, delay: float) -> Expiry:
+        """Call ``connection.expired()`` in ``delay`` seconds, unless ``forget_expiry`` is called
+        with what this returns first."""
+        loop = asyncio.get_running_loop()
+        expiry: Expiry = [loop.time() + delay, next(self._sequence), connection]
+        heapq.heappush(self._expiries, expiry)
+        if self._expiries[0] is expiry:
+            self._arm(loop)
+        return expiry
+
+    def forget_expiry(self, expiry: Expiry) -> None:
+        if expiry[2] is None:
+            return
+        expiry[2] = None  # left in the heap, as asyncio leaves its cancelled timers
+        self._forgotten += 1
+        if self._forgotten > 64 and self._forgotten * 2 > len(self._expiries):
+            self._expiries = [entry for entry in self._expiries if entry[2] is not None]
+            heapq.heapify(self._expiries)
+            self._forgotten = 0
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+        self._expiry_timer = loop.call_at(self._expiries[0][0], self._expire_due)
+
+    def _expire_due(self) -> None:
+        self._expiry_timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time() + EXPIRY_RESOLUTION_SECONDS
+        while self._expiries and self._expiries[0][0] <= now:
+            connection = heapq.heappop(self._expiries)[2]
+            if connection is None:
+                self._forgotten -= 1
+            else:
+                connection.expired()
+        if self._expiries:
+            self._arm(loop)
 
     async def drained(self) -> None:
         """Return once no connection is open (for tests and shutdown)."""
