@@ -78,7 +78,10 @@ class App(Starlette):
                 scope.update(child_scope, router=self.router, route=self.graphql_websocket)
                 token, send = identify(scope, send, self.metrics.websocket_closed)
                 try:
-                    await self.graphql.serve_websocket(scope, receive, send)
+                    # Two steps, so nothing stays suspended around the handler but this.
+                    handler = await self.graphql.open_websocket(scope, receive, send)
+                    if handler is not None:
+                        await handler.handle()
                 finally:
                     request_id.reset(token)
                 return

@@ -314,6 +314,12 @@ async def test_an_idle_connection_keeps_no_message_timer_task_or_header_it_is_do
         await ws.close()
 
 
+async def test_a_websocket_without_a_graphql_subprotocol_closes_with_4406(server):
+    async with websockets.connect(server.ws_url, subprotocols=["chat"], ping_interval=None) as ws:
+        assert ws.subprotocol is None
+        assert await _closed_with(ws) == 4406
+
+
 class _Expiring:
     """A stand-in for a connection, as ``Connections`` sees it when its token expires."""
 

@@ -10,7 +10,7 @@ errors included, as GraphQL clients have long expected.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -23,6 +23,7 @@ from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 from strawberry.types import ExecutionResult
 from strawberry.types.unset import UNSET, UnsetType
 
@@ -145,7 +146,9 @@ class GraphQLView(GraphQL[Context, None]):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
-            await self.serve_websocket(scope, receive, send)
+            handler = await self.open_websocket(scope, receive, send)
+            if handler is not None:
+                await handler.handle()
             return
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
@@ -165,13 +168,46 @@ class GraphQLView(GraphQL[Context, None]):
             self.metrics.error(error.code, "graphql")
         await response(scope, receive, send)
 
-    def serve_websocket(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[WebSocket]:
-        """Serve a websocket connection: what ``await view(scope, receive, send)`` does for one.
+    async def open_websocket(
+        self, scope: Scope, receive: Receive, send: Send
+    ) -> GraphQLTransportWSHandler | LegacyGraphQLWSHandler | None:
+        """Strawberry's ``run`` for a websocket, up to the protocol handler it makes: the Origin
+        check, the subprotocol, the accept, the context. None when the connection is refused.
 
-        A plain function handing back Strawberry's coroutine: a coroutine of its own would stay
-        suspended, with its frame, for the connection's whole life (``App`` calls this directly).
+        The caller then awaits the handler's ``handle`` for the connection's life: ``run``
+        awaits it itself, and stays suspended around it, a coroutine more per open connection.
         """
-        return self.run(WebSocket(scope, receive=receive, send=send))
+        request = WebSocket(scope, receive=receive, send=send)
+        if not self._check_websocket_origin(request):
+            await self.reject_websocket(request)
+            return None
+        subprotocol = await self.pick_websocket_subprotocol(request)
+        response = await self.create_websocket_response(request, subprotocol)
+        websocket = self.websocket_adapter_class(self, request, response)
+        context = await self.get_context(request, response=response)
+        if subprotocol == GRAPHQL_TRANSPORT_WS_PROTOCOL:
+            return self.graphql_transport_ws_handler_class(
+                view=self,
+                websocket=websocket,
+                context=context,
+                root_value=None,  # this view has none (no `get_root_value`)
+                schema=self.schema,
+                connection_init_wait_timeout=self.connection_init_wait_timeout,
+                max_subscriptions_per_connection=self.max_subscriptions_per_connection,
+            )
+        if subprotocol == GRAPHQL_WS_PROTOCOL:
+            return self.graphql_ws_handler_class(
+                view=self,
+                websocket=websocket,
+                context=context,
+                root_value=None,  # this view has none (no `get_root_value`)
+                schema=self.schema,
+                keep_alive=self.keep_alive,
+                keep_alive_interval=self.keep_alive_interval,
+                max_subscriptions_per_connection=self.max_subscriptions_per_connection,
+            )
+        await websocket.close(4406, "Subprotocol not acceptable")
+        return None
 
     def parse_json(self, data: str | bytes) -> Any:
         # Strawberry turns only JSONDecodeError into a 400; bytes that are not UTF-8 and nesting
