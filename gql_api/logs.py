@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 LogFormat = Literal["text", "json"]
 
 REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID_HEADER_NAME = REQUEST_ID_HEADER.encode()
 TEXT_FORMAT = "%(levelname)s %(name)s: %(message)s"
 # What a client's id may look like: it goes into every log line, so no spaces, no control
 # characters, no newlines (forged log lines), and not a whole page of text.
@@ -67,9 +68,9 @@ def identify(
     that serves one without it: sets ``request_id`` and returns the token to reset it with, and
     the ``send`` that echoes the id (and reports each websocket close code to
     ``on_websocket_close``)."""
-    given = _header(scope, REQUEST_ID_HEADER.encode())
+    given = _header(scope, _REQUEST_ID_HEADER_NAME)
     rid = given if given is not None and _ACCEPTED_ID.fullmatch(given) else new_request_id()
-    return request_id.set(rid), _SendWithId(send, (REQUEST_ID_HEADER.encode(), rid.encode()), on_websocket_close)
+    return request_id.set(rid), _SendWithId(send, (_REQUEST_ID_HEADER_NAME, rid.encode()), on_websocket_close)
 
 
 class _SendWithId:

@@ -22,6 +22,7 @@ from starlette.routing import WebSocketRoute
 from strawberry.types import ExecutionContext
 
 from gql_api.app import create_app
+from gql_api.cli import uvicorn_config
 from gql_api.graphql.schema import build_schema
 from gql_api.graphql.view import GraphQLView
 from gql_api.graphql.websockets import Connections
@@ -318,6 +319,35 @@ async def test_a_websocket_without_a_graphql_subprotocol_closes_with_4406(server
     async with websockets.connect(server.ws_url, subprotocols=["chat"], ping_interval=None) as ws:
         assert ws.subprotocol is None
         assert await _closed_with(ws) == 4406
+
+
+async def test_gql_api_serves_server_writes_pings_without_a_task_per_connection(server, make_settings, make_user):
+    # A round of pings made a task for each connection; the server can write the (shared)
+    # frame at once instead.
+    settings = make_settings(ws_ping_interval_seconds=0.2)
+
+    def config(app: Any, port: int) -> Any:
+        return uvicorn_config(app, settings, host="127.0.0.1", port=port)
+
+    loop = asyncio.get_running_loop()
+    previous = loop.get_task_factory()
+    created: list[str] = []
+
+    def recording_factory(loop: asyncio.AbstractEventLoop, coro: Any, **options: Any) -> asyncio.Task[Any]:
+        created.append(coro.__qualname__)
+        return asyncio.Task(coro, loop=loop, **options)
+
+    async with serve(create_app(settings, database=server.services.database), config=config) as live:
+        async with await _connect(live, live.token(await make_user())) as ws:
+            loop.set_task_factory(recording_factory)
+            try:
+                for _ in range(2):
+                    assert await _recv(ws) == {"type": "ping"}
+                    await ws.send(json.dumps({"type": "pong"}))
+            finally:
+                loop.set_task_factory(previous)
+
+    assert "GraphQLTransportWSHandler._send_ping" not in created
 
 
 class _Expiring:

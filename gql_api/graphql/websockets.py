@@ -68,6 +68,9 @@ INIT_TIMEOUT_CLOSE_CODE = 4408
 DUPLICATE_ID_CLOSE_CODE = 4409
 SECOND_INIT_CLOSE_CODE = 4429
 
+#: A graphql-transport-ws ping, as Strawberry's ``send_message`` encodes it.
+PING_TEXT = '{"type":"ping"}'
+
 #: What a message of each type carries beyond its ``type``: nothing checked, an operation ``id``,
 #: or an ``id`` and a payload holding an operation.
 Shape = Literal["plain", "id", "operation"]
@@ -465,6 +468,11 @@ class GraphQLTransportWSHandler(_Supervised, BaseGraphQLTransportWSHandler[Conte
             self.close_soon(PONG_MISSING_CLOSE_CODE, "No pong: connection timed out")
             return
         self._awaiting_pong = True
+        # Written at once when the server can (the same frame for every connection): a task
+        # per connection per round only for those that would have to wait.
+        websocket: CappedWebSocketAdapter = self.websocket
+        if websocket.sends_now and websocket.send_now(PING_TEXT):
+            return
         self.spawn(self._send_ping())
 
     async def _send_ping(self) -> None:
