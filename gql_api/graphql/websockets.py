@@ -11,6 +11,11 @@ that moment; a graphql-transport-ws connection that stops
 answering pings is closed with 4499; a ``connection_init`` that fails for a reason not the
 client's (the database is down) closes with 1013; on shutdown every connection is closed with
 1001 so clients reconnect to another replica.
+
+An idle connection holds as little as it can (README, "Where the memory goes"): one coroutine
+waiting in the server's receive, no timer or task of its own, and, once acknowledged, neither the
+handshake's headers nor ``connection_init``'s payload (``context.request.headers`` and
+``context.connection_params`` are empty from then on).
 """
 
 from __future__ import annotations
