@@ -85,11 +85,40 @@ def _require_client_message_id(value: str) -> str:
     return value
 
 
-def _take_live(
-    wanted: Callable[[ChatMessage], bool], consumer: Callable[[ChatMessage], bool], entry: ChatMessage
-) -> bool:
-    """A live subscription's hub listener: an unwanted entry is dealt with (nothing to send)."""
-    return not wanted(entry) or consumer(entry)
+class _Wanted:
+    """Which live entries of its stream a subscription (``ChatService._follow``) hands over:
+    none up to ``skip_through``, no deleted message, and moderation events only with
+    ``every_kind``. ``take`` is its hub listener: an unwanted entry is dealt with (nothing to
+    send), a wanted one goes to ``consumer``."""
+
+    __slots__ = ("chat", "consumer", "every_kind", "skip_through", "stream_id")
+
+    def __init__(
+        self,
+        chat: ChatService,
+        stream_id: str,
+        skip_through: int,
+        every_kind: bool,
+        consumer: Callable[[ChatMessage], bool] | None,
+    ) -> None:
+        self.chat, self.stream_id, self.skip_through = chat, stream_id, skip_through
+        self.every_kind, self.consumer = every_kind, consumer
+
+    def __call__(self, entry: ChatMessage) -> bool:
+        # Read once per delivery, not per subscriber: attribute reads of a document go through
+        # Beanie's lazy parser.
+        _, seq, visible, tombstone = self.chat._facts(entry)
+        if seq <= self.skip_through:
+            return False
+        if visible:
+            # A message deleted while it waited in the queue (or stored as a tombstone, when the
+            # hub read it back from history) is never sent.
+            return not tombstone and not self.chat.hub.is_deleted(self.stream_id, seq)
+        return self.every_kind
+
+    def take(self, entry: ChatMessage) -> bool:
+        consumer = self.consumer
+        return not self(entry) or (consumer is not None and consumer(entry))
 
 
 def _stream_key(stream_id: str) -> str:
@@ -458,10 +487,10 @@ class ChatService:
             # A cursor ahead of what this process has delivered (a message stored, not yet seen
             # on the change stream): the live messages up to it were asked to be skipped.
             skip_through = after_seq if after_seq is not None else 0
-            wanted = partial(self._is_wanted, key, skip_through, every_kind)
+            wanted = _Wanted(self, key, skip_through, every_kind, feed.consumer)
             if feed.consumer is not None:
                 # Live entries go to the consumer in the hub's delivery pass while this waits.
-                subscriber.listener = partial(_take_live, wanted, feed.consumer)
+                subscriber.listener = wanted.take
             async for entry in subscriber:
                 if wanted(entry):
                     yield entry
@@ -471,19 +500,12 @@ class ChatService:
                 if end is not None and end.seq > skip_through:
                     yield end
 
-    def _is_wanted(self, stream_id: str, skip_through: int, every_kind: bool, entry: ChatMessage) -> bool:
-        """Whether a live subscription (``_follow``) hands this entry of its stream over."""
+    def _facts(self, entry: ChatMessage) -> tuple[object, int, bool, bool]:
+        """What ``_Wanted`` reads of an entry: (entry, seq, kind is visible, stored deleted)."""
         seen = self._seen
         if seen[0] is not entry:
             seen = self._seen = (entry, entry.seq, entry.kind in VISIBLE_KINDS, entry.deletion is not None)
-        _, seq, visible, tombstone = seen
-        if seq <= skip_through:
-            return False
-        if visible:
-            # A message deleted while it waited in the queue (or stored as a tombstone, when the
-            # hub read it back from history) is never sent.
-            return not tombstone and not self.hub.is_deleted(stream_id, seq)
-        return every_kind
+        return seen
 
     async def _end_entry(self, stream_id: str) -> ChatMessage | None:
         """The stream's end entry, read back from its log; None while it has not ended."""

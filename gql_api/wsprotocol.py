@@ -123,6 +123,70 @@ class SharedFrames:
 shared_frames = SharedFrames()
 
 
+#: The most frames a connection holds back for one write (``WriteBatch``).
+MAX_CORKED_FRAMES = 16
+
+
+class WriteBatch:
+    """The connections with shared frames waiting to be written, each written with one system
+    call once the event loop's current pass is over.
+
+    A hot stream's messages come in batches (one change-stream read returns every message
+    stored since the last), and each is delivered to every subscriber in the same pass: a
+    connection then gets its frames of the batch in one ``write()``, not one each. The system
+    call is most of what a delivery costs.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: list[WebSocketProtocol] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def add(self, protocol: WebSocketProtocol) -> None:
+        """Write ``protocol``'s corked frames when the loop's current pass is over."""
+        loop = protocol.loop
+        if not self._waiting or self._loop is not loop:
+            # The first this pass; or the waiting ones belong to a loop that stopped before
+            # their flush ran (tests run one loop after another): nothing to write them to.
+            self._waiting = []
+            self._loop = loop
+            loop.call_soon(self.flush)
+        self._waiting.append(protocol)
+
+    def flush(self) -> None:
+        """Write every waiting connection's frames now."""
+        waiting, self._waiting = self._waiting, []
+        for protocol in waiting:
+            protocol.uncork()
+
+
+#: The connections of this process with frames waiting (one event loop per process).
+write_batch = WriteBatch()
+
+
+class _CorkedTransport:
+    """A connection's transport as uvicorn's protocol sees it: anything uvicorn writes (a pong,
+    a close frame, an uncommon message) or a close goes after the frames corked before it."""
+
+    __slots__ = ("_protocol", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, protocol: WebSocketProtocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+
+    def write(self, data: bytes) -> None:
+        if self._protocol.corked is not None:
+            self._protocol.uncork()
+        self._transport.write(data)
+
+    def close(self) -> None:
+        if self._protocol.corked is not None:
+            self._protocol.uncork()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class ReceiveQueue:
     """What uvicorn's protocol needs of its receive queue (``put_nowait``, ``get``, ``empty``),
     holding nothing while empty: an ``asyncio.Queue`` keeps three deques and an event, about
@@ -244,6 +308,23 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         if self.config.ws_per_message_deflate:
             self.conn.available_extensions = [deflate_factory()]
         self.encoding: int | None = None  # known once the handshake is complete
+        #: Shared frames written in this pass of the loop, not yet handed to the transport
+        #: (``WriteBatch``): one frame, or a list of them.
+        self.corked: bytes | list[bytes] | None = None
+        self._raw_transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._raw_transport = self.transport
+        self.transport = _CorkedTransport(self.transport, self)  # type: ignore[assignment]
+
+    def uncork(self) -> None:
+        """Hand the frames corked in this pass to the transport, in one write."""
+        corked, self.corked = self.corked, None
+        transport = self._raw_transport
+        if corked is None or transport is None or self.disconnected or transport.is_closing():
+            return
+        transport.write(corked if isinstance(corked, bytes) else b"".join(corked))
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
@@ -288,7 +369,12 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         The hub's live delivery calls this for thousands of connections in one pass
         (``MessageHub``'s listeners), instead of waking a task per connection.
         """
-        return self.writable.is_set() and self._write_shared(text)
+        if not self.writable.is_set():
+            return False
+        try:
+            return self._write_shared(text)
+        except (OSError, RuntimeError):  # the transport is gone: ``send_text`` says so
+            return False
 
     def _write_shared(self, text: str) -> bool:
         """Write ``text``'s shared frame; False to leave the message to uvicorn's path (which
@@ -306,5 +392,17 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             encoding = self.encoding = _encoding(self.conn.extensions)
         if encoding == OWN:
             return False
-        self.transport.write(shared_frames.frame(text, encoding))
+        frame = shared_frames.frame(text, encoding)
+        corked = self.corked
+        if corked is None:
+            self.corked = frame
+            write_batch.add(self)
+        elif isinstance(corked, bytes):
+            self.corked = [corked, frame]
+        else:
+            corked.append(frame)
+            if len(corked) >= MAX_CORKED_FRAMES:
+                # A long batch (a catch-up after an outage) is written as it goes, so the
+                # transport's flow control (``writable``) holds back a slow reader as before.
+                self.uncork()
         return True

@@ -141,6 +141,7 @@ class EventRenderer:
         self._executors: dict[RenderKey, Executor[Any]] = {}
         self._rendered: dict[RenderKey, OrderedDict[Hashable, str]] = {}
         self._subscribers: dict[RenderKey, int] = {}
+        self._keys: dict[RenderKey, RenderKey] = {}  # each operation's key, as ``acquire`` returns it
         # The latest frame texts, by their prefix (the operation id and frame type) and
         # payload: subscribers whose clients use the same operation id (graphql-ws clients
         # number theirs "1", "2", ...) get the very same text object, which the server's
@@ -150,11 +151,16 @@ class EventRenderer:
         # The event rendered last, for which operation, and its payload: a delivery renders one
         # event for each of its subscribers in turn (``render_event``).
         self._last: tuple[object, RenderKey | None, str] = (None, None, "")
+        self._last_frame: tuple[str, str, str] = ("", "", "")  # prefix, payload, frame text
         self.executions = 0  # how many times an event was actually executed and encoded
 
-    def acquire(self, key: RenderKey) -> None:
-        """A subscription of the operation ``key`` starts sending through this renderer."""
+    def acquire(self, key: RenderKey) -> RenderKey:
+        """A subscription of the operation ``key`` starts sending through this renderer: the key
+        to use from now on, one object for every subscription of the operation (so the next
+        subscriber of an event is recognised by identity, see ``render_event``)."""
+        key = self._keys.setdefault(key, key)
         self._subscribers[key] = self._subscribers.get(key, 0) + 1
+        return key
 
     def release(self, key: RenderKey) -> None:
         """A subscription of ``key`` ended: with it the operation's last, forget the operation.
@@ -168,8 +174,11 @@ class EventRenderer:
             self._subscribers[key] = left
             return
         self._subscribers.pop(key, None)
+        self._keys.pop(key, None)
         self._executors.pop(key, None)
         self._rendered.pop(key, None)
+        if self._last[1] == key:
+            self._last = (None, None, "")
 
     def render(self, key: RenderKey, source: Source, identity: Hashable, root: Callable[[], object]) -> str:
         """The JSON payload (``{"data": ...}``) of the event ``identity`` for the operation ``key``.
@@ -197,7 +206,7 @@ class EventRenderer:
         """``render`` for ``event`` itself: the same event asked for again by the next
         subscriber of the same operation is answered without naming it again."""
         last = self._last
-        if last[0] is event and last[1] == key:
+        if last[0] is event and last[1] is key:
             return last[2]
         payload = self.render(key, source, (source.field_name, identity(event)), partial(to_graphql, event))
         self._last = (event, key, payload)
@@ -205,6 +214,15 @@ class EventRenderer:
 
     def frame(self, sink: LiveSink, payload: str) -> str:
         """``payload`` framed for ``sink``: one text object for every sink with the same prefix."""
+        prefix = sink.prefix
+        last = self._last_frame
+        if last[1] is payload and last[0] == prefix:  # the next subscriber of the same event
+            return last[2]
+        text = self._framed(sink, payload)
+        self._last_frame = (prefix, payload, text)
+        return text
+
+    def _framed(self, sink: LiveSink, payload: str) -> str:
         key = (sink.prefix, payload)
         text = self._frames.get(key)
         if text is None:
@@ -288,7 +306,7 @@ async def _deliver(
     write without waiting) are sent by the delivery itself, in one pass over every subscriber,
     without waking this task; the rest come through the loop.
     """
-    renderer.acquire(sink.key)
+    sink.key = renderer.acquire(sink.key)
     listen = getattr(events, "listen", None)
     if listen is not None and sink.send_now is not None:
         listen(_LiveSend(sink, sink.send_now, source, renderer, to_graphql, identity))

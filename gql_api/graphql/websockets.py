@@ -147,7 +147,11 @@ class CappedWebSocketAdapter(ASGIWebSocketAdapter):
         super().__init__(view, request, response)
         extensions = response.scope.get("extensions") or {}
         self._direct: Callable[[str], Awaitable[None]] | None = extensions.get(SEND_TEXT_EXTENSION)
-        self._try_send: Callable[[str], bool] | None = extensions.get(TRY_SEND_TEXT_EXTENSION)
+        #: ``send_text``'s frame written at once, or False when that would wait (or the
+        #: connection is not open): for the hub's one-pass delivery. None on a server without
+        #: it. The server's own, as it is: an app that closed the websocket has sent its close
+        #: frame, and a peer that went away has disconnected the protocol.
+        self.send_now: Callable[[str], bool] | None = extensions.get(TRY_SEND_TEXT_EXTENSION)
 
     @property
     def connected(self) -> bool:
@@ -207,21 +211,6 @@ class CappedWebSocketAdapter(ASGIWebSocketAdapter):
             raise WebSocketDisconnected from exc
         except RuntimeError as exc:
             raise WebSocketDisconnected from exc
-
-    @property
-    def sends_now(self) -> bool:
-        """Whether the server can write a frame at once (``send_now``)."""
-        return self._try_send is not None
-
-    def send_now(self, text: str) -> bool:
-        """``send_text``'s frame written at once, or False when that would wait (or the
-        connection is not open): for the hub's one-pass delivery. Only when ``sends_now``."""
-        if self.ws.application_state != WebSocketState.CONNECTED:
-            return False
-        try:
-            return self._try_send(text)  # type: ignore[misc]
-        except (OSError, RuntimeError):  # the peer is gone: the loop's send says so
-            return False
 
     async def close(self, code: int, reason: str) -> None:
         # Strawberry's reasons quote the client (an operation id, a syntax error's token): a long
@@ -475,8 +464,8 @@ class GraphQLTransportWSHandler(_Supervised, BaseGraphQLTransportWSHandler[Conte
         self._awaiting_pong = True
         # Written at once when the server can (the same frame for every connection): a task
         # per connection per round only for those that would have to wait.
-        websocket: CappedWebSocketAdapter = self.websocket
-        if websocket.sends_now and websocket.send_now(PING_TEXT):
+        send_now = self.websocket.send_now
+        if send_now is not None and send_now(PING_TEXT):
             return
         self.spawn(self._send_ping())
 
@@ -493,7 +482,7 @@ class GraphQLTransportWSHandler(_Supervised, BaseGraphQLTransportWSHandler[Conte
             operation_name=operation.operation_name,
             variables=operation.variables,
             handoff=True,
-            send_now=self.websocket.send_now if self.websocket.sends_now else None,
+            send_now=self.websocket.send_now,
         )
         await super().run_operation(operation)
 
@@ -582,7 +571,7 @@ class LegacyGraphQLWSHandler(_Supervised, BaseGraphQLWSHandler[Context, None]):
             query=query,
             operation_name=operation_name,
             variables=variables,
-            send_now=self.websocket.send_now if self.websocket.sends_now else None,
+            send_now=self.websocket.send_now,
         )
         await super().handle_async_results(operation_id, query, operation_name, variables)
 
