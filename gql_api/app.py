@@ -13,13 +13,14 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Match, Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 
 from gql_api.csrf import PREFLIGHT_HEADERS
 from gql_api.database import Database
 from gql_api.graphql.schema import build_schema
 from gql_api.graphql.view import GraphQLView
-from gql_api.logs import RequestIdMiddleware
+from gql_api.logs import RequestIdMiddleware, identify, request_id
 from gql_api.metrics import Metrics, metrics_endpoint
 from gql_api.pages import development_routes
 from gql_api.rest import rest_routes
@@ -43,13 +44,48 @@ class App(Starlette):
 
     Its services exist only while it runs: they are its lifespan state, which Starlette gives
     each request (see ``gql_api.state``).
+
+    A websocket on the GraphQL route goes straight to the view, past the middleware stack and
+    the router: for a websocket, Starlette's error and exception middleware and CORS do nothing,
+    and each of them (and the router) would keep a suspended coroutine for the connection's
+    whole life, about 3 KiB per open connection. What the stack gives a websocket is given here:
+    ``scope["app"]``, the router's scope keys, and the request id (``gql_api.logs.identify``).
+    Every other request, and any other websocket, goes through the whole stack.
     """
 
-    def __init__(self, *, settings: Settings, metrics: Metrics, graphql: GraphQLView, **options: Any) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        metrics: Metrics,
+        graphql: GraphQLView,
+        graphql_websocket: WebSocketRoute,
+        **options: Any,
+    ) -> None:
         super().__init__(**options)
         self.settings = settings
         self.metrics = metrics
         self.graphql = graphql
+        self.graphql_websocket = graphql_websocket
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["app"] = self
+        if self.middleware_stack is None:
+            self.middleware_stack = self.build_middleware_stack()
+        if scope["type"] == "websocket":
+            match, child_scope = self.graphql_websocket.matches(scope)
+            if match is Match.FULL:
+                scope.update(child_scope, router=self.router, route=self.graphql_websocket)
+                token, send = identify(scope, send, self.metrics.websocket_closed)
+                try:
+                    # Two steps, so nothing stays suspended around the handler but this.
+                    handler = await self.graphql.open_websocket(scope, receive, send)
+                    if handler is not None:
+                        await handler.handle()
+                finally:
+                    request_id.reset(token)
+                return
+        await self.middleware_stack(scope, receive, send)
 
 
 def create_app(
@@ -104,21 +140,24 @@ def create_app(
         if settings.metrics_enabled
         else []
     )
+    graphql_websocket = WebSocketRoute("/graphql", graphql)
     return App(
         settings=settings,
         metrics=metrics,
         graphql=graphql,
+        graphql_websocket=graphql_websocket,
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             *operations,
             Route("/graphql", graphql),
-            WebSocketRoute("/graphql", graphql),
+            graphql_websocket,
             *rest_routes(metrics, max_body_bytes=settings.graphql_max_body_bytes),
             *([] if settings.production else development_routes()),
         ],
         middleware=[
-            # Outermost: every log line of a request, CORS refusals included, has its id.
+            # Outermost: every log line of a request, CORS refusals included, has its id (a
+            # GraphQL websocket gets it from ``App.__call__``, which serves it past this stack).
             Middleware(RequestIdMiddleware, on_websocket_close=metrics.websocket_closed),
             # One list of origins for CORS and the websocket Origin check (in the view).
             Middleware(

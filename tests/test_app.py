@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
+from types import CoroutineType
+from typing import Any
 
 import httpx
 import pytest
+import websockets
 
-from gql_api.app import create_app
+from gql_api.app import App, create_app
+from gql_api.graphql.websockets import GraphQLTransportWSHandler
 from tests.conftest import LiveServer, serve
 
 INTROSPECTION = "{ __schema { queryType { name } } }"
@@ -83,3 +89,45 @@ async def test_requests_refused_before_any_operation_get_a_graphql_error_body(ht
             }
         ]
     }
+
+
+def _awaiting(task: asyncio.Task[Any]) -> list[CoroutineType[Any, Any, Any]]:
+    """The coroutines ``task`` is suspended in, outermost first."""
+    chain = []
+    coroutine = task.get_coro()
+    while isinstance(coroutine, CoroutineType):
+        chain.append(coroutine)
+        coroutine = coroutine.cr_await
+    return chain
+
+
+async def test_a_graphql_websocket_waits_in_no_coroutine_of_the_middleware_stack(server, make_user):
+    # Starlette's error and exception middleware, CORS, the request id's and the router each
+    # kept a suspended coroutine for an open websocket's whole life, doing nothing for it.
+    handle = GraphQLTransportWSHandler.handle.__code__
+    await server.app.graphql.connections.drained()
+    async with websockets.connect(
+        server.ws_url,
+        subprotocols=["graphql-transport-ws"],
+        additional_headers={"X-Request-Id": "frames-1"},
+        ping_interval=None,
+    ) as ws:
+        await ws.send(
+            json.dumps({"type": "connection_init", "payload": {"Authorization": server.token(await make_user())}})
+        )
+        assert json.loads(await ws.recv())["type"] == "connection_ack"
+        chains = [_awaiting(task) for task in asyncio.all_tasks()]
+        [chain] = [chain for chain in chains if any(coroutine.cr_code is handle for coroutine in chain)]
+
+    names = [coroutine.cr_code.co_qualname for coroutine in chain]
+    served = names[names.index(App.__call__.__qualname__) :]
+    # The app, the handler's loop, waiting in Starlette's receive (then the server's).
+    assert served[:3] == ["App.__call__", "_Supervised.handle", "WebSocket.receive"]
+    assert ws.response.headers["X-Request-Id"] == "frames-1"
+
+
+async def test_any_other_websocket_still_goes_through_the_router(http, server):
+    # No route: the router refuses the handshake (HTTP 403), as before.
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await websockets.connect(server.ws_url.replace("/graphql", "/elsewhere"), ping_interval=None)
+    assert refused.value.response.status_code == 403

@@ -22,8 +22,10 @@ from starlette.routing import WebSocketRoute
 from strawberry.types import ExecutionContext
 
 from gql_api.app import create_app
+from gql_api.cli import uvicorn_config
 from gql_api.graphql.schema import build_schema
 from gql_api.graphql.view import GraphQLView
+from gql_api.graphql.websockets import Connections
 from tests.conftest import LiveServer, api_process, serve
 
 SUBSCRIBE = "subscription($s: ID!) { messageAdded(streamId: $s) { id content } }"
@@ -268,6 +270,118 @@ async def test_an_idle_subscription_keeps_no_execution_context_and_still_deliver
     finally:
         for ws in sockets:
             await ws.close()
+
+
+@pytest.mark.parametrize("protocol", ["graphql-transport-ws", "graphql-ws"])
+async def test_an_idle_connection_keeps_no_message_timer_task_or_header_it_is_done_with(
+    server, make_user, make_stream, protocol
+):
+    # Each idle connection kept, for its whole life, the last message it handled (a subscribe
+    # with its query), the connection_init timeout's finished task, the handshake's headers,
+    # connection_init's payload and a timer for its token's expiry.
+    stream = await make_stream()
+    view = server.app.graphql
+    await view.connections.drained()
+    ws = await websockets.connect(
+        server.ws_url, subprotocols=[protocol], ping_interval=None, additional_headers={"X-Probe": "kept?"}
+    )
+    try:
+        await ws.send(
+            json.dumps({"type": "connection_init", "payload": {"Authorization": server.token(await make_user())}})
+        )
+        assert (await _recv(ws))["type"] == "connection_ack"
+        start = "subscribe" if protocol == "graphql-transport-ws" else "start"
+        payload = {"query": SUBSCRIBE, "variables": {"s": str(stream.id)}}
+        await ws.send(json.dumps({"id": "probe", "type": start, "payload": payload}))
+        await server.services.hub.wait_for_subscribers(str(stream.id), 1)
+        (live,) = tuple(view.connections._open)
+        running = live.operations if protocol == "graphql-transport-ws" else live.tasks
+        (operation_id,) = running  # the id as the server parsed it, in the message it came in
+        gc.collect()
+        messages = [r for r in gc.get_referrers(operation_id) if isinstance(r, dict) and r.get("type") == start]
+
+        assert messages == []
+        assert getattr(live, "connection_init_timeout_task", None) is None and live._init_timer is None
+        assert live.context.request.headers.raw == [] and live.context.request.scope["headers"] == []
+        assert live.context.connection_params is None
+        # Its token's expiry is an entry in the view's one heap, not a timer of its own.
+        assert not [value for value in vars(live).values() if isinstance(value, asyncio.TimerHandle)]
+        assert live._expiry is not None
+        # and the subscription is still live
+        await server.chat.send_message(await make_user(), str(stream.id), "still live")
+        frame = await _recv_operation(ws)
+        assert frame["id"] == "probe" and frame["payload"]["data"]["messageAdded"]["content"] == "still live"
+    finally:
+        await ws.close()
+
+
+async def test_a_websocket_without_a_graphql_subprotocol_closes_with_4406(server):
+    async with websockets.connect(server.ws_url, subprotocols=["chat"], ping_interval=None) as ws:
+        assert ws.subprotocol is None
+        assert await _closed_with(ws) == 4406
+
+
+async def test_gql_api_serves_server_writes_pings_without_a_task_per_connection(server, make_settings, make_user):
+    # A round of pings made a task for each connection; the server can write the (shared)
+    # frame at once instead.
+    settings = make_settings(ws_ping_interval_seconds=0.2)
+
+    def config(app: Any, port: int) -> Any:
+        return uvicorn_config(app, settings, host="127.0.0.1", port=port)
+
+    loop = asyncio.get_running_loop()
+    previous = loop.get_task_factory()
+    created: list[str] = []
+
+    def recording_factory(loop: asyncio.AbstractEventLoop, coro: Any, **options: Any) -> asyncio.Task[Any]:
+        created.append(coro.__qualname__)
+        return asyncio.Task(coro, loop=loop, **options)
+
+    async with serve(create_app(settings, database=server.services.database), config=config) as live:
+        async with await _connect(live, live.token(await make_user())) as ws:
+            loop.set_task_factory(recording_factory)
+            try:
+                for _ in range(2):
+                    assert await _recv(ws) == {"type": "ping"}
+                    await ws.send(json.dumps({"type": "pong"}))
+            finally:
+                loop.set_task_factory(previous)
+
+    assert "GraphQLTransportWSHandler._send_ping" not in created
+
+
+class _Expiring:
+    """A stand-in for a connection, as ``Connections`` sees it when its token expires."""
+
+    def __init__(self, name: str, expired: list[str], done: asyncio.Event | None = None) -> None:
+        self.name, self._expired, self._done = name, expired, done
+
+    def expired(self) -> None:
+        self._expired.append(self.name)
+        if self._done is not None:
+            self._done.set()
+
+
+async def test_token_expiries_share_one_heap_fire_in_order_and_can_be_forgotten():
+    connections = Connections(ping_interval=60)
+    expired: list[str] = []
+    last = asyncio.Event()
+    connections.expire(_Expiring("third", expired, last), 0.03)
+    connections.expire(_Expiring("first", expired), 0.01)
+    forgotten = connections.expire(_Expiring("closed before", expired), 0.02)
+    connections.forget_expiry(forgotten)
+    connections.expire(_Expiring("second", expired), 0.02)
+
+    await asyncio.wait_for(last.wait(), 10)
+    assert expired == ["first", "second", "third"]
+
+    # Connections that close long before their tokens expire leave no pile of entries behind.
+    entries = [connections.expire(_Expiring(str(n), expired), 3600) for n in range(300)]
+    for entry in entries[:250]:
+        connections.forget_expiry(entry)
+    assert len(connections._expiries) < 200
+    for entry in entries[250:]:
+        connections.forget_expiry(entry)
 
 
 @pytest.mark.slow

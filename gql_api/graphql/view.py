@@ -23,6 +23,7 @@ from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 from strawberry.types import ExecutionResult
 from strawberry.types.unset import UNSET, UnsetType
 
@@ -144,6 +145,11 @@ class GraphQLView(GraphQL[Context, None]):
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            handler = await self.open_websocket(scope, receive, send)
+            if handler is not None:
+                await handler.handle()
+            return
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
@@ -161,6 +167,47 @@ class GraphQLView(GraphQL[Context, None]):
             response = error_response(error, response_media_type(request.headers.get("accept")))
             self.metrics.error(error.code, "graphql")
         await response(scope, receive, send)
+
+    async def open_websocket(
+        self, scope: Scope, receive: Receive, send: Send
+    ) -> GraphQLTransportWSHandler | LegacyGraphQLWSHandler | None:
+        """Strawberry's ``run`` for a websocket, up to the protocol handler it makes: the Origin
+        check, the subprotocol, the accept, the context. None when the connection is refused.
+
+        The caller then awaits the handler's ``handle`` for the connection's life: ``run``
+        awaits it itself, and stays suspended around it, a coroutine more per open connection.
+        """
+        request = WebSocket(scope, receive=receive, send=send)
+        if not self._check_websocket_origin(request):
+            await self.reject_websocket(request)
+            return None
+        subprotocol = await self.pick_websocket_subprotocol(request)
+        response = await self.create_websocket_response(request, subprotocol)
+        websocket = self.websocket_adapter_class(self, request, response)
+        context = await self.get_context(request, response=response)
+        if subprotocol == GRAPHQL_TRANSPORT_WS_PROTOCOL:
+            return self.graphql_transport_ws_handler_class(
+                view=self,
+                websocket=websocket,
+                context=context,
+                root_value=None,  # this view has none (no `get_root_value`)
+                schema=self.schema,
+                connection_init_wait_timeout=self.connection_init_wait_timeout,
+                max_subscriptions_per_connection=self.max_subscriptions_per_connection,
+            )
+        if subprotocol == GRAPHQL_WS_PROTOCOL:
+            return self.graphql_ws_handler_class(
+                view=self,
+                websocket=websocket,
+                context=context,
+                root_value=None,  # this view has none (no `get_root_value`)
+                schema=self.schema,
+                keep_alive=self.keep_alive,
+                keep_alive_interval=self.keep_alive_interval,
+                max_subscriptions_per_connection=self.max_subscriptions_per_connection,
+            )
+        await websocket.close(4406, "Subprotocol not acceptable")
+        return None
 
     def parse_json(self, data: str | bytes) -> Any:
         # Strawberry turns only JSONDecodeError into a 400; bytes that are not UTF-8 and nesting

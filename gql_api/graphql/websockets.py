@@ -11,20 +11,29 @@ that moment; a graphql-transport-ws connection that stops
 answering pings is closed with 4499; a ``connection_init`` that fails for a reason not the
 client's (the database is down) closes with 1013; on shutdown every connection is closed with
 1001 so clients reconnect to another replica.
+
+An idle connection holds as little as it can (README, "Where the memory goes"): one coroutine
+waiting in the server's receive, no timer or task of its own, and, once acknowledged, neither the
+handshake's headers nor ``connection_init``'s payload (``context.request.headers`` and
+``context.connection_params`` are empty from then on).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
+import sys
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Mapping
 from datetime import UTC, datetime
 from json import JSONDecodeError
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 from graphql import GraphQLError, GraphQLFormattedError
-from starlette.websockets import WebSocketDisconnect, WebSocketState
+from starlette.types import Message
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from strawberry.asgi import ASGIWebSocketAdapter
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http.exceptions import WebSocketDisconnected
@@ -63,6 +72,9 @@ BAD_MESSAGE_CLOSE_CODE = 4400
 INIT_TIMEOUT_CLOSE_CODE = 4408
 DUPLICATE_ID_CLOSE_CODE = 4409
 SECOND_INIT_CLOSE_CODE = 4429
+
+#: A graphql-transport-ws ping, as Strawberry's ``send_message`` encodes it.
+PING_TEXT = '{"type":"ping"}'
 
 #: What a message of each type carries beyond its ``type``: nothing checked, an operation ``id``,
 #: or an ``id`` and a payload holding an operation.
@@ -121,34 +133,84 @@ async def _refuse(websocket: Any, code: int, reason: str) -> None:
         await websocket.close(code=code, reason=reason)
 
 
+#: What ``CappedWebSocketAdapter.message_in`` returns once the connection is over.
+CLOSED: Final = object()
+
+
 class CappedWebSocketAdapter(ASGIWebSocketAdapter):
     """Strawberry's ASGI adapter, reading frames under the view's body cap (``max_body_bytes``,
     the same as HTTP bodies, whatever server runs the app): a larger one closes with 1009; a
     binary frame or one that is not JSON closes with 4400 on both subprotocols (Strawberry's
     graphql-ws handler asks for bad JSON to be skipped, ``ignore_parsing_errors``: it is not)."""
 
+    def __init__(self, view: Any, request: WebSocket, response: WebSocket) -> None:
+        super().__init__(view, request, response)
+        extensions = response.scope.get("extensions") or {}
+        self._direct: Callable[[str], Awaitable[None]] | None = extensions.get(SEND_TEXT_EXTENSION)
+        #: ``send_text``'s frame written at once, or False when that would wait (or the
+        #: connection is not open): for the hub's one-pass delivery. None on a server without
+        #: it. The server's own, as it is: an app that closed the websocket has sent its close
+        #: frame, and a peer that went away has disconnected the protocol.
+        self.send_now: Callable[[str], bool] | None = extensions.get(TRY_SEND_TEXT_EXTENSION)
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection may still receive: not closed, by either side."""
+        return self.ws.application_state != WebSocketState.DISCONNECTED
+
+    def receive(self) -> Awaitable[Message]:
+        """The next frame, as the server gives it (a disconnect included). Starlette's own
+        awaitable: an idle connection waits in it, with no coroutine of ours around it."""
+        return self.ws.receive()
+
     async def iter_json(self, *, ignore_parsing_errors: bool = False) -> AsyncGenerator[object, None]:
-        max_bytes: int = self.view.max_body_bytes  # type: ignore[attr-defined]
-        while self.ws.application_state != WebSocketState.DISCONNECTED:
-            frame = await self.ws.receive()
-            if frame["type"] == "websocket.disconnect":
+        while self.connected:
+            message = await self.message_in(await self.receive())
+            if message is CLOSED:
                 return
-            text = frame.get("text")
-            if text is None:
-                await _refuse(self, BAD_MESSAGE_CLOSE_CODE, "WebSocket message type must be text")
-                return
-            if _over(text, max_bytes):
-                reason = f"Message too big: at most {max_bytes} bytes"
-                await _refuse(self, MESSAGE_TOO_BIG_CLOSE_CODE, reason)
-                return
-            try:
-                message = self.view.decode_json(text)
-            except (JSONDecodeError, ValueError, RecursionError):  # deep nesting: still bad JSON
-                await _refuse(self, BAD_MESSAGE_CLOSE_CODE, "WebSocket message must be valid JSON")
-                return
-            # An idle connection waits in here for its next message: keep no copy of the last.
-            del frame, text
             yield message
+            del message
+
+    async def message_in(self, frame: Message) -> object:
+        """The JSON message ``frame`` holds, or ``CLOSED``: the peer has gone, or the frame is
+        refused and the connection closed (too big: 1009; not text, not JSON: 4400)."""
+        if frame["type"] == "websocket.disconnect":
+            return CLOSED
+        text = frame.get("text")
+        if text is None:
+            await _refuse(self, BAD_MESSAGE_CLOSE_CODE, "WebSocket message type must be text")
+            return CLOSED
+        max_bytes: int = self.view.max_body_bytes  # type: ignore[attr-defined]
+        if _over(text, max_bytes):
+            await _refuse(self, MESSAGE_TOO_BIG_CLOSE_CODE, f"Message too big: at most {max_bytes} bytes")
+            return CLOSED
+        try:
+            return self.view.decode_json(text)
+        except (JSONDecodeError, ValueError, RecursionError):  # deep nesting: still bad JSON
+            await _refuse(self, BAD_MESSAGE_CLOSE_CODE, "WebSocket message must be valid JSON")
+            return CLOSED
+
+    async def send_text(self, text: str) -> None:
+        """Send a text frame; ``WebSocketDisconnected`` when the peer is gone."""
+        ws = self.ws
+        direct = self._direct
+        if direct is None:
+            try:
+                await ws.send_text(text)
+            except (WebSocketDisconnect, OSError, RuntimeError) as exc:  # the peer is gone
+                raise WebSocketDisconnected from exc
+            return
+        # `gql-api serve`'s server: each frame straight to the connection, past the middleware
+        # (which has nothing to do with a message frame), with Starlette's own checks.
+        if ws.application_state != WebSocketState.CONNECTED:
+            raise WebSocketDisconnected
+        try:
+            await direct(text)
+        except OSError as exc:  # the peer is gone (uvicorn's ClientDisconnected)
+            ws.application_state = WebSocketState.DISCONNECTED
+            raise WebSocketDisconnected from exc
+        except RuntimeError as exc:
+            raise WebSocketDisconnected from exc
 
     async def close(self, code: int, reason: str) -> None:
         # Strawberry's reasons quote the client (an operation id, a syntax error's token): a long
@@ -171,42 +233,11 @@ def rejection_reason(payload: object) -> str:
     return DEFAULT_REJECTION_REASON
 
 
-def _text_sender(websocket: Any) -> Callable[[str], Awaitable[None]]:
-    ws = websocket.ws
-    direct: Callable[[str], Awaitable[None]] | None = ws.scope.get("extensions", {}).get(SEND_TEXT_EXTENSION)
-    if direct is not None:
-        # `gql-api serve`'s server: each frame straight to the connection, past the middleware
-        # (which has nothing to do with a message frame), with Starlette's own checks.
-        async def send_direct(text: str) -> None:
-            if ws.application_state != WebSocketState.CONNECTED:
-                raise WebSocketDisconnected
-            try:
-                await direct(text)
-            except OSError as exc:  # the peer is gone (uvicorn's ClientDisconnected)
-                ws.application_state = WebSocketState.DISCONNECTED
-                raise WebSocketDisconnected from exc
-            except RuntimeError as exc:
-                raise WebSocketDisconnected from exc
-
-        return send_direct
-
-    async def send_text(text: str) -> None:
-        try:
-            await ws.send_text(text)
-        except (WebSocketDisconnect, OSError, RuntimeError) as exc:  # the peer is gone
-            raise WebSocketDisconnected from exc
-
-    return send_text
-
-
-def _now_sender(websocket: Any) -> Callable[[str], bool] | None:
-    """``_text_sender``'s frame written at once, or False when that would wait (or the
-    connection is not open): for the hub's one-pass delivery. None on a server without it.
-
-    The connection's own checks are enough: an app that closed the websocket has sent its
-    close frame, and a peer that went away has disconnected the protocol."""
-    try_send: Callable[[str], bool] | None = websocket.ws.scope.get("extensions", {}).get(TRY_SEND_TEXT_EXTENSION)
-    return try_send
+def _share_query(message: Any) -> None:
+    # A subscription keeps its query text for its whole life, and clients send the same few:
+    # one string for all of theirs (an interned string is freed with its last user).
+    payload = message["payload"]
+    payload["query"] = sys.intern(payload["query"])
 
 
 class _Supervised:
@@ -226,8 +257,7 @@ class _Supervised:
         super().__init__(view, *args, **kwargs)  # type: ignore[call-arg]
         # Every attribute is set here, once: one first set later (at the first ping, say) turns
         # the instance's compact attribute storage into a dict, 1.1 KiB more per connection.
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._expiry: asyncio.TimerHandle | None = None
+        self._expiry: Expiry | None = None
         self._closing: asyncio.Task[None] | None = None
         self._awaiting_pong = False
         self._init_received = False
@@ -236,9 +266,26 @@ class _Supervised:
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` in the background, keeping a reference so it is not collected mid-way."""
-        task = asyncio.create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.api_view.connections.spawn(work)
+
+    def start_init_timer(self) -> None:
+        """Close with 4408 unless ``connection_init`` arrives in time.
+
+        A timer, not a task: Strawberry's graphql-transport-ws handler waits in a task of its
+        own, which then stays with the connection for its whole life, cancelled, with its
+        traceback (about 1 KiB).
+        """
+        timeout = self.api_view.connection_init_wait_timeout.total_seconds()
+        self._init_timer = asyncio.get_running_loop().call_later(timeout, self._init_timed_out)
+
+    def stop_init_timer(self) -> None:
+        if self._init_timer is not None:
+            self._init_timer.cancel()
+            self._init_timer = None
+
+    def _init_timed_out(self) -> None:
+        self._init_timer = None
+        self.close_soon(INIT_TIMEOUT_CLOSE_CODE, "Connection initialisation timeout")
 
     async def handle_message(self, message: Any) -> None:
         """Strawberry's dispatch, for well-formed messages only; anything else closes with 4400."""
@@ -258,14 +305,42 @@ class _Supervised:
         error = BadUserInput(f"Subscription limit reached: at most {limit} operations per connection")
         return {"message": error.message, "extensions": error.extensions}
 
-    async def supervised(self, handle: Callable[[], Awaitable[None]]) -> None:
-        self.api_view.connections.add(self)
+    async def handle(self) -> None:
+        """The connection's life: Strawberry's loop, supervised, in one coroutine.
+
+        Strawberry's ``handle``, the adapter's ``iter_json`` and a supervising wrapper would be
+        three more coroutines suspended for the connection's whole life, and its loop keeps the
+        last message (an idle subscription's ``subscribe``, with its query) while it waits for
+        the next. The adapter closes on a frame that is not text or JSON itself: Strawberry's
+        handling of those has nothing to catch here.
+        """
+        websocket: CappedWebSocketAdapter = self.websocket
+        connections = self.api_view.connections
+        connections.add(self)
+        self.start_init_timer()
         try:
-            await handle()
+            try:
+                while websocket.connected:
+                    # An idle connection waits here, in the server's receive itself: no
+                    # generator around it, no reference to the last message.
+                    message = await websocket.message_in(await websocket.receive())
+                    if message is CLOSED:
+                        break
+                    await self.handle_message(message)
+                    del message
+            except WebSocketDisconnected:
+                pass
+            finally:
+                await self.wind_down()
         finally:
-            self.api_view.connections.discard(self)
+            connections.discard(self)
+            self.stop_init_timer()
             if self._expiry is not None:
-                self._expiry.cancel()
+                connections.forget_expiry(self._expiry)
+
+    async def wind_down(self) -> None:
+        """Stop the connection's operations once it is over (what ends Strawberry's ``handle``)."""
+        raise NotImplementedError
 
     async def acknowledge(self) -> bool:
         """Authenticate the connection (the view's ``on_ws_connect``) and send ``connection_ack``.
@@ -291,6 +366,14 @@ class _Supervised:
             await self.send_message({"type": "connection_ack", "payload": ack_payload})  # type: ignore[attr-defined]
         self.connection_acknowledged = True
         self.watch_expiry()
+        # The handshake's headers (the Origin check, the request id, the refusal's reason) and
+        # connection_init's payload (the token) are what the connection was accepted on: nothing
+        # reads them once it is, and it would keep them for its whole life (1 KiB and more from
+        # a browser). Starlette's ``headers``, made once per request, views the scope's own list.
+        request = self.context.request
+        if request.headers:
+            request.scope["headers"].clear()
+        self.context.connection_params = None
         return True
 
     async def rejected(self, payload: dict[str, object]) -> None:
@@ -302,9 +385,12 @@ class _Supervised:
         if expires_at is None:
             return
         delay = max(0.0, (expires_at - datetime.now(UTC)).total_seconds())
-        self._expiry = asyncio.get_running_loop().call_later(
-            delay, self.close_soon, AUTH_REJECTED_CLOSE_CODE, TOKEN_EXPIRED_REASON
-        )
+        self._expiry = self.api_view.connections.expire(self, delay)
+
+    def expired(self) -> None:
+        """Its token has expired: close with 4403."""
+        self._expiry = None
+        self.close_soon(AUTH_REJECTED_CLOSE_CODE, TOKEN_EXPIRED_REASON)
 
     def close_soon(self, code: int, reason: str) -> None:
         if self._closing is None:
@@ -336,11 +422,12 @@ class GraphQLTransportWSHandler(_Supervised, BaseGraphQLTransportWSHandler[Conte
         "complete": "id",
     }
 
-    async def handle(self) -> None:
-        await self.supervised(super().handle)
+    async def wind_down(self) -> None:
+        await self.shutdown()
 
     async def handle_subscribe(self, message: Any) -> None:
         # Strawberry's own limit error has no code; its 4401 and 4409 checks come first.
+        _share_query(message)
         operation_id = message["id"]
         running = len(self.operations)
         if self.connection_acknowledged and operation_id not in self.operations and self.over_limit(running):
@@ -351,10 +438,9 @@ class GraphQLTransportWSHandler(_Supervised, BaseGraphQLTransportWSHandler[Conte
     async def handle_connection_init(self, message: Any) -> None:
         # Strawberry's own, but a refused token closes with a reason that says what was wrong
         # (Strawberry's is always "Forbidden"), and a failure not the client's with 1013.
-        if self.connection_timed_out:
-            return
-        if self.connection_init_timeout_task:
-            self.connection_init_timeout_task.cancel()
+        if self._closing is not None:
+            return  # timed out meanwhile
+        self.stop_init_timer()
         payload = message.get("payload", {})
         if not isinstance(payload, dict):
             await _refuse(self.websocket, BAD_MESSAGE_CLOSE_CODE, "Invalid connection init payload")
@@ -376,6 +462,11 @@ class GraphQLTransportWSHandler(_Supervised, BaseGraphQLTransportWSHandler[Conte
             self.close_soon(PONG_MISSING_CLOSE_CODE, "No pong: connection timed out")
             return
         self._awaiting_pong = True
+        # Written at once when the server can (the same frame for every connection): a task
+        # per connection per round only for those that would have to wait.
+        send_now = self.websocket.send_now
+        if send_now is not None and send_now(PING_TEXT):
+            return
         self.spawn(self._send_ping())
 
     async def _send_ping(self) -> None:
@@ -384,14 +475,14 @@ class GraphQLTransportWSHandler(_Supervised, BaseGraphQLTransportWSHandler[Conte
 
     async def run_operation(self, operation: Operation[Context, None]) -> None:
         bind_sink(
-            _text_sender(self.websocket),
+            self.websocket.send_text,
             operation_id=operation.id,
             frame_type="next",
             query=operation.query,
             operation_name=operation.operation_name,
             variables=operation.variables,
             handoff=True,
-            send_now=_now_sender(self.websocket),
+            send_now=self.websocket.send_now,
         )
         await super().run_operation(operation)
 
@@ -427,15 +518,12 @@ class LegacyGraphQLWSHandler(_Supervised, BaseGraphQLWSHandler[Context, None]):
         "stop": "id",
     }
 
-    async def handle(self) -> None:
-        timeout = self.api_view.connection_init_wait_timeout.total_seconds()
-        self._init_timer = asyncio.get_running_loop().call_later(
-            timeout, self.close_soon, INIT_TIMEOUT_CLOSE_CODE, "Connection initialisation timeout"
-        )
-        try:
-            await self.supervised(super().handle)
-        finally:
-            self._init_timer.cancel()
+    async def wind_down(self) -> None:
+        if self.keep_alive_task:
+            self.keep_alive_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self.keep_alive_task
+        await self.cleanup()
 
     async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
         if self._closing is not None:
@@ -444,8 +532,7 @@ class LegacyGraphQLWSHandler(_Supervised, BaseGraphQLWSHandler[Context, None]):
             await _refuse(self.websocket, SECOND_INIT_CLOSE_CODE, "Too many initialisation requests")
             return
         self._init_received = True
-        if self._init_timer is not None:
-            self._init_timer.cancel()
+        self.stop_init_timer()
         self.context.connection_params = message.get("payload")
         if not await self.acknowledge():
             return
@@ -457,6 +544,7 @@ class LegacyGraphQLWSHandler(_Supervised, BaseGraphQLWSHandler[Context, None]):
 
     async def handle_start(self, message: StartMessage) -> None:
         # Strawberry replaces a running operation of the same id and its limit error has no code.
+        _share_query(message)
         operation_id = message["id"]
         if self.connection_acknowledged:
             if operation_id in self.tasks:
@@ -477,15 +565,22 @@ class LegacyGraphQLWSHandler(_Supervised, BaseGraphQLWSHandler[Context, None]):
         variables: dict[str, object] | None,
     ) -> None:
         bind_sink(
-            _text_sender(self.websocket),
+            self.websocket.send_text,
             operation_id=operation_id,
             frame_type="data",
             query=query,
             operation_name=operation_name,
             variables=variables,
-            send_now=_now_sender(self.websocket),
+            send_now=self.websocket.send_now,
         )
         await super().handle_async_results(operation_id, query, operation_name, variables)
+
+
+#: A connection's token expiry, in ``Connections``' heap: when (the loop's clock), a sequence
+#: number (the order among equal times), the connection (None once forgotten).
+Expiry = list[Any]
+#: Expiries this close to due are due: a timer may fire a little early (uvloop counts whole ms).
+EXPIRY_RESOLUTION_SECONDS = 0.001
 
 
 class Connections:
@@ -495,6 +590,13 @@ class Connections:
         self._ping_interval = ping_interval
         self._open: set[_Supervised] = set()
         self._pinger: asyncio.Task[None] | None = None
+        # The connections' background work (pings): one set for all rather than one each.
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Token expiries: one heap and one timer for all (a timer each is 0.5 KiB per connection).
+        self._expiries: list[Expiry] = []
+        self._forgotten = 0
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        self._sequence = itertools.count()
         self._empty = asyncio.Event()
         self._empty.set()
 
@@ -507,10 +609,59 @@ class Connections:
         if self._pinger is None or self._pinger.done():
             self._pinger = asyncio.create_task(self._ping_forever(), name="ws-pinger")
 
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background, keeping a reference so it is not collected mid-way."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def discard(self, connection: _Supervised) -> None:
         self._open.discard(connection)
         if not self._open:
             self._empty.set()
+            self._expiries.clear()
+            self._forgotten = 0
+            if self._expiry_timer is not None:
+                self._expiry_timer.cancel()
+                self._expiry_timer = None
+
+    def expire(self, connection: _Supervised, delay: float) -> Expiry:
+        """Call ``connection.expired()`` in ``delay`` seconds, unless ``forget_expiry`` is called
+        with what this returns first."""
+        loop = asyncio.get_running_loop()
+        expiry: Expiry = [loop.time() + delay, next(self._sequence), connection]
+        heapq.heappush(self._expiries, expiry)
+        if self._expiries[0] is expiry:
+            self._arm(loop)
+        return expiry
+
+    def forget_expiry(self, expiry: Expiry) -> None:
+        if expiry[2] is None:
+            return
+        expiry[2] = None  # left in the heap, as asyncio leaves its cancelled timers
+        self._forgotten += 1
+        if self._forgotten > 64 and self._forgotten * 2 > len(self._expiries):
+            self._expiries = [entry for entry in self._expiries if entry[2] is not None]
+            heapq.heapify(self._expiries)
+            self._forgotten = 0
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+        self._expiry_timer = loop.call_at(self._expiries[0][0], self._expire_due)
+
+    def _expire_due(self) -> None:
+        self._expiry_timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time() + EXPIRY_RESOLUTION_SECONDS
+        while self._expiries and self._expiries[0][0] <= now:
+            connection = heapq.heappop(self._expiries)[2]
+            if connection is None:
+                self._forgotten -= 1
+            else:
+                connection.expired()
+        if self._expiries:
+            self._arm(loop)
 
     async def drained(self) -> None:
         """Return once no connection is open (for tests and shutdown)."""
