@@ -182,3 +182,23 @@ async def test_off_the_websocket_handlers_a_fanned_out_field_yields_as_usual() -
 
     assert received == [{"ticks": {"n": n, "double": 2 * n}} for n in range(3)]
     assert renderer.executions == 0
+
+
+def test_our_run_operation_is_still_strawberrys_with_the_live_phase_after_the_stream() -> None:
+    """``GraphQLTransportWSHandler.run_operation`` repeats Strawberry's own (stream, send the
+    results, ``complete``; its error handling), so that the live phase runs after the stream
+    rather than inside it: an upgrade that changes Strawberry's must be looked at again."""
+    from strawberry.subscriptions.protocols.graphql_transport_ws import handlers
+
+    source = inspect.getsource(BaseGraphQLTransportWSHandler.run_operation)
+    for step in (
+        "await self.schema.stream(",
+        "async with aclosing(result_source):",
+        "await self._send_result_stream(operation, result_source)",
+        'CompleteMessage(id=operation.id, type="complete")',
+        "except _OperationStreamClosed:",
+        "await self.handle_task_exception(error)",
+        "self.operations.pop(operation.id, None)",
+    ):
+        _require(step in source, f"Strawberry's run_operation no longer does {step!r}")
+    _require(hasattr(handlers, "_OperationStreamClosed"), "Strawberry's _OperationStreamClosed is gone")

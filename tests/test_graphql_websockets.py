@@ -675,3 +675,32 @@ async def test_a_refused_token_closes_with_4403_and_says_why(server, make_user, 
         ]
     else:
         assert messages == []
+
+
+async def test_an_idle_subscription_keeps_no_finished_strawberry_stream(server, make_user, make_stream):
+    """Strawberry's stream ends once the resolver has handed the live phase over; the live phase
+    then runs after it, not inside Strawberry's ``run_operation``, whose frame would keep the
+    finished stream and its ``aclosing`` wrapper for the subscription's whole life."""
+    stream = await make_stream()
+    view = server.app.graphql
+    await view.connections.drained()
+    ws = await websockets.connect(server.ws_url, subprotocols=["graphql-transport-ws"], ping_interval=None)
+    try:
+        await ws.send(
+            json.dumps({"type": "connection_init", "payload": {"Authorization": server.token(await make_user())}})
+        )
+        assert (await _recv(ws))["type"] == "connection_ack"
+        payload = {"query": SUBSCRIBE, "variables": {"s": str(stream.id)}}
+        await ws.send(json.dumps({"id": "probe", "type": "subscribe", "payload": payload}))
+        await server.services.hub.wait_for_subscribers(str(stream.id), 1)
+        (live,) = tuple(view.connections._open)
+        (operation,) = live.operations.values()
+        chain, awaited = [], operation.task.get_coro()
+        while awaited is not None and hasattr(awaited, "cr_code"):
+            chain.append((awaited.cr_code.co_name, awaited.cr_code.co_filename))
+            awaited = awaited.cr_await
+
+        assert chain and chain[0][0] == "run_operation" and "gql_api" in chain[0][1]
+        assert not [name for name, filename in chain if "strawberry" in filename]
+    finally:
+        await ws.close()

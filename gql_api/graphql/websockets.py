@@ -40,8 +40,13 @@ from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
     Operation,
+    _OperationStreamClosed,
 )
-from strawberry.subscriptions.protocols.graphql_transport_ws.types import ErrorMessage, PongMessage
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
+    CompleteMessage,
+    ErrorMessage,
+    PongMessage,
+)
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 from strawberry.subscriptions.protocols.graphql_ws.types import (
     ConnectionErrorMessage,
@@ -51,10 +56,11 @@ from strawberry.subscriptions.protocols.graphql_ws.types import (
 from strawberry.subscriptions.protocols.graphql_ws.types import ErrorMessage as LegacyErrorMessage
 from strawberry.types.execution import ExecutionResult
 from strawberry.types.unset import UnsetType
+from strawberry.utils.aio import aclosing
 
 from gql_api.errors import BadUserInput, report
 from gql_api.graphql.context import Context
-from gql_api.graphql.fanout import bind_sink, current_sink
+from gql_api.graphql.fanout import bind_sink
 from gql_api.wsprotocol import SEND_TEXT_EXTENSION, TRY_SEND_TEXT_EXTENSION
 
 if TYPE_CHECKING:
@@ -474,7 +480,7 @@ class GraphQLTransportWSHandler(_Supervised, BaseGraphQLTransportWSHandler[Conte
             await self.send_message({"type": "ping"})
 
     async def run_operation(self, operation: Operation[Context, None]) -> None:
-        bind_sink(
+        sink = bind_sink(
             self.websocket.send_text,
             operation_id=operation.id,
             frame_type="next",
@@ -484,26 +490,43 @@ class GraphQLTransportWSHandler(_Supervised, BaseGraphQLTransportWSHandler[Conte
             handoff=True,
             send_now=self.websocket.send_now,
         )
-        await super().run_operation(operation)
-
-    async def _send_result_stream(self, operation: Operation[Context, None], result_source: Any) -> None:
-        # Strawberry's stream ends as soon as a fanned-out resolver has started (see fanout.py):
-        # its execution context, extensions and graphql-core executor are freed, and the live
-        # phase runs here, before Strawberry sends `complete`, for the subscription's lifetime.
-        await super()._send_result_stream(operation, result_source)
-        sink = current_sink()
-        if sink is None or sink.live is None:
-            return
-        live, sink.live = sink.live, None
+        # Strawberry's ``run_operation``, with the live phase after its stream rather than
+        # inside it: the finished stream (an async generator, its ``aclosing`` wrapper, the
+        # loop's record of it) and Strawberry's frame would stay for the subscription's whole
+        # life, about 1.2 KiB.
         try:
-            await live()
-        except Exception as exc:  # noqa: BLE001 - reported to the client, as Strawberry does
-            # What Strawberry's stream makes of an exception from a subscription's events: a
-            # `next` without data, its error classified (and counted) by the schema, then
-            # `complete`.
-            error = GraphQLError(str(exc), original_error=exc)
-            self.schema._process_errors([error])
-            await operation.send_next(ExecutionResult(data=None, errors=[error]))
+            result_source = await self.schema.stream(
+                operation.query,
+                variable_values=operation.variables,
+                context_value=self.context,
+                root_value=self.root_value,
+                operation_name=operation.operation_name,
+            )
+            async with aclosing(result_source):
+                # Ends as soon as a fanned-out resolver has started (see fanout.py): its
+                # execution context, extensions and graphql-core executor are freed.
+                await self._send_result_stream(operation, result_source)
+            del result_source
+            if sink.live is not None:
+                live, sink.live = sink.live, None
+                try:
+                    await live()
+                except Exception as exc:  # noqa: BLE001 - reported to the client, as Strawberry does
+                    # What Strawberry's stream makes of an exception from a subscription's
+                    # events: a `next` without data, its error classified (and counted) by the
+                    # schema, then `complete`.
+                    error = GraphQLError(str(exc), original_error=exc)
+                    self.schema._process_errors([error])
+                    await operation.send_next(ExecutionResult(data=None, errors=[error]))
+            await operation.send_operation_message(CompleteMessage(id=operation.id, type="complete"))
+        except _OperationStreamClosed:
+            return
+        except Exception as error:  # as Strawberry's: reported, completed, forgotten, raised
+            await self.handle_task_exception(error)
+            with contextlib.suppress(Exception):
+                await operation.send_operation_message({"id": operation.id, "type": "complete"})
+            self.operations.pop(operation.id, None)
+            raise
 
 
 class LegacyGraphQLWSHandler(_Supervised, BaseGraphQLWSHandler[Context, None]):
