@@ -327,59 +327,61 @@ async def test_uvicorn_pings_only_connections_the_app_does_not_ping(server, make
             assert [frame.opcode for frame in modern.frames] == [Opcode.TEXT, Opcode.TEXT]
 
 
+@asynccontextmanager
+async def acknowledged(
+    server: LiveServer, make_settings: Any, token: str
+) -> AsyncIterator[tuple[RawClient, WebSocketProtocol]]:
+    """A served graphql-transport-ws connection, acknowledged, and the server's protocol for it."""
+    async with served(server, make_settings) as live, raw_client(live.ws_url, compression=False) as client:
+        await client.send_json({"type": "connection_init", "payload": {"Authorization": token}})
+        assert (await client.receive_json())["type"] == "connection_ack"
+        [protocol] = [o for o in gc.get_objects() if type(o) is WebSocketProtocol and not o.disconnected]
+        yield client, protocol
+
+
 async def test_frames_of_one_pass_go_out_in_one_write_before_anything_else(server, make_settings, make_user):
     """A connection's shared frames written in one pass of the loop (a batch of messages
     delivered together) reach its transport as one write when the pass ends; anything uvicorn
     writes itself meanwhile (a pong, a close frame) goes after them, in order."""
-    token = server.token(await make_user())
-    async with served(server, make_settings) as live:
-        async with raw_client(live.ws_url, compression=False) as client:
-            await client.send_json({"type": "connection_init", "payload": {"Authorization": token}})
-            assert (await client.receive_json())["type"] == "connection_ack"
-            [protocol] = [o for o in gc.get_objects() if type(o) is WebSocketProtocol and not o.disconnected]
-            writes: list[bytes] = []
-            transport = protocol._raw_transport
-            assert transport is not None
+    async with acknowledged(server, make_settings, server.token(await make_user())) as (client, protocol):
+        writes: list[bytes] = []
+        transport = protocol._raw_transport
+        assert transport is not None
 
-            class Recording:
-                def write(self, data: bytes) -> None:
-                    writes.append(data)
-                    transport.write(data)
+        class Recording:
+            def write(self, data: bytes) -> None:
+                writes.append(data)
+                transport.write(data)
 
-                def __getattr__(self, name: str) -> Any:
-                    return getattr(transport, name)
+            def __getattr__(self, name: str) -> Any:
+                return getattr(transport, name)
 
-            protocol._raw_transport = Recording()  # type: ignore[assignment]
-            assert protocol.try_send_text('"one"')
-            assert protocol.try_send_text('"two"')
-            assert writes == []  # corked until the pass ends, or until uvicorn writes
-            protocol.transport.write(Frame(Opcode.TEXT, b'"three"').serialize(mask=False))
-            assert writes == [
-                server_frame(Frame(Opcode.TEXT, b'"one"'), False) + server_frame(Frame(Opcode.TEXT, b'"two"'), False)
-            ]
-            assert protocol.try_send_text('"four"')
-            await asyncio.sleep(0)  # the pass ends: the flush runs next
-            while len(client.frames) < 5:
-                await client._pump()
-            assert [json.loads(frame.data) for frame in client.frames[1:]] == ["one", "two", "three", "four"]
-            assert len(writes) == 2
+        protocol._raw_transport = Recording()  # type: ignore[assignment]
+        assert protocol.try_send_text('"one"')
+        assert protocol.try_send_text('"two"')
+        assert writes == []  # corked until the pass ends, or until uvicorn writes
+        protocol.transport.write(Frame(Opcode.TEXT, b'"three"').serialize(mask=False))
+        assert writes == [
+            server_frame(Frame(Opcode.TEXT, b'"one"'), False) + server_frame(Frame(Opcode.TEXT, b'"two"'), False)
+        ]
+        assert protocol.try_send_text('"four"')
+        await asyncio.sleep(0)  # the pass ends: the flush runs next
+        while len(client.frames) < 5:
+            await client._pump()
+        assert [json.loads(frame.data) for frame in client.frames[1:]] == ["one", "two", "three", "four"]
+        assert len(writes) == 2
 
 
 async def test_a_long_batch_is_written_as_it_goes(server, make_settings, make_user):
     """The frames held back for one write are capped: a catch-up's hundreds of messages reach
     the transport as they are delivered, so its flow control pauses a slow reader in time."""
-    token = server.token(await make_user())
-    async with served(server, make_settings) as live:
-        async with raw_client(live.ws_url, compression=False) as client:
-            await client.send_json({"type": "connection_init", "payload": {"Authorization": token}})
-            assert (await client.receive_json())["type"] == "connection_ack"
-            [protocol] = [o for o in gc.get_objects() if type(o) is WebSocketProtocol and not o.disconnected]
-            for n in range(MAX_CORKED_FRAMES):
-                assert protocol.try_send_text(f'"{n}"')
-            assert protocol.corked is None  # written: the cap was reached
-            assert protocol.try_send_text('"last"')
-            assert protocol.corked is not None
-            while len(client.frames) < MAX_CORKED_FRAMES + 2:
-                await client._pump()
-            received = [json.loads(frame.data) for frame in client.frames[1:]]
-            assert received == [str(n) for n in range(MAX_CORKED_FRAMES)] + ["last"]
+    async with acknowledged(server, make_settings, server.token(await make_user())) as (client, protocol):
+        for n in range(MAX_CORKED_FRAMES):
+            assert protocol.try_send_text(f'"{n}"')
+        assert protocol.corked is None  # written: the cap was reached
+        assert protocol.try_send_text('"last"')
+        assert protocol.corked is not None
+        while len(client.frames) < MAX_CORKED_FRAMES + 2:
+            await client._pump()
+        received = [json.loads(frame.data) for frame in client.frames[1:]]
+        assert received == [str(n) for n in range(MAX_CORKED_FRAMES)] + ["last"]
