@@ -14,7 +14,12 @@ size (uWebSockets' "shared compressor"), and no connection keeps a zlib stream b
 
 The app's live events skip the ASGI middleware on their way here: the connection offers its
 ``send_text`` in the scope's extensions (``SEND_TEXT_EXTENSION``), which the websocket handlers
-use when it is there (``graphql/websockets.py``).
+use when it is there (``graphql/websockets.py``), and ``try_send_text`` (``TRY_SEND_TEXT_EXTENSION``),
+which the hub's one-pass delivery calls for every waiting subscriber without a task of its own.
+
+The frames written to a connection in one pass of the event loop go to its transport together,
+in one ``write()``, when the pass ends (:class:`WriteBatch`): a batch of messages costs each
+subscriber one system call, not one per message. Whatever uvicorn writes itself goes after them.
 
 Anything unusual takes uvicorn's own path: binary messages, a connection that is not open, a
 handshake not yet complete, an extension we did not negotiate. The fast path keeps uvicorn's
