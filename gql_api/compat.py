@@ -20,6 +20,8 @@ Everything here is also correct, and means the same, on a real MongoDB:
 - A top-level datetime written by ``$set`` is stored as text (and a boolean as 0 or 1, which
   still compares equal to ``True``/``False``); one inside a subdocument written whole keeps its
   type. Times that are updated live in subdocuments (see ``store``: moderation).
+- Projections name whole fields, never a dotted path: nx-27017 returns ``{"sender.id": 1}``
+  as a top-level key ``"sender.id"`` instead of a ``sender`` subdocument.
 - A change event's document id is read from ``documentKey._id``: nx-27017 sends
   ``fullDocument._id`` as a dict, and the rest of the document as extended JSON. Its
   duplicate-key errors name the index but not its key pattern. Its update events have no

@@ -218,25 +218,6 @@ class ChatMessage(Document):
         ]
 
 
-class ChatRateWindow(Document):
-    """One user's recent sends in one stream, for the per-user rate limit (see ``ratelimit``)."""
-
-    id: str  # type: ignore[assignment]  # "<stream_id>:<user_id>"
-    stream_id: str
-    # Epoch milliseconds of the user's most recent messages in the stream, newest first; at
-    # most as many as the limit. Integers, because nx-27017 stores datetimes in arrays as text.
-    sent_at_ms: list[int] = Field(default_factory=list)
-    # The dedup key of each of those messages, in the same order: a retry of an admitted
-    # message is admitted again without taking another slot.
-    dedup_keys: list[str] = Field(default_factory=list)
-    # Bumped on every change: writers compare-and-swap on it (see ``ratelimit``).
-    version: int = 0
-
-    class Settings:
-        name = "chat_rate_windows"
-        indexes: ClassVar[list[IndexModel]] = [IndexModel([("stream_id", ASCENDING)], name="stream")]
-
-
 class ChatBanRecord(BaseModel):
     """A ban of one user from one stream's chat: who, when, why, and until when (None: for good)."""
 
@@ -308,7 +289,7 @@ class ViewerPresence(Document):
     id: str  # type: ignore[assignment]  # the replica's id
     # Stream id -> live subscribers on this replica (streams with none are left out).
     counts: dict[str, int] = Field(default_factory=dict)
-    # Epoch milliseconds after which nobody counts it (integers, as in ``ChatRateWindow``).
+    # Epoch milliseconds after which nobody counts it.
     expires_at_ms: int
     updated_at: datetime = Field(default_factory=utcnow)
 
@@ -320,7 +301,6 @@ DOCUMENT_MODELS: list[type[Document]] = [
     User,
     LiveStream,
     ChatMessage,
-    ChatRateWindow,
     StreamMember,
     ModerationAction,
     ViewerPresence,

@@ -1,143 +1,145 @@
-"""The per-user message rate limit, kept in MongoDB so that every API replica shares it.
+"""The per-user message rate limit and slow mode, counted from each stream's log.
 
-A sliding log: for each (stream, user) one document holds the send times of the user's latest
-``limit`` messages. A message is admitted while fewer than ``limit`` of them fall inside the
-last ``window`` seconds, so no span of ``window`` seconds ever holds more than ``limit``
-messages (a fixed-window counter lets twice the limit through across a window boundary).
-Each entry also records the message's dedup key: a retry of a message that was admitted (its
-client sent it again, perhaps concurrently, with the same ``clientMessageId``) is admitted
-again without taking a slot.
+A sliding log: a message is admitted while fewer than ``limit`` of the user's messages in the
+stream fall inside the last ``window`` seconds, so no span of ``window`` seconds ever holds
+more than ``limit`` of them (a fixed-window counter lets twice the limit through across a
+window boundary). Slow mode, a stream's chat setting, asks for at least its gap between two
+messages of one viewer, with the limit off too.
 
-Written here rather than taken from the ``limits`` package: its MongoDB storage talks through
-Motor (this app uses pymongo's own async client) and updates with aggregation pipelines
-(``$$NOW``, ``$cond``), which nx-27017 does not implement. The embedded server also rejects
-``$not`` and cannot match array positions (``sent_at_ms.19``), so the log is written by
-compare-and-swap on a version number, which both servers do atomically (the store's
-``rate_window`` and ``swap_rate_windows``); the swaps of concurrent senders share one round
-trip (``batching.Batcher``). Times come from each
-replica's clock: replicas need synchronised clocks (NTP), as any shared window does.
+There is no counter to keep: every message is an entry of the stream's log, with its sender,
+its time and its dedup key, and the roster of each stream a process writes to follows that log
+exactly (``roster``). Its ``SendLog`` holds each user's recent messages as of the roster's
+position. A send is checked like the roster's other rules, twice: early, against what this
+process knows, which refuses only what is over the limit anyway (the log only grows); and when
+it is numbered, against the roster as of that number, with the messages numbered before it in
+the same group commit (``Tally``). A message numbered N is stored only if every entry before N
+was applied to the roster first (a number another replica took sends the batch back to read
+it), so the limit holds across replicas, and the send's one round trip is the insert that
+stores it. A message that is refused for any reason, or fails validation, is never stored, so
+it takes no slot; a retry of a stored message (the same ``clientMessageId``) is found by its
+dedup key and takes none either.
 
-Each process remembers the last window it read or wrote under each key and swaps against
-it directly, so a send admitted by the replica that admitted the user's previous one takes
-one round trip; a key it remembers nothing of is created at once (a user's first message in
-a stream, one round trip too), and read only when it turns out to exist. A remembered
-window is never trusted beyond the swap: one that another replica changed since fails its
-swap, and the window is read again. A refusal from a remembered window is right as it is: a
-stored window only ever holds newer entries than the ones remembered, so it is at least as
-full.
+Times are the entries' ``created_at``, from each replica's clock: replicas need synchronised
+clocks (NTP), as any shared window does.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass
 
-from pymongo.errors import PyMongoError
-
-from gql_api.batching import Batcher
 from gql_api.errors import RateLimited
-from gql_api.store import ChatStore, RateSwap, RateWindow
 
-logger = logging.getLogger(__name__)
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """One counted message: when it was stored (epoch ms) and, for a message a client can
+    retry (one with a ``clientMessageId``), its dedup key."""
+
+    at_ms: int
+    dedup_key: str | None
+
+
+class SendLog:
+    """Each user's newest messages in one stream, as of the log entry ``position``.
+
+    At most ``keep`` per user (the limit: older ones can refuse nothing), none older than
+    ``horizon_ms`` before the newest recorded (the longest of the window and slow mode's gap).
+    Entries are noted in log order, each once: one noted again (two readers of the log
+    overlap) changes nothing.
+    """
+
+    def __init__(self, keep: int, horizon_ms: int, position: int = 0) -> None:
+        self.position = position
+        self._keep = max(keep, 1)
+        self.horizon_ms = horizon_ms
+        # User id -> their messages, oldest first; the users who sent least recently first.
+        self._users: OrderedDict[str, deque[Sent]] = OrderedDict()
+
+    def note(self, seq: int, sender_id: str | None = None, at_ms: int = 0, dedup_key: str | None = None) -> None:
+        """Follow the log to entry ``seq``: a message of ``sender_id`` when it counts, else
+        any other entry (``sender_id`` None)."""
+        if seq <= self.position:
+            return
+        self.position = seq
+        if sender_id is None:
+            return
+        sends = self._users.get(sender_id)
+        if sends is None:
+            sends = self._users[sender_id] = deque(maxlen=self._keep)
+        else:
+            self._users.move_to_end(sender_id)
+        sends.append(Sent(at_ms, dedup_key if dedup_key is not None and dedup_key.startswith("c:") else None))
+        # Users whose newest message left the horizon have nothing left that counts.
+        cutoff = at_ms - self.horizon_ms
+        while self._users:
+            oldest = next(iter(self._users.values()))
+            if oldest[-1].at_ms > cutoff:
+                break
+            self._users.popitem(last=False)
+
+    def of(self, user_id: str) -> Iterable[Sent]:
+        """The user's recorded messages, oldest first."""
+        return self._users.get(user_id, ())
+
+    def __len__(self) -> int:
+        """How many users have messages recorded."""
+        return len(self._users)
+
+
+class Tally:
+    """The messages numbered so far in one round of a group commit, not stored yet: counted
+    with the roster's, so one commit cannot store more than the limit either."""
+
+    def __init__(self, log: SendLog) -> None:
+        self._log = log
+        self._numbered: dict[str, list[Sent]] = {}
+
+    def of(self, user_id: str) -> list[Sent]:
+        """The user's messages: the log's, then this round's."""
+        return [*self._log.of(user_id), *self._numbered.get(user_id, ())]
+
+    def add(self, user_id: str, at_ms: int, dedup_key: str) -> None:
+        self._numbered.setdefault(user_id, []).append(Sent(at_ms, dedup_key))
 
 
 class MessageRateLimiter:
     """At most ``limit`` messages per ``window_seconds`` per user per stream (``limit=0`` is
     off), and, per call, at least ``min_interval_seconds`` between two of them (slow mode)."""
 
-    def __init__(
-        self,
-        limit: int,
-        window_seconds: int,
-        *,
-        store: ChatStore,
-        clock: Callable[[], float] = time.time,
-        remembered: int = 10_000,
-    ) -> None:
-        self.store = store
+    def __init__(self, limit: int, window_seconds: int) -> None:
         self.limit = limit
         self.window_seconds = window_seconds
-        self._clock = clock
-        self._capacity = remembered
-        # The last window this process read or wrote under each key, most recent last.
-        self._windows: OrderedDict[str, RateWindow] = OrderedDict()
-        # Concurrent senders' swaps, in one stream or many, share round trips.
-        self._swaps: Batcher[RateSwap, bool] = Batcher(self._swap, name="rate-windows")
 
     @property
     def enabled(self) -> bool:
         return self.limit > 0
 
-    async def acquire(self, stream_id: str, user_id: str, dedup_key: str, min_interval_seconds: int = 0) -> int | None:
-        """Count one message of ``user_id`` in ``stream_id``; RateLimited when over the limit,
-        or, with ``min_interval_seconds`` (a stream's slow mode), when the user's previous
-        message is more recent than that. One compare-and-swap on the same window enforces
-        both, and slow mode holds with the limit off too.
+    def new_log(self, longest_gap_seconds: int, position: int = 0) -> SendLog:
+        """An empty log for a stream, as of entry ``position``, keeping what the limit and a
+        slow mode of up to ``longest_gap_seconds`` need."""
+        return SendLog(self.limit, max(self.window_seconds, longest_gap_seconds) * 1000, position)
 
-        ``dedup_key`` names the message: one that is in the log already is admitted again
-        and not counted twice. Returns when the user's previous message was counted (epoch
-        milliseconds; None when there was none, or nothing was counted), so a slow mode
-        turned on meanwhile can be held to later.
-        """
-        if not self.enabled and min_interval_seconds <= 0:
-            return None
-        key = f"{stream_id}:{user_id}"
-        window_ms = self.window_seconds * 1000
-        interval_ms = max(min_interval_seconds, 0) * 1000
-        # Each lost swap means another message of this same user took a slot (or a retry of
-        # this one did), so within `limit` rounds the log is full or holds this message.
-        window = self._windows.get(key)
-        # Nothing remembered: most often the user's first message in the stream, so the window
-        # is created at once, and read only if it turns out to exist.
-        state = "remembered" if window is not None else "create"
-        for _ in range(max(self.limit, 1) + 3):  # a round more for a stale window, one for the creation
-            now_ms = int(self._clock() * 1000)
-            if state == "read":
-                window = await self.store.rate_window(key)
-            state = "read"
-            entries = window.entries if window is not None else []
-            if any(k == dedup_key for _, k in entries):
-                return None  # a retry of an admitted message: it has its slot
-            # The log holds the newest message whatever the window: it is the last one written.
-            newest = max((t for t, _ in entries), default=None)
-            if interval_ms and newest is not None and newest + interval_ms > now_ms:
-                raise self.slow_mode_refusal(min_interval_seconds, newest + interval_ms - now_ms)
-            recent: list[tuple[int, str]] = []
-            if self.enabled:
-                recent = sorted((e for e in entries if e[0] > now_ms - window_ms), reverse=True)
-                if len(recent) >= self.limit:
-                    raise self._refusal(recent[self.limit - 1][0] + window_ms - now_ms)
-            log = [(now_ms, dedup_key), *recent]
-            # Version 0: no window was stored, and this creates it.
-            version = window.version if window is not None else 0
-            if await self._swaps.submit(RateSwap(key, stream_id, version, log)):
-                self._remember(key, RateWindow(log, version + 1))
-                return newest
-            # The window changed meanwhile (another message of this user, or a retry of this
-            # one), or exists already where none was expected: read it and count again.
-        raise self._refusal(1000)  # pragma: no cover - only a flood of parallel sends gets here
-
-    async def _swap(self, swaps: list[RateSwap]) -> list[bool]:
-        return await self.store.swap_rate_windows(swaps)
-
-    def _remember(self, key: str, window: RateWindow) -> None:
-        self._windows[key] = window
-        self._windows.move_to_end(key)
-        if len(self._windows) > self._capacity:
-            self._windows.popitem(last=False)
-
-    async def forget(self, stream_id: str) -> None:
-        """Drop a stream's counters (it has ended, so no one can send to it any more)."""
-        prefix = f"{stream_id}:"
-        for key in [key for key in self._windows if key.startswith(prefix)]:
-            del self._windows[key]
-        try:
-            await self.store.drop_rate_windows(stream_id)
-        except PyMongoError as exc:  # leftovers are harmless: the stream takes no more messages
-            logger.warning("Could not drop the rate counters of stream %s: %r", stream_id, exc)
+    def check(self, sent: Iterable[Sent], dedup_key: str, now_ms: int, min_interval_seconds: int = 0) -> bool:
+        """Whether a message may be stored after the user's messages ``sent`` (oldest first):
+        True when it is one of them already (a retry: it has its slot), False when it counts
+        as a new one; RateLimited when it is over the limit, or sooner than
+        ``min_interval_seconds`` after the newest of them."""
+        sent = list(sent)
+        if any(s.dedup_key == dedup_key for s in sent):
+            return True
+        if min_interval_seconds > 0 and sent:
+            newest = max(s.at_ms for s in sent)
+            if newest + min_interval_seconds * 1000 > now_ms:
+                raise self.slow_mode_refusal(min_interval_seconds, newest + min_interval_seconds * 1000 - now_ms)
+        if self.enabled:
+            window_ms = self.window_seconds * 1000
+            recent = sorted((s.at_ms for s in sent if s.at_ms > now_ms - window_ms), reverse=True)
+            if len(recent) >= self.limit:
+                raise self._refusal(recent[self.limit - 1] + window_ms - now_ms)
+        return False
 
     def _refusal(self, wait_ms: int) -> RateLimited:
         retry_after = max(1, math.ceil(wait_ms / 1000))

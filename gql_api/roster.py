@@ -8,11 +8,14 @@ perhaps a few later ones, which their entries then set again to what they alread
 there it follows the log: each entry after its ``position`` is applied in order, whether this
 process wrote it or read it back when a write found its number taken.
 
-The send path (``ChatService``) checks a message against the roster before counting it
-against the rate limit, to refuse early, and again when the message is numbered, once the
-roster has applied every entry before that number. So no message is stored after an entry
-that forbids it: a ban or a settings change holds from the next number on, on every replica,
-without a read per send.
+The roster also holds each user's recent messages (``ratelimit.SendLog``), which are entries
+of the same log: the rate limit and slow mode are counted from it.
+
+The send path (``ChatService``) checks a message against the roster early, to refuse what it
+can at once, and again when the message is numbered, once the roster has applied every entry
+before that number. So no message is stored after an entry that forbids it: a ban or a
+settings change holds from the next number on, on every replica, and so does the rate limit,
+without a read or a write per send.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from datetime import datetime
 
 from gql_api.documents import ChatMessage, ChatRole, ChatSettings, MessageKind, StreamMember
 from gql_api.errors import Forbidden
+from gql_api.ratelimit import SendLog
 
 # A roster is read again from the documents after this long, whatever it has followed: a
 # change whose maker stopped between storing it and telling it (its log entry is missing) is
@@ -42,6 +46,8 @@ class Roster:
     owner_id: str
     position: int
     settings: ChatSettings
+    # The users' recent messages, as of ``position`` too.
+    sends: SendLog
     moderators: set[str] = field(default_factory=set)
     # User id -> when their ban lifts itself (None: never).
     bans: dict[str, datetime | None] = field(default_factory=dict)
@@ -57,9 +63,11 @@ class Roster:
         newest: ChatMessage | None,
         settings: ChatSettings,
         members: list[StreamMember],
+        sends: SendLog,
     ) -> Roster:
-        """A roster from the stream's newest log entry and, read after it, its documents."""
-        roster = cls(stream_id, owner_id, newest.seq if newest is not None else 0, settings)
+        """A roster from the stream's newest log entry and, read after it, its documents; its
+        ``sends`` is the caller's to bring up to the same entry."""
+        roster = cls(stream_id, owner_id, newest.seq if newest is not None else 0, settings, sends)
         if newest is not None and newest.kind is MessageKind.STREAM_ENDED:
             roster.end = newest
         for member in members:
@@ -79,6 +87,19 @@ class Roster:
         if user_id == self.owner_id:
             return ChatRole.OWNER
         return ChatRole.MODERATOR if user_id in self.moderators else ChatRole.VIEWER
+
+    def counts(self, kind: MessageKind, sender_id: str) -> bool:
+        """Whether an entry counts against its sender's rate limit: a text message, but not
+        the owner's (superlikes do not count: there is one per user anyway)."""
+        return kind is MessageKind.TEXT and sender_id != self.owner_id
+
+    def note_send(self, entry: ChatMessage) -> None:
+        """Follow the log by one entry for the rate limit only (see ``SendLog.note``)."""
+        sender_id = entry.sender.id
+        if self.counts(entry.kind, sender_id):
+            self.sends.note(entry.seq, sender_id, int(entry.created_at.timestamp() * 1000), entry.dedup_key)
+        else:
+            self.sends.note(entry.seq)
 
     def is_banned(self, user_id: str, now: datetime) -> bool:
         """Whether a ban of the user holds at ``now`` (a timeout holds until it expires)."""
@@ -103,6 +124,7 @@ class Roster:
         if entry.seq != self.position + 1 or self.end is not None:
             raise NotInOrder(f"entry {entry.seq} of {entry.stream_id} after {self.position}")
         self.position = entry.seq
+        self.note_send(entry)
         event, kind = entry.event, entry.kind
         if kind is MessageKind.STREAM_ENDED:
             self.end = entry

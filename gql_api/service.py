@@ -9,7 +9,7 @@ import unicodedata
 from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -33,9 +33,9 @@ from gql_api.documents import (
 from gql_api.errors import ApiError, BadUserInput, Conflict, ContentBlocked, Forbidden, NotFound, RateLimited
 from gql_api.hub import Feed, MessageHub
 from gql_api.metrics import timed_send
-from gql_api.moderation import Clock, Moderation
+from gql_api.moderation import MAX_SLOW_MODE_SECONDS, Clock, Moderation
 from gql_api.pagination import Page, PageRequest, decode_cursor
-from gql_api.ratelimit import MessageRateLimiter
+from gql_api.ratelimit import MessageRateLimiter, Tally
 from gql_api.roster import Roster
 from gql_api.store import ChatStore, DedupKeyTaken, DuplicateKey, InsertStopped, SeqTaken, canonical_id
 
@@ -142,8 +142,9 @@ MAX_BATCH = 256
 
 
 # A send's check at commit time: against the stream's roster as of the number it is about to
-# take, and the time; the role it sends in, or an ApiError refusing it.
-Admission = Callable[[Roster, datetime], ChatRole]
+# take, the time, and the messages numbered before it in the same commit; the role it sends
+# in, or an ApiError refusing it.
+Admission = Callable[[Roster, datetime, Tally], ChatRole]
 
 
 @dataclass(eq=False)
@@ -231,7 +232,7 @@ class ChatService:
         # The commits of one entry, in many streams at once (a message each in quiet streams),
         # share one unordered insert.
         self._lone: Batcher[ChatMessage, DuplicateKey | None] = Batcher(self._insert_lone, name="lone-entries")
-        self.rate_limiter = rate_limiter or MessageRateLimiter(0, 1, store=store)
+        self.rate_limiter = rate_limiter or MessageRateLimiter(0, 1)
         self.metrics = hub.metrics
         # Roles and bans: every send asks it whether its sender may, and in which role.
         self.moderation = Moderation(store, self.get_stream, clock, events=self)
@@ -314,13 +315,11 @@ class ChatService:
             # The call that stored the end answers for it; this one only finishes its marking
             # (that call may have stopped in between), so exactly one end succeeds.
             await self.delivery.message_stored(end)  # in-process delivery may not have had it
-            await self.rate_limiter.forget(key)
             raise Conflict("Resource cannot be changed in its current state: the stream has already ended")
         if ended is None:  # marked already, by a call that found our end in place
             ended = await self.store.stream(key)
             if ended is None:  # pragma: no cover - streams are never deleted
                 raise NotFound("Resource not found: no live stream has this id")
-        await self.rate_limiter.forget(key)
         return ended
 
     # -- messages --------------------------------------------------------------------------
@@ -515,50 +514,56 @@ class ChatService:
     # -- internals -------------------------------------------------------------------------
 
     async def _admit(self, sender: User, stream_id: str, content: str | None, dedup_key: str | None) -> Admission:
-        """Check a send against the stream's roster, and count a message (``dedup_key``; a
-        superlike has None) against the sender's rate limit and the stream's slow mode: the
-        error refusing it, or the check its commit makes again (see ``roster``).
+        """Check a send against the stream's roster as this process knows it, to refuse at
+        once what it can: the error refusing it, or the check its commit makes, against the
+        roster as of the number it is about to take (see ``roster``).
 
-        The owner is held to no chat setting and never throttled; moderators are held to the
-        rate limit but not to the settings, which are for viewers.
+        A message (``dedup_key``; a superlike has None) counts against the sender's rate limit
+        and the stream's slow mode. The owner is held to no chat setting and never throttled;
+        moderators are held to the rate limit but not to the settings, which are for viewers.
         """
         roster = await self._roster(stream_id)
         user_id = str(sender.id)
         try:
-            role = self._hold(roster, user_id, content)
+            self._check(roster, user_id, content, dedup_key, self._clock())
         except (Forbidden, ContentBlocked):
             # Refused by what this process knows: the entries it has not read yet may lift it.
             await self._catch_up(roster)
-            role = self._hold(roster, user_id, content)
-        interval, previous_ms = 0, None
-        if dedup_key is not None and role is not ChatRole.OWNER:
-            interval = self._slow_mode(roster, user_id)
-            try:
-                previous_ms = await self.rate_limiter.acquire(
-                    stream_id, user_id, dedup_key, min_interval_seconds=interval
-                )
-            except RateLimited:
-                if not interval:
-                    raise
-                await self._catch_up(roster)  # slow mode may have been eased through another replica
-                if (eased := self._slow_mode(roster, user_id)) >= interval:
-                    raise
-                interval = eased
-                previous_ms = await self.rate_limiter.acquire(
-                    stream_id, user_id, dedup_key, min_interval_seconds=interval
-                )
+            self._check(roster, user_id, content, dedup_key, self._clock())
+        except RateLimited:
+            # More entries only hold more messages; but slow mode may have been eased.
+            if not self._slow_mode(roster, user_id):
+                raise
+            await self._catch_up(roster)
+            self._check(roster, user_id, content, dedup_key, self._clock())
 
-        def admit(roster: Roster, now: datetime) -> ChatRole:
-            role = self._hold(roster, user_id, content, now)
-            # Slow mode turned on (or lengthened) since the send was counted: held to it now.
-            slow = self._slow_mode(roster, user_id)
-            if slow > interval and previous_ms is not None:
-                wait_ms = previous_ms + slow * 1000 - int(now.timestamp() * 1000)
-                if wait_ms > 0:
-                    raise MessageRateLimiter.slow_mode_refusal(slow, wait_ms)
-            return role
+        def admit(roster: Roster, now: datetime, tally: Tally) -> ChatRole:
+            return self._check(roster, user_id, content, dedup_key, now, tally)
 
         return admit
+
+    def _check(
+        self,
+        roster: Roster,
+        user_id: str,
+        content: str | None,
+        dedup_key: str | None,
+        now: datetime,
+        tally: Tally | None = None,
+    ) -> ChatRole:
+        """The role the user sends in, refused when ``_hold`` refuses it, or when the message
+        (``dedup_key``) is over the rate limit or too soon in slow mode after the user's
+        messages in the roster and, at commit time, those numbered before it (``tally``,
+        where it is then counted)."""
+        role = self._hold(roster, user_id, content, now)
+        if dedup_key is None or role is ChatRole.OWNER:
+            return role
+        now_ms = int(now.timestamp() * 1000)
+        sent = tally.of(user_id) if tally is not None else roster.sends.of(user_id)
+        counted = self.rate_limiter.check(sent, dedup_key, now_ms, self._slow_mode(roster, user_id))
+        if tally is not None and not counted:
+            tally.add(user_id, now_ms, dedup_key)
+        return role
 
     def _hold(self, roster: Roster, user_id: str, content: str | None, now: datetime | None = None) -> ChatRole:
         """The role the user sends in, refused when they are banned or the settings forbid
@@ -593,9 +598,34 @@ class ChatService:
         # The log's position first: the documents read after it hold every change told up to it.
         newest = await self.store.newest(stream_id)
         settings, members = await asyncio.gather(self.store.chat_settings(stream_id), self.store.members(stream_id))
-        roster = Roster.read(stream_id, owner_id, newest, settings or ChatSettings(), members)
+        # The messages the rate limit counts are entries of the log: exact as of any position,
+        # so those of the roster this one replaces (read again when stale) go on as they are.
+        previous = self._writers.roster(stream_id)
+        sends = previous.sends if previous is not None else self.rate_limiter.new_log(MAX_SLOW_MODE_SECONDS)
+        roster = Roster.read(stream_id, owner_id, newest, settings or ChatSettings(), members, sends)
+        await self._read_sends(roster)
         self._writers.remember_roster(roster)
         return roster
+
+    async def _read_sends(self, roster: Roster) -> None:
+        """Bring the roster's messages up to its position: the log's entries after the one its
+        ``sends`` has reached, or, for a new log, those within its horizon."""
+        sends = roster.sends
+        if sends.position >= roster.position:
+            return
+        if sends.position > 0:
+            async for entry in self.store.replay(
+                roster.stream_id, after=sends.position, through=roster.position, every_kind=True
+            ):
+                roster.note_send(entry)
+        else:
+            since = self._clock() - timedelta(milliseconds=sends.horizon_ms)
+            entries = await self.store.recent_entries(roster.stream_id, through=roster.position, since=since)
+            for logged in reversed(entries):
+                if roster.counts(logged.kind, logged.sender_id):
+                    at_ms = int(logged.created_at.timestamp() * 1000)
+                    sends.note(logged.seq, logged.sender_id, at_ms, logged.dedup_key)
+        sends.position = max(sends.position, roster.position)
 
     async def _catch_up(self, roster: Roster) -> None:
         """Apply the entries of the stream's log after the roster's position."""
@@ -744,6 +774,7 @@ class ChatService:
                     pending.settle(error=_StreamEnded(roster.end))
                 return
             now = self._clock()
+            tally = Tally(roster.sends)
             numbered: list[_Pending] = []
             entries: list[ChatMessage] = []
             for pending in batch:
@@ -751,7 +782,7 @@ class ChatService:
                     numbered.append(pending)  # nothing is numbered after the end: refused next round
                     continue
                 try:
-                    role = pending.admit(roster, now) if pending.admit is not None else None
+                    role = pending.admit(roster, now, tally) if pending.admit is not None else None
                 except ApiError as exc:
                     pending.settle(error=exc)
                     continue

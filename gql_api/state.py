@@ -69,7 +69,7 @@ async def open_services(
         users = UserCache()  # served only while a change stream on the users keeps it fresh
         delivery = await open_delivery(hub, database, users)
         stack.push_async_callback(delivery.stop)
-        rate_limiter = MessageRateLimiter(settings.rate_limit_messages, settings.rate_limit_window_seconds, store=store)
+        rate_limiter = MessageRateLimiter(settings.rate_limit_messages, settings.rate_limit_window_seconds)
         viewers = ViewerCounts()
         presence = ReplicaPresence(store, hub, viewers, interval_seconds=settings.viewer_count_interval_seconds)
         presence.start()

@@ -1,8 +1,8 @@
 """Every database query the app makes, in one place: ``ChatStore``.
 
-The domain (``service``, ``hub``, ``ratelimit``, ``users``, ``demo``, ``auth``) asks the store in
-its own terms (the newest entry of a stream's log, a window of it, a rate window's compare and
-swap) and never writes a query. What only a database should know stays here:
+The domain (``service``, ``hub``, ``users``, ``demo``, ``auth``) asks the store in its own
+terms (the newest entry of a stream's log, a window of it, its recent entries) and never
+writes a query. What only a database should know stays here:
 
 - **Query shapes.** Equality is ``compat.eq`` (nx-27017 scans the table for the short form);
   a log is read over the ``(stream_id, seq)`` index, never over ``_id``; counts are indexed
@@ -10,8 +10,7 @@ swap) and never writes a query. What only a database should know stays here:
 - **Duplicate keys.** An insert that collides with a unique index raises the one exception
   that says which: ``SeqTaken`` (another writer took the stream's next sequence number),
   ``DedupKeyTaken`` (the stream has the entry already: a retry, the one superlike, the end),
-  ``UsernameTaken``; a rate window changed or created concurrently is a ``False`` from
-  ``swap_rate_windows``. No ``DuplicateKeyError`` leaves the store.
+  ``UsernameTaken``. No ``DuplicateKeyError`` leaves the store.
 - **Detached operations.** Every operation, read or write, is awaited through ``detached``.
   pymongo 4.20's async driver can hang a task that is cancelled in the middle of an operation
   (measured: about 2 in 100 cancelled ``find_one`` calls never finish), and tasks are
@@ -19,8 +18,8 @@ swap) and never writes a query. What only a database should know stays here:
   check), and a websocket's mutations when its socket closes. A detached operation runs in a
   task of its own, so the caller is cancelled at once and the driver finishes undisturbed;
   the result of an operation nobody awaits any more is dropped (a write stays written: the
-  log and the rate windows are correct whoever wrote them, and a client's retry with its
-  ``clientMessageId`` finds the message).
+  log is correct whoever wrote it, and a client's retry with its ``clientMessageId`` finds
+  the message).
 
 The store holds no state: it works on the documents ``database.open_database`` binds Beanie
 to, so one can be built before the database is open.
@@ -30,13 +29,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from beanie import PydanticObjectId, SortDirection
 from bson import ObjectId
-from pymongo import ReturnDocument, UpdateOne
+from pymongo import ReturnDocument
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 from gql_api.compat import (
@@ -53,7 +51,6 @@ from gql_api.documents import (
     Appointment,
     ChatBanRecord,
     ChatMessage,
-    ChatRateWindow,
     ChatSettings,
     LiveStream,
     MessageDeletion,
@@ -74,7 +71,7 @@ __all__ = [
     "DedupKeyTaken",
     "DuplicateKey",
     "InsertStopped",
-    "RateWindow",
+    "LoggedEntry",
     "SeqTaken",
     "TargetIsModerator",
     "UsernameTaken",
@@ -87,6 +84,8 @@ __all__ = [
 T = TypeVar("T")
 
 REPLAY_BATCH = 100
+# Entries per page of ``recent_entries``: rows of a few fields each.
+RECENT_PAGE = 1000
 _EPOCH = datetime.fromtimestamp(0, UTC)
 
 
@@ -127,22 +126,14 @@ class TargetIsModerator(Exception):
     """A moderation write that must not touch a moderator found one."""
 
 
-@dataclass(frozen=True)
-class RateWindow:
-    """One user's recent sends in one stream: ``(epoch ms, dedup key)`` pairs, newest first."""
+class LoggedEntry(NamedTuple):
+    """What the rate limit reads of a log entry (``ChatStore.recent_entries``)."""
 
-    entries: list[tuple[int, str]]
-    version: int
-
-
-@dataclass(frozen=True)
-class RateSwap:
-    """A rate window to write under ``key`` if the stored one is at ``version`` (0: none is)."""
-
-    key: str
-    stream_id: str
-    version: int
-    entries: list[tuple[int, str]]
+    seq: int
+    kind: MessageKind
+    sender_id: str
+    created_at: datetime
+    dedup_key: str
 
 
 async def detached(operation: Awaitable[T]) -> T:
@@ -192,7 +183,7 @@ def _window(after: int | None, before: int | None) -> dict[str, int]:
 
 
 class ChatStore:
-    """The queries of live-stream chat: streams, their logs, rate windows and users.
+    """The queries of live-stream chat: streams, their logs and users.
 
     A stream's log holds its messages and, once it has ended, one STREAM_ENDED entry after the
     last of them. Windows, replays and existence checks show messages only unless asked for
@@ -389,49 +380,34 @@ class ChatStore:
         )
         return await detached(query.to_list())
 
-    # -- rate windows ----------------------------------------------------------------------
+    async def recent_entries(
+        self, stream_id: str, *, through: int, since: datetime, page: int = RECENT_PAGE
+    ) -> list[LoggedEntry]:
+        """The stream's entries numbered ``through`` or lower, newest first, back to the first
+        one created before ``since`` (excluded): each entry's number, kind, sender, time and
+        dedup key only, for the rate limit (``ratelimit``).
 
-    async def rate_window(self, key: str) -> RateWindow | None:
-        """The rate window stored under ``key``, or None."""
-        raw = await detached(ChatRateWindow.get_pymongo_collection().find_one({"_id": eq(key)}))
-        if raw is None:
-            return None
-        times = raw.get("sent_at_ms", [])
-        # A window written before dedup keys were recorded has none: no entry matches a retry.
-        keys = raw.get("dedup_keys") or []
-        keys = keys if len(keys) == len(times) else [""] * len(times)
-        return RateWindow(entries=list(zip(times, keys, strict=True)), version=raw["version"])
-
-    async def swap_rate_windows(self, swaps: list[RateSwap]) -> list[bool]:
-        """Write several windows in one round trip, each by compare-and-swap on its version:
-        whether each was written.
-
-        Each is an upsert filtered on its key and version: one whose window changed meanwhile
-        (or was created, for version 0) matches nothing, and its insert runs into the stored
-        window's ``_id``: that duplicate key fails it alone (an unordered bulk write), on
-        MongoDB and nx-27017 alike.
+        Read backwards in pages over the (stream_id, seq) index, the documents left as rows.
         """
-        operations = [
-            UpdateOne(
-                {"_id": eq(swap.key), "version": eq(swap.version)},
-                {"$set": {"stream_id": swap.stream_id, **_rate_fields(swap.entries), "version": swap.version + 1}},
-                upsert=True,
-            )
-            for swap in swaps
-        ]
-        written = [True] * len(operations)
-        try:
-            await detached(ChatRateWindow.get_pymongo_collection().bulk_write(operations, ordered=False))
-        except BulkWriteError as exc:
-            for error in exc.details.get("writeErrors") or []:
-                if error.get("code") != _DUPLICATE_KEY:
-                    raise
-                written[error["index"]] = False
-        return written
-
-    async def drop_rate_windows(self, stream_id: str) -> None:
-        """Delete every rate window of a stream."""
-        await detached(ChatRateWindow.get_pymongo_collection().delete_many({"stream_id": eq(stream_id)}))
+        collection = ChatMessage.get_pymongo_collection()
+        # The whole sender, not "sender.id" (see ``compat``: dotted projections).
+        fields = {"_id": 0, "seq": 1, "kind": 1, "sender": 1, "created_at": 1, "dedup_key": 1}
+        entries: list[LoggedEntry] = []
+        while through > 0:
+            condition = {"stream_id": eq(stream_id), "seq": {"$lte": through}}
+            cursor = collection.find(condition, fields).sort("seq", -1).limit(page)
+            rows = await detached(cursor.to_list())
+            for row in rows:
+                created_at = row["created_at"]
+                if created_at < since:
+                    return entries
+                entries.append(
+                    LoggedEntry(row["seq"], MessageKind(row["kind"]), row["sender"]["id"], created_at, row["dedup_key"])
+                )
+            if len(rows) < page:
+                break
+            through = rows[-1]["seq"] - 1
+        return entries
 
     # -- users -----------------------------------------------------------------------------
 
@@ -640,7 +616,3 @@ def _member_identity(stream_id: str, user: PublicProfile) -> dict[str, Any]:
 
 def _member(raw: dict[str, Any] | None) -> StreamMember | None:
     return StreamMember.model_validate(raw) if raw is not None else None
-
-
-def _rate_fields(entries: list[tuple[int, str]]) -> dict[str, list[Any]]:
-    return {"sent_at_ms": [t for t, _ in entries], "dedup_keys": [k for _, k in entries]}

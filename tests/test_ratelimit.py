@@ -1,4 +1,5 @@
-"""The per-user rate limit: 20 messages per 30 seconds per user per stream, shared by every replica."""
+"""The per-user rate limit: 20 messages per 30 seconds per user per stream, counted from the
+stream's log, so every replica holds to it; and slow mode, counted the same way."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import pytest
 
 from gql_api.app import create_app
 from gql_api.errors import RateLimited
-from gql_api.ratelimit import MessageRateLimiter
+from gql_api.ratelimit import MessageRateLimiter, SendLog, Sent
+from gql_api.roster import REFRESH_SECONDS
+from gql_api.service import ChatService
+from gql_api.store import ChatStore
 from tests.conftest import TEST_SECRET, GraphQLClient, LiveServer, api_process, serve
 
 SEND = """
@@ -87,41 +91,6 @@ async def test_zero_turns_the_limit_off(unlimited, make_user, make_stream):
         await _send_ok(GraphQLClient(http, unlimited.token(user)), stream_id, 25)
 
 
-async def test_the_window_slides(server, make_user, make_stream):
-    """No span of `window` seconds holds more than `limit` messages, across any boundary."""
-    now = [1_000_000.0]
-    limiter = MessageRateLimiter(3, 30, store=server.chat.store, clock=lambda: now[0])
-    stream_id, user_id = str((await make_stream()).id), str((await make_user()).id)
-    for t in (0, 10, 20):
-        now[0] = 1_000_000 + t
-        await limiter.acquire(stream_id, user_id, f"k{t}")
-
-    now[0] = 1_000_025
-    with pytest.raises(RateLimited) as full:
-        await limiter.acquire(stream_id, user_id, "k25")
-    now[0] = 1_000_030.001  # the message at 0 has left the window
-    await limiter.acquire(stream_id, user_id, "k30")
-    now[0] = 1_000_031
-    with pytest.raises(RateLimited) as again:
-        await limiter.acquire(stream_id, user_id, "k31")
-
-    assert full.value.retry_after == 5  # when the message sent at 0 leaves the window
-    assert again.value.retry_after == 9  # when the one sent at 10 does
-    assert again.value.extensions == {"code": "RATE_LIMITED", "statusCode": 429, "retryAfter": 9}
-
-
-async def test_concurrent_sends_admit_exactly_the_limit(server, make_user, make_stream):
-    limiter = MessageRateLimiter(20, 30, store=server.chat.store)
-    stream_id, user_id = str((await make_stream()).id), str((await make_user()).id)
-
-    results = await asyncio.gather(
-        *(limiter.acquire(stream_id, user_id, f"k{n}") for n in range(30)), return_exceptions=True
-    )
-
-    assert sum(not isinstance(r, BaseException) for r in results) == 20
-    assert all(isinstance(r, RateLimited) for r in results if isinstance(r, BaseException))
-
-
 @pytest.mark.slow
 async def test_the_limit_holds_across_replicas(server, make_user, make_stream, client_for, tmp_path):
     """A second `gql-api serve` process on the same database shares the counters."""
@@ -148,20 +117,6 @@ async def test_the_limit_holds_across_replicas(server, make_user, make_stream, c
 
     _assert_rate_limited(refused_there)
     _assert_rate_limited(refused_here)
-
-
-async def test_admitting_the_same_message_again_takes_no_slot(server, make_user, make_stream):
-    limiter = MessageRateLimiter(3, 30, store=server.chat.store)
-    stream_id, user_id = str((await make_stream()).id), str((await make_user()).id)
-
-    same = await asyncio.gather(*(limiter.acquire(stream_id, user_id, "k-same") for _ in range(10)))
-    await limiter.acquire(stream_id, user_id, "k-2")
-    await limiter.acquire(stream_id, user_id, "k-same")  # the window is full: still its own slot
-    await limiter.acquire(stream_id, user_id, "k-3")
-
-    assert not any(isinstance(r, BaseException) for r in same)
-    with pytest.raises(RateLimited):
-        await limiter.acquire(stream_id, user_id, "k-4")
 
 
 async def test_concurrent_retries_of_one_client_message_id_use_one_slot(make_user, make_stream, client_for):
@@ -228,134 +183,174 @@ async def test_a_send_that_fails_validation_takes_no_slot(make_user, make_stream
     _assert_rate_limited(await client.error(SEND, {"s": stream_id, "c": "21st"}))
 
 
-async def test_a_users_next_send_through_the_same_replica_is_admitted_in_one_round_trip(server, make_user, make_stream):
-    """The window this process wrote last is swapped against directly; a stale one (another
-    replica wrote since) fails its swap and is read again, so the limit still holds."""
-    from gql_api.store import ChatStore
+# -- the window, the retries, slow mode: the rules on their own ------------------------------------
 
-    class CountingStore(ChatStore):
-        def __init__(self) -> None:
-            self.calls: list[str] = []
 
-        async def rate_window(self, key: str):
-            self.calls.append("read")
-            return await super().rate_window(key)
+def _sent(*seconds: float, key: str | None = None) -> list[Sent]:
+    return [Sent(int(1_000_000_000 + t * 1000), key) for t in seconds]
 
-        async def swap_rate_windows(self, swaps):
-            self.calls.append("swap")
-            return await super().swap_rate_windows(swaps)
 
-    store = CountingStore()
-    here, elsewhere = MessageRateLimiter(3, 30, store=store), MessageRateLimiter(3, 30, store=store)
-    stream, user = str((await make_stream()).id), str((await make_user()).id)
-    await here.acquire(stream, user, "k1")
-    store.calls.clear()
-    await here.acquire(stream, user, "k2")
-    assert store.calls == ["swap"]
-    await elsewhere.acquire(stream, user, "k3")  # another replica: the window is full now
-    store.calls.clear()
+def _at(seconds: float) -> int:
+    return int(1_000_000_000 + seconds * 1000)
+
+
+def test_the_window_slides():
+    """No span of `window` seconds holds more than `limit` messages, across any boundary."""
+    limiter = MessageRateLimiter(3, 30)
+    assert limiter.check(_sent(0, 10), "k20", _at(20)) is False
+
+    with pytest.raises(RateLimited) as full:
+        limiter.check(_sent(0, 10, 20), "k25", _at(25))
+    assert limiter.check(_sent(0, 10, 20), "k30", _at(30.001)) is False  # the one at 0 has left
+    with pytest.raises(RateLimited) as again:
+        limiter.check(_sent(0, 10, 20, 30), "k31", _at(31))
+
+    assert full.value.retry_after == 5  # when the message sent at 0 leaves the window
+    assert again.value.retry_after == 9  # when the one sent at 10 does
+    assert again.value.extensions == {"code": "RATE_LIMITED", "statusCode": 429, "retryAfter": 9}
+
+
+def test_a_message_sent_already_is_a_retry_and_takes_no_slot():
+    limiter = MessageRateLimiter(3, 30)
+    sent = [*_sent(0, 1), *_sent(2, key="c:u:same")]
+    assert limiter.check(sent, "c:u:same", _at(3)) is True  # full, yet its own slot
+    assert limiter.check(sent, "c:u:same", _at(3), min_interval_seconds=60) is True
     with pytest.raises(RateLimited):
-        await here.acquire(stream, user, "k4")
-    assert store.calls == ["swap", "read"]
-
-
-# -- slow mode: a minimum gap between one user's messages, in the same window ----------------------
+        limiter.check(sent, "c:u:other", _at(3))
 
 
 @pytest.mark.parametrize("limit", [0, 3])  # with the rate limit off, slow mode alone still holds
-async def test_slow_mode_refuses_a_message_sooner_than_the_gap_after_the_previous(
-    server, make_user, make_stream, limit
-):
-    now = [1_000_000.0]
-    limiter = MessageRateLimiter(limit, 30, store=server.chat.store, clock=lambda: now[0])
-    stream_id, user_id = str((await make_stream()).id), str((await make_user()).id)
-    await limiter.acquire(stream_id, user_id, "k0", min_interval_seconds=10)
+def test_slow_mode_refuses_a_message_sooner_than_the_gap_after_the_newest(limit):
+    limiter = MessageRateLimiter(limit, 30)
 
-    now[0] += 6.5
     with pytest.raises(RateLimited) as early:
-        await limiter.acquire(stream_id, user_id, "k1", min_interval_seconds=10)
-    await limiter.acquire(stream_id, user_id, "k0", min_interval_seconds=10)  # a retry: admitted
-    now[0] += 3.5  # exactly the gap after the first
-    await limiter.acquire(stream_id, user_id, "k2", min_interval_seconds=10)
-    await limiter.acquire(str((await make_stream()).id), user_id, "k3", min_interval_seconds=10)  # per stream
+        limiter.check(_sent(0), "k1", _at(6.5), min_interval_seconds=10)
+    assert limiter.check(_sent(0), "k1", _at(10), min_interval_seconds=10) is False  # exactly the gap
+    assert limiter.check([], "k1", _at(0), min_interval_seconds=10) is False
 
     assert early.value.retry_after == 4  # 3.5 s rounded up
     assert early.value.extensions == {"code": "RATE_LIMITED", "statusCode": 429, "retryAfter": 4}
     assert "slow mode is on, one message every 10 seconds" in early.value.message
 
 
-async def test_slow_mode_holds_across_replicas_sharing_the_window(server, make_user, make_stream):
-    now = [2_000_000.0]
-    here = MessageRateLimiter(0, 30, store=server.chat.store, clock=lambda: now[0])
-    there = MessageRateLimiter(0, 30, store=server.chat.store, clock=lambda: now[0])
-    stream_id, user_id = str((await make_stream()).id), str((await make_user()).id)
-    await here.acquire(stream_id, user_id, "k0", min_interval_seconds=5)
-    now[0] += 6
-    await there.acquire(stream_id, user_id, "k1", min_interval_seconds=5)
-    now[0] += 1
-    with pytest.raises(RateLimited) as refused:
-        await here.acquire(stream_id, user_id, "k2", min_interval_seconds=5)  # its remembered window is stale
-    assert refused.value.retry_after == 4
+def test_the_send_log_keeps_what_can_still_refuse_and_notes_each_entry_once():
+    log = MessageRateLimiter(2, 30).new_log(longest_gap_seconds=120)
+    assert log.horizon_ms == 120_000
+    log.note(1, "a", _at(0), "r:1")
+    log.note(2, "b", _at(1), "c:b:x")
+    log.note(3)  # an entry that counts for nobody
+    log.note(4, "a", _at(2), "r:2")
+    log.note(5, "a", _at(3), "r:3")
+    log.note(4, "a", _at(2), "r:2")  # read twice: noted once
+
+    assert log.position == 5
+    assert [s.at_ms for s in log.of("a")] == [_at(2), _at(3)]  # the newest `limit`
+    assert [s.dedup_key for s in log.of("b")] == ["c:b:x"]  # only a client's key can come again
+    assert [s.dedup_key for s in log.of("a")] == [None, None]
+
+    log.note(6, "c", _at(121.5))  # b's newest left the horizon, a's did not yet
+    assert list(log.of("b")) == [] and len(list(log.of("a"))) == 2 and len(log) == 2
 
 
-async def test_concurrent_sends_in_slow_mode_admit_one(server, make_user, make_stream):
-    limiter = MessageRateLimiter(0, 30, store=server.chat.store)
-    stream_id, user_id = str((await make_stream()).id), str((await make_user()).id)
+# -- through the service: the log is the counter ---------------------------------------------------
+
+
+class CallsStore(ChatStore):
+    """The real store, recording which of its operations are called."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def __getattribute__(self, name: str):
+        value = super().__getattribute__(name)
+        if not name.startswith("_") and name != "calls" and callable(value):
+            self.calls.append(name)
+        return value
+
+
+def _replica(server, limit: int = 3, store: ChatStore | None = None) -> ChatService:
+    """Another process's service on the same database: its own rosters, its own commits."""
+    live = server.services
+    return ChatService(live.hub, live.delivery, MessageRateLimiter(limit, 30), store=store or ChatStore())
+
+
+async def _stored(server, stream_id: str) -> list[str]:
+    return [m.content async for m in server.chat.store.replay(stream_id, after=0)]
+
+
+async def test_concurrent_sends_of_one_user_store_exactly_the_limit(server, make_user, make_stream):
+    """They are numbered in the same group commits: each counts the ones numbered before it."""
+    chat = _replica(server, limit=20)
+    user, stream_id = await make_user(), str((await make_stream()).id)
 
     results = await asyncio.gather(
-        *(limiter.acquire(stream_id, user_id, f"k{n}", min_interval_seconds=60) for n in range(10)),
-        return_exceptions=True,
+        *(chat.send_message(user, stream_id, f"m{n}") for n in range(30)), return_exceptions=True
     )
 
-    admitted = [r for r in results if not isinstance(r, BaseException)]
-    assert admitted == [None]  # the first: no message before it
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert len(refused) == 10 and all(isinstance(r, RateLimited) for r in refused)
+    assert len(await _stored(server, stream_id)) == 20
+
+
+async def test_concurrent_sends_in_slow_mode_store_one(server, make_user, make_stream, client_for):
+    owner, viewer = await make_user(), await make_user()
+    stream_id = str((await make_stream(owner)).id)
+    update = "mutation($s: ID!) { updateChatSettings(streamId: $s, slowModeSeconds: 60) { slowModeSeconds } }"
+    await client_for(owner).data(update, {"s": stream_id})
+
+    results = await asyncio.gather(
+        *(server.chat.send_message(viewer, stream_id, f"m{n}") for n in range(10)), return_exceptions=True
+    )
+
+    assert sum(not isinstance(r, BaseException) for r in results) == 1
     assert all(isinstance(r, RateLimited) for r in results if isinstance(r, BaseException))
 
 
-async def test_without_slow_mode_a_disabled_limiter_stores_nothing():
-    class NoStore:
-        def __getattr__(self, name: str):
-            raise AssertionError(f"the store was asked {name}")
+async def test_a_send_takes_one_round_trip_the_insert(server, make_user, make_stream):
+    store = CallsStore()
+    chat = _replica(server, store=store)
+    user, stream_id = await make_user(), str((await make_stream()).id)
+    await chat.send_message(user, stream_id, "reads the stream and its roster")
+    store.calls.clear()
 
-    limiter = MessageRateLimiter(0, 30, store=NoStore())  # type: ignore[arg-type]
-    await limiter.acquire("s", "u", "k", min_interval_seconds=0)
+    await chat.send_message(user, stream_id, "counted without a read or a write of its own")
 
-
-async def test_a_first_message_creates_the_window_in_one_round_trip_and_says_when_the_last_was(
-    server, make_user, make_stream
-):
-    moments = [1_000.0]
-    stream_id, user_id = str((await make_stream()).id), str((await make_user()).id)
-    limiter = MessageRateLimiter(5, 30, store=server.chat.store, clock=lambda: moments[-1])
-    assert await limiter.acquire(stream_id, user_id, "k1") is None
-    moments.append(1_002.5)
-    assert await limiter.acquire(stream_id, user_id, "k2") == 1_000_000
-
-    # A process that remembers nothing of the window tries to create it, finds it, reads it.
-    other = MessageRateLimiter(5, 30, store=server.chat.store, clock=lambda: moments[-1])
-    moments.append(1_004.0)
-    assert await other.acquire(stream_id, user_id, "k3") == 1_002_500
-    window = await server.chat.store.rate_window(f"{stream_id}:{user_id}")
-    assert [key for _, key in window.entries] == ["k3", "k2", "k1"]
+    assert store.calls == ["insert_lone_entries"]
 
 
-async def test_concurrent_senders_share_one_round_trip(server, make_user, make_stream):
-    from gql_api.store import ChatStore
+async def test_messages_stored_through_another_replica_count_here(server, make_user, make_stream):
+    """Read afresh, a roster counts the messages in the log; one read before them catches up
+    when its commit finds their numbers taken."""
+    here, there = _replica(server), _replica(server)
+    early, late = await make_user(), await make_user()
+    stream_id = str((await make_stream()).id)
+    await here.send_message(early, stream_id, "here knows the stream from now on")
+    for n in range(3):
+        if n < 2:
+            await there.send_message(early, stream_id, f"there {n}")
+        await there.send_message(late, stream_id, f"there {n}")
 
-    class CountingStore(ChatStore):
-        def __init__(self) -> None:
-            self.batches: list[int] = []
+    with pytest.raises(RateLimited):  # its roster is behind, and passes it: refused at the commit
+        await here.send_message(early, stream_id, "fourth")
+    with pytest.raises(RateLimited):  # a replica that starts now reads them from the log
+        await _replica(server).send_message(late, stream_id, "fourth")
+    assert len(await _stored(server, stream_id)) == 6
 
-        async def swap_rate_windows(self, swaps):
-            self.batches.append(len(swaps))
-            return await super().swap_rate_windows(swaps)
 
-    store = CountingStore()
-    limiter = MessageRateLimiter(3, 30, store=store)
-    streams = [str((await make_stream()).id) for _ in range(4)]
-    users = [str((await make_user()).id) for _ in range(5)]
+async def test_a_roster_read_again_keeps_counting_without_reading_the_messages_again(server, make_user, make_stream):
+    store = CallsStore()
+    chat = _replica(server, store=store)
+    user, stream_id = await make_user(), str((await make_stream()).id)
+    for n in range(3):
+        await chat.send_message(user, stream_id, f"m{n}")
+    roster = chat._writers.roster(stream_id)
+    assert roster is not None
+    roster.read_at -= REFRESH_SECONDS + 1  # stale: the next send reads the documents again
+    store.calls.clear()
 
-    await asyncio.gather(*(limiter.acquire(s, u, f"k-{s}-{u}") for s in streams for u in users))
-    assert store.batches == [20]  # four streams, five users: one round trip
-    windows = [await store.rate_window(f"{s}:{u}") for s in streams for u in users]
-    assert all(w is not None and len(w.entries) == 1 for w in windows)
+    with pytest.raises(RateLimited):
+        await chat.send_message(user, stream_id, "fourth")
+
+    assert "members" in store.calls and "recent_entries" not in store.calls
+    assert chat._writers.roster(stream_id) is not roster
+    assert isinstance(chat._writers.roster(stream_id).sends, SendLog)

@@ -18,6 +18,7 @@ from gql_api.documents import (
     utcnow,
 )
 from gql_api.errors import Forbidden
+from gql_api.ratelimit import SendLog
 from gql_api.roster import NotInOrder, Roster
 
 STREAM, OWNER = "6b0a4881677f265aaefddcba", "owner"
@@ -27,14 +28,14 @@ def profile(user_id: str) -> PublicProfile:
     return PublicProfile(id=user_id, username=user_id, name=user_id, surname="Test")
 
 
-def entry(seq: int, kind: MessageKind, target: str | None = None, **event) -> ChatMessage:
+def entry(seq: int, kind: MessageKind, target: str | None = None, sender: str = OWNER, **event) -> ChatMessage:
     # model_construct: Beanie documents need an initialised database to be built otherwise.
     return ChatMessage.model_construct(
         stream_id=STREAM,
         seq=seq,
         kind=kind,
         content="",
-        sender=profile(OWNER),
+        sender=profile(sender),
         dedup_key=f"k{seq}",
         event=LogEvent(actor=profile(OWNER), target=profile(target) if target else None, **event)
         if kind not in (MessageKind.TEXT, MessageKind.STREAM_ENDED)
@@ -60,7 +61,9 @@ def test_a_roster_read_from_the_documents_holds_their_moderators_bans_and_settin
             id="c", stream_id=STREAM, user_id="former", user=profile("former"), moderator=False, ban=None
         ),
     ]
-    roster = Roster.read(STREAM, OWNER, entry(7, MessageKind.TEXT), ChatSettings(slow_mode_seconds=5), members)
+    roster = Roster.read(
+        STREAM, OWNER, entry(7, MessageKind.TEXT), ChatSettings(slow_mode_seconds=5), members, SendLog(20, 120_000)
+    )
 
     assert roster.position == 7 and roster.end is None
     assert [roster.role(u) for u in (OWNER, "mod", "former", "anyone")] == [
@@ -76,7 +79,7 @@ def test_a_roster_read_from_the_documents_holds_their_moderators_bans_and_settin
 
 
 def test_entries_change_the_roster_in_order():
-    roster = Roster.read(STREAM, OWNER, None, ChatSettings(), [])
+    roster = Roster.read(STREAM, OWNER, None, ChatSettings(), [], SendLog(20, 120_000))
     now = utcnow()
     roster.apply(entry(1, MessageKind.MODERATOR_ADDED, "mod"))
     roster.apply(entry(2, MessageKind.USER_BANNED, "troll"))
@@ -99,7 +102,7 @@ def test_entries_change_the_roster_in_order():
 
 
 def test_an_entry_applied_again_changes_nothing_and_a_gap_is_refused():
-    roster = Roster.read(STREAM, OWNER, None, ChatSettings(), [])
+    roster = Roster.read(STREAM, OWNER, None, ChatSettings(), [], SendLog(20, 120_000))
     roster.apply(entry(1, MessageKind.USER_BANNED, "troll"))
     roster.apply(entry(2, MessageKind.USER_UNBANNED, "troll"))
     roster.apply(entry(1, MessageKind.USER_BANNED, "troll"))  # read twice: two readers overlapped
@@ -111,7 +114,22 @@ def test_an_entry_applied_again_changes_nothing_and_a_gap_is_refused():
 
 
 def test_nothing_follows_the_end():
-    roster = Roster.read(STREAM, OWNER, entry(3, MessageKind.STREAM_ENDED), ChatSettings(), [])
+    roster = Roster.read(STREAM, OWNER, entry(3, MessageKind.STREAM_ENDED), ChatSettings(), [], SendLog(20, 120_000))
     assert roster.end is not None
     with pytest.raises(NotInOrder):
         roster.apply(entry(4, MessageKind.TEXT))
+
+
+def test_the_roster_notes_the_messages_that_count_against_the_rate_limit():
+    roster = Roster.read(STREAM, OWNER, None, ChatSettings(), [], SendLog(2, 120_000))
+    roster.apply(entry(1, MessageKind.TEXT, sender="viewer"))
+    roster.apply(entry(2, MessageKind.TEXT))  # the owner's: never counted
+    roster.apply(entry(3, MessageKind.SUPERLIKE, sender="viewer"))  # one per user anyway
+    roster.apply(entry(4, MessageKind.USER_BANNED, "troll"))
+    roster.apply(entry(5, MessageKind.TEXT, sender="viewer"))
+    roster.apply(entry(6, MessageKind.TEXT, sender="viewer"))
+    roster.apply(entry(5, MessageKind.TEXT, sender="viewer"))  # read twice: noted once
+
+    assert roster.sends.position == 6
+    assert len(list(roster.sends.of("viewer"))) == 2  # the newest `limit`: older ones refuse nothing
+    assert list(roster.sends.of(OWNER)) == []

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from gql_api.documents import ChatMessage, ChatRateWindow, MessageKind, User
+from gql_api.documents import ChatMessage, MessageKind, User
 from gql_api.store import (
     ChatStore,
     DedupKeyTaken,
     InsertStopped,
-    RateSwap,
+    LoggedEntry,
     SeqTaken,
     UsernameTaken,
     canonical_id,
@@ -88,41 +88,18 @@ async def test_reads_of_a_log_show_its_end_only_when_asked(store, make_user, mak
     assert not await store.has_messages_through(key, 0)
 
 
-async def test_a_rate_window_is_written_by_compare_and_swap(store):
-    key = f"{canonical_id('0' * 24)}:cas-{id(store)}"
-    other = f"{key}-other"
-    assert await store.rate_window(key) is None
-    # Version 0 creates; a second creation of the same key fails alone, in the same round trip.
-    created = [RateSwap(key, "cas-stream", 0, [(1000, "a")]), RateSwap(other, "cas-stream", 0, [(5, "z")])]
-    assert await store.swap_rate_windows([*created, RateSwap(key, "cas-stream", 0, [(1001, "b")])]) == [
-        True,
-        True,
-        False,
-    ]
+async def test_recent_entries_go_back_to_the_first_one_before_a_time(store, make_user, make_stream, server):
+    stream = await make_stream()
+    key = str(stream.id)
+    users = [await make_user() for _ in range(3)]
+    sent = [await server.chat.send_message(users[n % 3], key, f"m{n}", f"c-{n}") for n in range(7)]
+    recent = await store.recent_entries(key, through=sent[5].seq, since=sent[2].created_at, page=2)
 
-    window = await store.rate_window(key)
-    assert window is not None and window.entries == [(1000, "a")] and window.version == 1
-    assert await store.swap_rate_windows(
-        [
-            RateSwap(key, "cas-stream", window.version, [(2000, "c"), (1000, "a")]),
-            RateSwap(other, "cas-stream", 7, [(6, "y")]),  # a stale version
-        ]
-    ) == [True, False]
-    assert not (await store.swap_rate_windows([RateSwap(key, "cas-stream", window.version, [(3000, "d")])]))[0]
-    assert (await store.rate_window(key)).entries == [(2000, "c"), (1000, "a")]
-    assert (await store.rate_window(other)).entries == [(5, "z")]
-
-    await store.drop_rate_windows("cas-stream")
-    assert await store.rate_window(key) is None
-
-
-async def test_a_rate_window_stored_without_dedup_keys_matches_no_retry(store):
-    key = "old-format:window"
-    await ChatRateWindow.get_pymongo_collection().insert_one(
-        {"_id": key, "stream_id": "old-format", "sent_at_ms": [5, 4], "version": 3}
+    assert [e.seq for e in recent] == [m.seq for m in reversed(sent[2:6])]  # newest first
+    assert recent[-1] == LoggedEntry(
+        sent[2].seq, MessageKind.TEXT, str(users[2].id), sent[2].created_at, f"c:{users[2].id}:c-2"
     )
-    window = await store.rate_window(key)
-    assert window is not None and window.entries == [(5, ""), (4, "")] and window.version == 3
+    assert await store.recent_entries(key, through=0, since=sent[0].created_at) == []
 
 
 def test_canonical_ids_are_lower_case_hex():
