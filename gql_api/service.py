@@ -139,6 +139,12 @@ class _StreamEnded(Conflict):
 
 # The most entries one group commit stores: a batch stays a small fraction of a wire message.
 MAX_BATCH = 256
+# Inserts of lone entries (one each of different streams) in flight at once: while one is in
+# the database, the next fills and goes, so the database and this process work at the same
+# time (measured with 50 senders in 50 streams: 0.53x raw inserts with one, 0.60-0.65x with two,
+# no better with four). Safe because a stream has one commit at a time, so no two inserts in
+# flight hold entries of the same stream.
+LONE_IN_FLIGHT = 2
 
 
 # A send's check at commit time: against the stream's roster as of the number it is about to
@@ -230,8 +236,10 @@ class ChatService:
         self.delivery = delivery
         self._writers = _StreamWriters()
         # The commits of one entry, in many streams at once (a message each in quiet streams),
-        # share one unordered insert.
-        self._lone: Batcher[ChatMessage, DuplicateKey | None] = Batcher(self._insert_lone, name="lone-entries")
+        # share unordered inserts, two in flight.
+        self._lone: Batcher[ChatMessage, DuplicateKey | None] = Batcher(
+            self._insert_lone, name="lone-entries", in_flight=LONE_IN_FLIGHT
+        )
         self.rate_limiter = rate_limiter or MessageRateLimiter(0, 1)
         self.metrics = hub.metrics
         # Roles and bans: every send asks it whether its sender may, and in which role.
