@@ -360,6 +360,10 @@ async def test_one_extension_per_operation_applies_every_limit_and_caches_the_do
     assert deep.errors is not None and "depth" in deep.errors[0].message.lower()
 
 
+def _execution_context(schema: strawberry.Schema) -> ExecutionContext:
+    return ExecutionContext(query=None, schema=schema, allowed_operations=())
+
+
 async def test_the_limits_run_without_strawberrys_per_hook_wrappers_unless_another_extension_is_there(make_settings):
     # Strawberry's runner wraps each hook in a context manager for every operation (a tenth of
     # a cached query's CPU); the one extension's steps are called directly instead.
@@ -367,7 +371,7 @@ async def test_the_limits_run_without_strawberrys_per_hook_wrappers_unless_anoth
         schema = build_schema(settings)
         extensions = schema.get_extensions()
         assert [type(extension) for extension in extensions] == [RequestLimits]  # production too
-        runner = schema.create_extensions_runner(ExecutionContext(query=None, schema=schema, allowed_operations=()), extensions)
+        runner = schema.create_extensions_runner(_execution_context(schema), extensions)
         assert isinstance(runner, LimitsRunner)
     seen: list[str] = []
 
@@ -379,7 +383,7 @@ async def test_the_limits_run_without_strawberrys_per_hook_wrappers_unless_anoth
     schema = build_schema(Settings.model_construct(graphql_max_depth=2))
     schema.extensions = (*schema.extensions, Witness)
     extensions = schema.get_extensions()
-    runner = schema.create_extensions_runner(ExecutionContext(query=None, schema=schema, allowed_operations=()), extensions)
+    runner = schema.create_extensions_runner(_execution_context(schema), extensions)
     assert type(runner) is SchemaExtensionsRunner  # Strawberry's own, for both
     deep = await schema.execute('{ chatMessages(streamId: "x") { edges { node { id } } } }')
     assert deep.errors is not None and "depth" in deep.errors[0].message.lower()
