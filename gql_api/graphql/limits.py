@@ -16,6 +16,7 @@ of the memory its entries hold, and does not keep large documents at all.
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -291,6 +292,17 @@ class DocumentCache:
             self.bytes -= kept[1]
 
 
+@functools.lru_cache(maxsize=8)
+def _validation_rules(rules: tuple[type[ASTValidationRule], ...]) -> tuple[type[ASTValidationRule], ...]:
+    """What validation runs for an operation's ``rules``: graphql-core's field-merging rule on a
+    budget, and Strawberry's own two rules. The same few tuples every time: built once each."""
+    return (
+        *(FieldMergeBudget if rule is OverlappingFieldsCanBeMergedRule else rule for rule in rules),
+        MaybeNullValidationRule,
+        OneOfInputValidationRule,
+    )
+
+
 def _cache_key(query: str, parse_options: ParseOptions) -> tuple[str, tuple[tuple[str, Any], ...]]:
     return query, tuple(sorted(parse_options.items()))
 
@@ -357,14 +369,7 @@ class RequestLimits(SchemaExtension):
         context = self.execution_context
         document = context.graphql_document
         if document is not None and context.validation_rules:
-            rules = (
-                *(
-                    FieldMergeBudget if rule is OverlappingFieldsCanBeMergedRule else rule
-                    for rule in context.validation_rules
-                ),
-                MaybeNullValidationRule,
-                OneOfInputValidationRule,
-            )
+            rules = _validation_rules(tuple(context.validation_rules))
             key = _cache_key(context.query or "", context.parse_options)
             entry = self.cache.get(key)
             if entry is None or entry.document is not document:
