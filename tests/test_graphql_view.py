@@ -3,9 +3,14 @@ the client asks for with the status codes of each."""
 
 from __future__ import annotations
 
-import pytest
+import json
 
-from gql_api.graphql.view import GRAPHQL_RESPONSE_JSON, JSON, response_media_type
+import pytest
+from starlette.responses import Response
+
+from gql_api.graphql.schema import build_schema
+from gql_api.graphql.view import GRAPHQL_RESPONSE_JSON, JSON, GraphQLView, response_media_type
+from gql_api.metrics import Metrics
 from tests.test_rest import assert_envelope, auth, messages_url
 
 BAD_USER_INPUT = {"code": "BAD_USER_INPUT", "statusCode": 400}
@@ -160,3 +165,75 @@ async def test_a_request_refused_before_parsing_answers_in_the_media_type_asked_
     assert garbled.status_code == 400
     assert garbled.headers["content-type"] == GRAPHQL_RESPONSE_JSON
     assert garbled.json()["errors"][0]["extensions"] == {"code": "BAD_USER_INPUT", "statusCode": 400}
+
+
+# -- a POST of JSON: read by the view itself, answered as Strawberry answers it ---------------------
+
+
+@pytest.mark.parametrize(
+    ("content_type", "own"),
+    [
+        (JSON, True),
+        ("application/json; charset=utf-8", True),
+        (" application/json ;charset=UTF-8", True),
+        ("Application/JSON", False),  # Strawberry refuses it (415-like 400): its path says so
+        ("application/jsonx", False),  # JSON to Strawberry (a substring test): its path reads it
+        ("text/plain", False),
+        (None, False),
+    ],
+)
+def test_a_post_of_application_json_takes_the_views_own_path(content_type, own):
+    view = GraphQLView(build_schema(), metrics=Metrics(), graphiql=False)
+    assert view.is_json_post("POST", content_type) is own
+    assert not view.is_json_post("GET", content_type)
+
+
+SAME_ANSWER = {
+    "a query": {"query": "{ me { username } }"},
+    "a field error": {"query": 'mutation { sendChatMessage(streamId: "nope", content: "x") { id } }'},
+    "a validation error": {"query": "{ me { noSuchField } }"},
+    "a syntax error": {"query": "{ me {"},
+    "variables that do not coerce": {"query": "query($s: ID!) { liveStream(id: $s) { id } }", "variables": {}},
+    "an unknown operation": {"query": "query A { __typename }", "operationName": "B"},
+    "no query": {"variables": {}},
+    "a query that is a number": {"query": 3},
+    "variables that are a list": {"query": "{ __typename }", "variables": []},
+    "extensions that are a string": {"query": "{ __typename }", "extensions": "x"},
+    "a batch": [{"query": "{ __typename }"}],
+}
+
+
+@pytest.mark.parametrize("body", SAME_ANSWER.values(), ids=SAME_ANSWER.keys())
+@pytest.mark.parametrize("accept", [JSON, BOTH])
+@pytest.mark.parametrize("signed_in", [True, False])
+async def test_a_json_post_is_answered_as_strawberrys_own_path_answers_it(
+    server, http, make_user, body, accept, signed_in
+):
+    headers = {"Accept": accept, **(auth(server, await make_user()) if signed_in else {})}
+
+    async def answer(content_type: str) -> tuple[int, list[tuple[str, str]], bytes]:
+        response = await http.post(
+            "/graphql", content=json.dumps(body), headers={**headers, "Content-Type": content_type}
+        )
+        kept = [(k, v) for k, v in response.headers.multi_items() if k not in ("x-request-id", "date", "server")]
+        return response.status_code, kept, response.content
+
+    # Both JSON to Strawberry; only the first to the view's own path.
+    assert await answer(JSON) == await answer("application/jsonx")
+
+
+def test_a_response_carries_what_resolvers_set_on_the_sub_response():
+    view = GraphQLView(build_schema(), metrics=Metrics(), graphiql=False)
+    sub_response = Response()
+    sub_response.status_code = 202
+    sub_response.media_type = GRAPHQL_RESPONSE_JSON
+    sub_response.headers["x-set-by"] = "a resolver"
+
+    response = view.create_response({"data": {"ok": True}}, sub_response)
+
+    assert response.status_code == 202
+    assert response.body == b'{"data":{"ok":true}}'
+    assert response.headers["content-type"] == GRAPHQL_RESPONSE_JSON
+    assert response.headers["x-set-by"] == "a resolver"
+    refused = view.create_response({"errors": [{"message": "no", "extensions": {"statusCode": 403}}]}, sub_response)
+    assert refused.status_code == 403  # an operation that never ran: its error's status

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import json
 import weakref
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
+import strawberry
 import websockets
 from graphql import DocumentNode, get_introspection_query, parse
 from strawberry.extensions import SchemaExtension
+from strawberry.extensions.runner import SchemaExtensionsRunner
+from strawberry.schema import schema as strawberry_schema
+from strawberry.types import ExecutionContext
 
 from gql_api.app import create_app
-from gql_api.graphql.limits import CachedDocument, DocumentCache, RequestLimits
+from gql_api.graphql.limits import CachedDocument, DocumentCache, LimitsRunner, RequestLimits
 from gql_api.graphql.schema import build_schema
 from gql_api.settings import Settings
 from tests.conftest import TEST_SECRET, LiveServer, api_process, serve
@@ -353,6 +358,58 @@ async def test_one_extension_per_operation_applies_every_limit_and_caches_the_do
     shallow = build_schema(Settings.model_construct(graphql_max_depth=2))
     deep = await shallow.execute('{ chatMessages(streamId: "x") { edges { node { id } } } }')
     assert deep.errors is not None and "depth" in deep.errors[0].message.lower()
+
+
+def _execution_context(schema: strawberry.Schema) -> ExecutionContext:
+    return ExecutionContext(query=None, schema=schema, allowed_operations=())
+
+
+async def test_the_limits_run_without_strawberrys_per_hook_wrappers_unless_another_extension_is_there(make_settings):
+    # Strawberry's runner wraps each hook in a context manager for every operation (a tenth of
+    # a cached query's CPU); the one extension's steps are called directly instead.
+    for settings in (make_settings(), make_settings(app_env="production")):
+        schema = build_schema(settings)
+        extensions = schema.get_extensions()
+        assert [type(extension) for extension in extensions] == [RequestLimits]  # production too
+        runner = schema.create_extensions_runner(_execution_context(schema), extensions)
+        assert isinstance(runner, LimitsRunner)
+    seen: list[str] = []
+
+    class Witness(SchemaExtension):
+        def on_parse(self) -> Iterator[None]:
+            seen.append("parse")
+            yield
+
+    schema = build_schema(Settings.model_construct(graphql_max_depth=2))
+    schema.extensions = (*schema.extensions, Witness)
+    extensions = schema.get_extensions()
+    runner = schema.create_extensions_runner(_execution_context(schema), extensions)
+    assert type(runner) is SchemaExtensionsRunner  # Strawberry's own, for both
+    deep = await schema.execute('{ chatMessages(streamId: "x") { edges { node { id } } } }')
+    assert deep.errors is not None and "depth" in deep.errors[0].message.lower()
+    assert seen == ["parse"]
+
+
+def test_strawberrys_runner_is_what_limits_runner_replaces():
+    # LimitsRunner stands in for Strawberry's SchemaExtensionsRunner (an internal): a lifecycle
+    # step added by an upgrade, or a schema that no longer asks for its runner, fails here.
+    public = {name for name, _ in inspect.getmembers(SchemaExtensionsRunner, inspect.isfunction) if name[0] != "_"}
+    assert public == {
+        "operation",
+        "parsing",
+        "validation",
+        "executing",
+        "on_stream_result",
+        "get_extensions_results",
+        "get_extensions_results_sync",
+    }, "re-verify gql_api/graphql/limits.py LimitsRunner against this Strawberry"
+    assert all(name in vars(LimitsRunner) for name in public)
+    for method in (strawberry.Schema.execute, strawberry.Schema.execute_sync, strawberry.Schema.stream):
+        assert "self.create_extensions_runner(" in inspect.getsource(method), method
+    # Strawberry's own steps leave a document the limits parsed, and errors they found, alone.
+    parse_step = inspect.getsource(strawberry_schema._parse_operation_document)
+    assert "if execution_context.graphql_document is not None:" in parse_step
+    assert "execution_context.pre_execution_errors is None" in inspect.getsource(strawberry_schema._run_validation)
 
 
 async def test_a_large_document_is_not_kept_after_its_request():

@@ -16,9 +16,10 @@ of the memory its entries hold, and does not keep large documents at all.
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,18 +41,22 @@ from graphql import (
 from graphql.execution.executor import Executor
 from graphql.validation import OverlappingFieldsCanBeMergedRule
 from strawberry.extensions import SchemaExtension
+from strawberry.extensions.runner import SchemaExtensionsRunner
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.schema.validation_rules.maybe_null import MaybeNullValidationRule
 from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
+from strawberry.types import ExecutionContext, StreamExecutionResult
 from strawberry.types.execution import ParseOptions
 
 __all__ = [
     "DocumentCache",
     "FieldMergeBudget",
+    "LimitsRunner",
     "QuietExecutionContext",
     "RequestLimits",
     "alias_limit_rule",
     "depth_limit_rule",
+    "extensions_runner",
 ]
 
 # The work graphql-core's OverlappingFieldsCanBeMergedRule may do on one document, in its own
@@ -287,6 +292,17 @@ class DocumentCache:
             self.bytes -= kept[1]
 
 
+@functools.lru_cache(maxsize=8)
+def _validation_rules(rules: tuple[type[ASTValidationRule], ...]) -> tuple[type[ASTValidationRule], ...]:
+    """What validation runs for an operation's ``rules``: graphql-core's field-merging rule on a
+    budget, and Strawberry's own two rules. The same few tuples every time: built once each."""
+    return (
+        *(FieldMergeBudget if rule is OverlappingFieldsCanBeMergedRule else rule for rule in rules),
+        MaybeNullValidationRule,
+        OneOfInputValidationRule,
+    )
+
+
 def _cache_key(query: str, parse_options: ParseOptions) -> tuple[str, tuple[tuple[str, Any], ...]]:
     return query, tuple(sorted(parse_options.items()))
 
@@ -297,7 +313,8 @@ class RequestLimits(SchemaExtension):
     One extension, not four (Strawberry's ``MaxTokensLimiter`` and ``AddValidationRules``, a
     cached parse and a cached validation): Strawberry builds each extension, and looks up each
     of its hooks, anew for every operation, which cost a cached ``sendChatMessage`` about a
-    tenth of its CPU.
+    tenth of its CPU. Alone, it runs through ``LimitsRunner``, which calls its steps
+    (``start``, ``parse``, ``validate``) without Strawberry's per-hook wrappers.
 
     - Parsing stops at ``max_tokens`` tokens. A document that fails to parse is left to
       Strawberry's own parse step, which reports the syntax error as the request's error (the
@@ -322,13 +339,15 @@ class RequestLimits(SchemaExtension):
         self.rules = tuple(rules)
         self.hide_suggestions = hide_suggestions
 
-    def on_operation(self) -> Iterator[None]:
+    def start(self) -> None:
+        """Before the operation: the token limit for parsing, the rules for validation."""
         context = self.execution_context
         context.parse_options["max_tokens"] = self.max_tokens
         context.validation_rules = context.validation_rules + self.rules
-        yield
 
-    def on_parse(self) -> Iterator[None]:
+    def parse(self) -> None:
+        """Before Strawberry's parse step: the cached document, else the document parsed
+        (and cached when small enough); Strawberry's own step then parses nothing."""
         context = self.execution_context
         if context.query:
             key = _cache_key(context.query, context.parse_options)
@@ -342,20 +361,15 @@ class RequestLimits(SchemaExtension):
                         self.cache.put(key, CachedDocument(document, cost))
             else:
                 context.graphql_document = entry.document
-        yield
 
-    def on_validate(self) -> Iterator[None]:
+    def validate(self) -> None:
+        """Before Strawberry's validation step: the cached result for this document and these
+        rules, else the document validated (and the result cached with it); Strawberry's own
+        step then validates nothing."""
         context = self.execution_context
         document = context.graphql_document
         if document is not None and context.validation_rules:
-            rules = (
-                *(
-                    FieldMergeBudget if rule is OverlappingFieldsCanBeMergedRule else rule
-                    for rule in context.validation_rules
-                ),
-                MaybeNullValidationRule,
-                OneOfInputValidationRule,
-            )
+            rules = _validation_rules(tuple(context.validation_rules))
             key = _cache_key(context.query or "", context.parse_options)
             entry = self.cache.get(key)
             if entry is None or entry.document is not document:
@@ -369,7 +383,91 @@ class RequestLimits(SchemaExtension):
                     self.cache.put(key, entry)  # re-accounted, or dropped when now too large
             # A copy: the result's error list is the request's own.
             context.pre_execution_errors = list(errors)
+
+    # The hooks, for Strawberry's own runner (``LimitsRunner`` calls the steps directly).
+
+    def on_operation(self) -> Iterator[None]:
+        self.start()
         yield
+
+    def on_parse(self) -> Iterator[None]:
+        self.parse()
+        yield
+
+    def on_validate(self) -> Iterator[None]:
+        self.validate()
+        yield
+
+
+class _Step:
+    """A lifecycle step's context manager, sync and async: ``before`` on entry, nothing on exit
+    (an exception passes through, as through a hook that only yields)."""
+
+    __slots__ = ("before",)
+
+    def __init__(self, before: Callable[[], None] | None = None) -> None:
+        self.before = before
+
+    def __enter__(self) -> None:
+        if self.before is not None:
+            self.before()
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+    async def __aenter__(self) -> None:
+        if self.before is not None:
+            self.before()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+
+_NO_STEP = _Step()
+
+
+class LimitsRunner(SchemaExtensionsRunner):
+    """Strawberry's extension runner for an operation whose only extension is ``RequestLimits``:
+    it calls the extension's steps directly.
+
+    Strawberry's runner builds, for every operation and every lifecycle step, a context manager
+    that looks each hook up again (``getattr``, ``inspect.isgeneratorfunction``), wraps it in
+    ``contextlib.contextmanager`` and enters it through an ``ExitStack``: about a tenth of the
+    CPU of a cached ``me`` query. The steps here run at the same points, with the same effect.
+    """
+
+    def __init__(self, execution_context: ExecutionContext, limits: RequestLimits) -> None:
+        super().__init__(execution_context, [limits])
+        self.limits = limits
+
+    def operation(self) -> _Step:  # type: ignore[override]
+        return _Step(self.limits.start)
+
+    def parsing(self) -> _Step:  # type: ignore[override]
+        return _Step(self.limits.parse)
+
+    def validation(self) -> _Step:  # type: ignore[override]
+        return _Step(self.limits.validate)
+
+    def executing(self) -> _Step:  # type: ignore[override]
+        return _NO_STEP
+
+    def on_stream_result(self, result: StreamExecutionResult) -> _Step:  # type: ignore[override]
+        return _NO_STEP
+
+    def get_extensions_results_sync(self) -> dict[str, Any]:
+        return dict(self.execution_context.extensions_results)  # RequestLimits has no results of its own
+
+    async def get_extensions_results(self, ctx: ExecutionContext) -> dict[str, Any]:
+        return dict(ctx.extensions_results)
+
+
+def extensions_runner(execution_context: ExecutionContext, extensions: list[SchemaExtension]) -> SchemaExtensionsRunner:
+    """A ``LimitsRunner`` when ``RequestLimits`` is the operation's only extension, else
+    Strawberry's own runner (any other extension, a test's included, runs as Strawberry runs it)."""
+    if len(extensions) == 1 and type(extensions[0]) is RequestLimits:
+        return LimitsRunner(execution_context, extensions[0])
+    return SchemaExtensionsRunner(execution_context=execution_context, extensions=extensions)
 
 
 class QuietExecutionContext(StrawberryGraphQLCoreExecutionContext):
