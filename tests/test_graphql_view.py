@@ -24,6 +24,20 @@ UNPARSEABLE = {
 }
 
 
+NOT_AN_OPERATION = {
+    "a number": (b"3", "The request body must be a JSON object (one operation) or a list of them"),
+    "a string": (b'"{ __typename }"', "The request body must be a JSON object (one operation) or a list of them"),
+    "null": (b"null", "The request body must be a JSON object (one operation) or a list of them"),
+}
+
+
+@pytest.mark.parametrize(("body", "message"), NOT_AN_OPERATION.values(), ids=NOT_AN_OPERATION.keys())
+async def test_a_json_body_that_is_not_an_operation_is_400_with_a_graphql_error(http, body, message):
+    response = await http.post("/graphql", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json() == {"errors": [{"message": message, "extensions": BAD_USER_INPUT}]}
+
+
 @pytest.mark.parametrize("body", UNPARSEABLE.values(), ids=UNPARSEABLE.keys())
 async def test_an_unparseable_body_is_400_with_a_graphql_error(http, body):
     response = await http.post("/graphql", content=body, headers={"Content-Type": "application/json"})

@@ -186,6 +186,21 @@ async def test_batching_can_be_turned_on_with_a_maximum(strict):
     assert three.json()["errors"][0]["message"] == "Too many operations"
 
 
+async def test_a_batch_item_that_is_not_an_operation_is_400(strict):
+    async with httpx.AsyncClient(base_url=strict.url) as client:
+        response = await client.post("/graphql", json=[{"query": "{ __typename }"}, 2])
+
+    assert response.status_code == 400
+    assert response.json() == {
+        "errors": [
+            {
+                "message": "Each operation of a batch must be a JSON object",
+                "extensions": {"code": "BAD_USER_INPUT", "statusCode": 400},
+            }
+        ]
+    }
+
+
 async def _subscribe(server: LiveServer, token: str, query: str) -> tuple[dict | None, int | None]:
     """Subscribe over graphql-transport-ws: the server's first answer, or how it closed."""
     async with websockets.connect(server.ws_url, subprotocols=["graphql-transport-ws"], ping_interval=None) as ws:

@@ -295,6 +295,8 @@ class GraphQLView(GraphQL[Context, None]):
         """A JSON body's operation (or batch of them), checked as Strawberry checks it."""
         if isinstance(data, list):
             self._validate_batch_request(data, protocol="http")
+            if not all(isinstance(item, dict) for item in data):
+                raise StrawberryHTTPException(400, "Each operation of a batch must be a JSON object")
             return [
                 GraphQLRequestData(
                     query=item.get("query"),
@@ -304,6 +306,10 @@ class GraphQLView(GraphQL[Context, None]):
                 )
                 for item in data
             ]
+        if not isinstance(data, dict):
+            raise StrawberryHTTPException(
+                400, "The request body must be a JSON object (one operation) or a list of them"
+            )
         query = data.get("query")
         if not isinstance(query, str | None):
             raise StrawberryHTTPException(400, "The GraphQL operation's `query` must be a string or null, if provided.")
