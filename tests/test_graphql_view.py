@@ -48,6 +48,25 @@ async def test_an_unparseable_body_is_400_with_a_graphql_error(http, body):
     }
 
 
+async def test_a_subscription_over_http_is_400_not_run(server, http, make_user, make_stream):
+    """Subscriptions are served over websockets; over HTTP one used to run as a query and fail
+    as a masked INTERNAL_SERVER_ERROR."""
+    user = await make_user()
+    stream_id = str((await make_stream()).id)
+    query = "subscription($s: ID!) { messageAdded(streamId: $s) { id } }"
+    headers = {"Authorization": server.token(user), "Apollo-Require-Preflight": "true"}
+
+    posted = await http.post("/graphql", json={"query": query, "variables": {"s": stream_id}}, headers=headers)
+    got = await http.get("/graphql", params={"query": query, "variables": f'{{"s": "{stream_id}"}}'}, headers=headers)
+
+    assert posted.status_code == 400, posted.text
+    assert posted.json() == {
+        "errors": [{"message": "subscriptions are not allowed when using POST", "extensions": BAD_USER_INPUT}]
+    }
+    assert got.status_code == 400, got.text
+    assert got.json()["errors"][0]["message"] == "subscriptions are not allowed when using GET"
+
+
 async def test_unparseable_variables_in_a_get_query_are_400(http):
     deep = "[" * 5_000 + "]" * 5_000  # beyond the recursion limit, within httpx's URL limit
     response = await http.get(
