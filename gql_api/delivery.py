@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -32,9 +33,10 @@ RETRY_SECONDS = (0.1, 0.25, 0.5, 1.0, 2.0)
 # MongoDB holds an empty getMore up to this long waiting for events.
 AWAIT_MS = 1000
 # After an empty batch, the users' follower waits this long (the messages' waits
-# EMPTY_BATCH_PAUSE_SECONDS): a changed user reaches the cache within 0.1 s, and on a database
-# that answers an empty getMore at once (nx-27017) an idle follower asks 10 times a second,
-# not 100 (about a quarter of an idle process's CPU, and its database's).
+# EMPTY_BATCH_PAUSE_SECONDS, or less: see ``message_stored``): a changed user reaches the cache
+# within 0.1 s, and on a database that answers an empty getMore at once (nx-27017) an idle
+# follower asks 10 times a second, not 100 (about a quarter of an idle process's CPU, and its
+# database's).
 USERS_EMPTY_BATCH_PAUSE_SECONDS = 0.1
 STOP_TIMEOUT_SECONDS = 5.0
 
@@ -71,18 +73,37 @@ class ChangeStreamDelivery(Delivery):
 
     cross_process = True
 
-    def __init__(self, hub: MessageHub[ChatMessage], database: Database, users: UserCache | None = None) -> None:
+    def __init__(
+        self,
+        hub: MessageHub[ChatMessage],
+        database: Database,
+        users: UserCache | None = None,
+        *,
+        empty_batch_pause: float = EMPTY_BATCH_PAUSE_SECONDS,
+    ) -> None:
         super().__init__(hub)
         self._database = database
+        self._empty_batch_pause = empty_batch_pause
         self._users = users
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
+        # Ends the messages follower's pause: set by this process's own writes, and to stop.
+        self._wake = asyncio.Event()
         self.connected = asyncio.Event()
+        # Set while the messages follower waits out its pause after an empty batch (for tests
+        # and tooling to wait on).
+        self.resting = asyncio.Event()
 
     async def start(self) -> None:
         self._tasks.append(
             asyncio.create_task(
-                self._follow(ChatMessage.Settings.name, self._on_message, self._on_messages_open),
+                self._follow(
+                    ChatMessage.Settings.name,
+                    self._on_message,
+                    self._on_messages_open,
+                    empty_batch_pause=self._empty_batch_pause,
+                    wake=self._wake,
+                ),
                 name="feed:messages",
             )
         )
@@ -106,6 +127,7 @@ class ChangeStreamDelivery(Delivery):
         # of it: pymongo's async driver can hang a task cancelled mid-operation (see
         # ``store.detached``). Cancel only what has not stopped in time.
         self._stopping.set()
+        self._wake.set()
         if not self._tasks:
             return
         _, late = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT_SECONDS)
@@ -115,7 +137,11 @@ class ChangeStreamDelivery(Delivery):
         self._tasks = []
 
     async def message_stored(self, message: ChatMessage) -> None:
-        """Nothing to do: the change stream brings it to every process, this one included."""
+        """The change stream brings it to every process, this one included: the messages
+        follower is only woken from its pause after an empty batch, so that a write of this
+        process is read at once, and the pause can be long enough to cost an idle process
+        little (other replicas' writes wait out at most the pause)."""
+        self._wake.set()
 
     async def _on_message(self, event: dict[str, Any]) -> None:
         if event.get("operationType") == "insert":
@@ -152,12 +178,15 @@ class ChangeStreamDelivery(Delivery):
         on_close: Callable[[], None] | None = None,
         *,
         empty_batch_pause: float = EMPTY_BATCH_PAUSE_SECONDS,
+        wake: asyncio.Event | None = None,
     ) -> None:
         """Watch one collection for ever: resume from the last token after any failure.
 
         ``on_open`` runs each time the stream opens (told, for the messages, whether it is
         reopened), ``on_close`` each time it breaks or stops; ``empty_batch_pause``: how long
-        to wait after a batch with nothing new.
+        to wait after a batch with nothing new, less the time the database itself waited for
+        one (MongoDB waits up to ``AWAIT_MS``; nx-27017 answers at once), and only until
+        ``wake`` is set.
         """
         token: Any = None
         failures = 0
@@ -173,9 +202,20 @@ class ChangeStreamDelivery(Delivery):
                     failures = 0
                     try:
                         while stream.alive and not self._stopping.is_set():
+                            if wake is not None:
+                                wake.clear()  # a write from now on may not be in this batch
+                            asked = time.monotonic()
                             event = await stream.try_next()
                             if event is None:
-                                await self._pause(empty_batch_pause)
+                                waited = time.monotonic() - asked
+                                if wake is None:
+                                    await self._pause(empty_batch_pause - waited)
+                                    continue
+                                self.resting.set()
+                                try:
+                                    await self._pause(empty_batch_pause - waited, wake)
+                                finally:
+                                    self.resting.clear()
                                 continue
                             await on_event(event)
                             token = event["_id"]
@@ -198,10 +238,12 @@ class ChangeStreamDelivery(Delivery):
                 logger.exception("Delivering from the change stream on %s failed; resuming", collection)
             await self._pause(retry_pause(failures))
 
-    async def _pause(self, seconds: float) -> None:
-        """Sleep, but wake at once when asked to stop."""
+    async def _pause(self, seconds: float, until: asyncio.Event | None = None) -> None:
+        """Sleep, but wake at once when ``until`` is set (by default: when asked to stop)."""
+        if seconds <= 0 or self._stopping.is_set():
+            return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+            await asyncio.wait_for((until or self._stopping).wait(), seconds)
 
 
 def retry_pause(failures: int) -> float:

@@ -364,3 +364,40 @@ async def test_across_two_replicas_senders_racing_the_end_are_delivered_before_i
     assert sorted(acknowledged) == sorted(m["id"] for m in after_marker)
     assert got_a == got_b == [m["id"] for m in after_marker]
     assert all(m["createdAt"] <= ended_at for m in stored)
+
+
+async def test_a_write_of_this_process_is_read_at_once_not_after_the_followers_pause(server, make_user, make_stream):
+    """On a database that answers an empty getMore at once (nx-27017) the follower pauses after
+    it; this process's own writes end the pause, so they reach its subscribers at once."""
+    from gql_api.delivery import ChangeStreamDelivery
+    from gql_api.hub import MessageHub
+    from gql_api.service import ChatService
+    from gql_api.store import ChatStore
+
+    class RecordingHub(MessageHub):
+        def __init__(self, store: ChatStore) -> None:
+            super().__init__(store)
+            self.delivered: asyncio.Queue[Any] = asyncio.Queue()
+
+        def follows(self, stream_id: str) -> bool:
+            return True
+
+        async def deliver(self, message: Any) -> None:
+            await self.delivered.put(message)
+
+    store = ChatStore()
+    hub = RecordingHub(store)
+    delivery = ChangeStreamDelivery(hub, server.services.database, empty_batch_pause=3600)
+    await delivery.start()
+    try:
+        await delivery.connected.wait()
+        await delivery.resting.wait()  # an empty batch came: an hour's pause has begun
+        stream_id = str((await make_stream()).id)
+        sent = await ChatService(hub, delivery, store=store).send_message(await make_user(), stream_id, "at once")
+
+        delivered = await asyncio.wait_for(hub.delivered.get(), timeout=60)  # a guard, not a measure
+        while delivered.stream_id != stream_id:  # the session's other writes come through too
+            delivered = await asyncio.wait_for(hub.delivered.get(), timeout=60)
+        assert delivered.id == sent.id
+    finally:
+        await delivery.stop()
