@@ -18,9 +18,10 @@ ordering and gap filling run without a database.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from gql_api.documents import MessageKind
 from gql_api.errors import ServiceUnavailable, SubscriberTooSlow
@@ -61,16 +62,15 @@ class HistoryReader(Protocol[EntryT_co]):
         ...
 
 
-class _End:
-    """Queued after a stream's last message: the subscription completes."""
+class _Signal(enum.Enum):
+    """What a subscriber's queue holds besides entries. Compared by identity: an entry may be a
+    lazily parsed document, whose every attribute read (``__class__`` for ``isinstance``
+    included) goes through its parser, once per subscriber and message."""
 
-
-class _Overflow:
-    """Queued in place of everything when a subscriber fell behind: the subscription fails."""
-
-
-_END = _End()
-_OVERFLOW = _Overflow()
+    #: Queued after a stream's last message: the subscription completes.
+    END = "end"
+    #: Queued in place of everything when a subscriber fell behind: the subscription fails.
+    OVERFLOW = "overflow"
 
 
 class Subscriber(Generic[EntryT]):
@@ -96,16 +96,16 @@ class Subscriber(Generic[EntryT]):
         #: send), which is then never queued; False to have it queued as usual. It must not
         #: wait or raise. So a live subscription's entries are written without waking its task.
         self.listener: Callable[[EntryT], bool] | None = None
-        self._items: list[EntryT | _End | _Overflow] = []
+        self._items: list[EntryT | _Signal] = []
         self._size = queue_size
         self._waiter: asyncio.Future[None] | None = None
 
-    def offer(self, item: EntryT | _End) -> bool:
+    def offer(self, item: EntryT | Literal[_Signal.END]) -> bool:
         """Queue without waiting; on overflow fail the subscription and return False."""
         if self.closed:
             return False
         listener = self.listener
-        if listener is not None and self._waiter is not None and not self._items and not isinstance(item, _End):
+        if listener is not None and self._waiter is not None and not self._items and item is not _Signal.END:
             # The reader is parked with nothing queued: nothing sent before this entry is still
             # on its way, so handing it over here keeps the order.
             try:
@@ -118,15 +118,15 @@ class Subscriber(Generic[EntryT]):
             # A slow reader must not hold the others up or grow memory: drop what it has not
             # read and tell it to resubscribe with `after`.
             self._items.clear()
-            self._put(_OVERFLOW)
+            self._put(_Signal.OVERFLOW)
             self.closed = True
             return False
         self._put(item)
-        if isinstance(item, _End):
+        if item is _Signal.END:
             self.closed = True
         return True
 
-    def _put(self, item: EntryT | _End | _Overflow) -> None:
+    def _put(self, item: EntryT | _Signal) -> None:
         self._items.append(item)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -144,9 +144,9 @@ class Subscriber(Generic[EntryT]):
             finally:
                 self._waiter = None
         item = items.pop(0)  # short: a backlog longer than a few items is the exception
-        if isinstance(item, _End):
+        if item is _Signal.END:
             raise StopAsyncIteration
-        if isinstance(item, _Overflow):
+        if item is _Signal.OVERFLOW:
             raise SubscriberTooSlow()
         return item
 
@@ -212,7 +212,7 @@ class Membership(Generic[EntryT]):
         group = self._group = await hub._group(self._stream_id)
         subscriber = self._subscriber = Subscriber(self._stream_id, hub._queue_size, group.last_seq)
         if group.ended:
-            subscriber.offer(_END)
+            subscriber.offer(_Signal.END)
         else:
             group.subscribers.add(subscriber)
         hub._changed()
@@ -247,7 +247,7 @@ class _Group(Generic[EntryT]):
         if message.kind is MessageKind.STREAM_ENDED:
             self.ended = True
             for subscriber in tuple(self.subscribers):
-                subscriber.offer(_END)
+                subscriber.offer(_Signal.END)
             self.subscribers.clear()
             return []
         behind = [s for s in tuple(self.subscribers) if not s.offer(message)]
