@@ -40,7 +40,7 @@ class Config:
 
 FULL = dict(
     sizes=[100, 1000, 5000],
-    messages=[100, 30, 10],
+    messages=[100, 100, 20],
     window=4,
     rate_subscribers=1000,
     rate=20.0,

@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
         help="comma-separated: project, baseline, node (default all; node only if installed)",
     )
     parser.add_argument("--sizes", type=_ints, help="fan-out subscriber counts (default 100,1000,5000)")
-    parser.add_argument("--messages", type=_ints, help="messages per fan-out size (default 100,30,10)")
+    parser.add_argument("--messages", type=_ints, help="messages per fan-out size (default 100,100,20)")
     parser.add_argument("--window", type=int, help="messages in flight in fan-out runs (default 4)")
     parser.add_argument("--rate-subscribers", type=int, help="subscribers in the fixed-rate run (1000)")
     parser.add_argument("--rate", type=float, help="messages per second in the fixed-rate run (20)")
