@@ -39,6 +39,12 @@ AWAIT_MS = 1000
 # database's).
 USERS_EMPTY_BATCH_PAUSE_SECONDS = 0.1
 STOP_TIMEOUT_SECONDS = 5.0
+# How long after a write of this process its messages follower reads: the entries stored in
+# that time come in one batch, delivered in one pass, so that each subscriber gets them in one
+# ``write()`` (``wsprotocol.WriteBatch``). Reading at once after every write costs a system
+# call per subscriber and message (measured at 1,000 subscribers: 21 to 25 µs of server CPU per
+# delivery, against 15 to 18 with a wait).
+GATHER_SECONDS = 0.01
 
 
 class Delivery:
@@ -89,6 +95,7 @@ class ChangeStreamDelivery(Delivery):
         self._stopping = asyncio.Event()
         # Ends the messages follower's pause: set by this process's own writes, and to stop.
         self._wake = asyncio.Event()
+        self._waking: asyncio.TimerHandle | None = None
         self.connected = asyncio.Event()
         # Set while the messages follower waits out its pause after an empty batch (for tests
         # and tooling to wait on).
@@ -128,6 +135,9 @@ class ChangeStreamDelivery(Delivery):
         # ``store.detached``). Cancel only what has not stopped in time.
         self._stopping.set()
         self._wake.set()
+        if self._waking is not None:
+            self._waking.cancel()
+            self._waking = None
         if not self._tasks:
             return
         _, late = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT_SECONDS)
@@ -140,7 +150,13 @@ class ChangeStreamDelivery(Delivery):
         """The change stream brings it to every process, this one included: the messages
         follower is only woken from its pause after an empty batch, so that a write of this
         process is read at once, and the pause can be long enough to cost an idle process
-        little (other replicas' writes wait out at most the pause)."""
+        little (other replicas' writes wait out at most the pause). Woken ``GATHER_SECONDS``
+        after the write, with the other writes of that time."""
+        if self._waking is None:
+            self._waking = asyncio.get_running_loop().call_later(GATHER_SECONDS, self._wake_up)
+
+    def _wake_up(self) -> None:
+        self._waking = None
         self._wake.set()
 
     async def _on_message(self, event: dict[str, Any]) -> None:
