@@ -93,13 +93,12 @@ class Roster:
         the owner's (superlikes do not count: there is one per user anyway)."""
         return kind is MessageKind.TEXT and sender_id != self.owner_id
 
-    def note_send(self, entry: ChatMessage) -> None:
+    def note_send(self, seq: int, kind: MessageKind, sender_id: str, created_at: datetime, dedup_key: str) -> None:
         """Follow the log by one entry for the rate limit only (see ``SendLog.note``)."""
-        sender_id = entry.sender.id
-        if self.counts(entry.kind, sender_id):
-            self.sends.note(entry.seq, sender_id, int(entry.created_at.timestamp() * 1000), entry.dedup_key)
+        if self.counts(kind, sender_id):
+            self.sends.note(seq, sender_id, int(created_at.timestamp() * 1000), dedup_key)
         else:
-            self.sends.note(entry.seq)
+            self.sends.note(seq)
 
     def is_banned(self, user_id: str, now: datetime) -> bool:
         """Whether a ban of the user holds at ``now`` (a timeout holds until it expires)."""
@@ -124,7 +123,7 @@ class Roster:
         if entry.seq != self.position + 1 or self.end is not None:
             raise NotInOrder(f"entry {entry.seq} of {entry.stream_id} after {self.position}")
         self.position = entry.seq
-        self.note_send(entry)
+        self.note_send(entry.seq, entry.kind, entry.sender.id, entry.created_at, entry.dedup_key)
         event, kind = entry.event, entry.kind
         if kind is MessageKind.STREAM_ENDED:
             self.end = entry

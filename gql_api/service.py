@@ -625,14 +625,12 @@ class ChatService:
             async for entry in self.store.replay(
                 roster.stream_id, after=sends.position, through=roster.position, every_kind=True
             ):
-                roster.note_send(entry)
+                roster.note_send(entry.seq, entry.kind, entry.sender.id, entry.created_at, entry.dedup_key)
         else:
             since = self._clock() - timedelta(milliseconds=sends.horizon_ms)
             entries = await self.store.recent_entries(roster.stream_id, through=roster.position, since=since)
             for logged in reversed(entries):
-                if roster.counts(logged.kind, logged.sender_id):
-                    at_ms = int(logged.created_at.timestamp() * 1000)
-                    sends.note(logged.seq, logged.sender_id, at_ms, logged.dedup_key)
+                roster.note_send(logged.seq, logged.kind, logged.sender_id, logged.created_at, logged.dedup_key)
         sends.position = max(sends.position, roster.position)
 
     async def _catch_up(self, roster: Roster) -> None:
