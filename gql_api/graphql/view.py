@@ -175,11 +175,7 @@ class GraphQLView(GraphQL[Context, None]):
             # The whole body, read first under the cap: an oversized one is refused before it
             # is parsed or anyone is authenticated.
             await request.body()
-            if (
-                scope["method"] == "POST"
-                and _is_json(request.headers.get("content-type"))
-                and not self.protocols_over_http
-            ):
+            if self.is_json_post(scope["method"], request.headers.get("content-type")):
                 response = await self.run_json(request)
             else:
                 response = await self.run(request)
