@@ -71,6 +71,7 @@ class SendLog:
             sends = self._users[sender_id] = deque(maxlen=self._keep)
         else:
             self._users.move_to_end(sender_id)
+        # Only a client's key ("c:...", see ``documents.ChatMessage.dedup_key``) can come again.
         sends.append(Sent(at_ms, dedup_key if dedup_key is not None and dedup_key.startswith("c:") else None))
         # Users whose newest message left the horizon have nothing left that counts.
         cutoff = at_ms - self.horizon_ms
